@@ -1,0 +1,56 @@
+"""The `itmatch` command: a thin typer layer over the library; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from itmatch.errors import ItmatchError
+
+app = typer.Typer(
+    name="itmatch",
+    help="Image-text matching and cross-modal retrieval (SGR, SAF, SGRAF, TSHSR, HREM, VSE).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module, sub-command name or None for top-level commands registered by the module's `register(app)`)
+_GROUPS: list[tuple[str, str | None]] = [
+    ("itmatch.cli.data", "data"),
+    ("itmatch.cli.models", None),
+]
+
+for _module_name, _group in _GROUPS:
+    _module = importlib.import_module(_module_name)
+    if _group is None:
+        _module.register(app)
+    else:
+        app.add_typer(_module.app, name=_group)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error prints one line and returns 2."""
+    try:
+        app(args=argv, prog_name="itmatch", standalone_mode=False)
+    except ItmatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # click's usage errors
+        import click
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
