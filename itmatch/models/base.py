@@ -7,7 +7,7 @@ downstream (the scoring engine, evaluation, training losses, search) talks only 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -74,14 +74,17 @@ class Matcher(nn.Module):
     - ``encode_texts(tokens (B, L) int64, lengths (B,)) -> Encoding`` — independent of any image;
     - ``score(images, texts) -> Tensor (n_images, n_texts)`` — similarity of every pair.
 
-    Class attributes tell the scoring engine how to tile: ``pair_bytes_per_word`` is the working memory one
-    (image, caption word) pair needs inside ``score`` (0 for embedding models scored by one matrix product).
-    Subclasses set ``model_name`` and ``config`` (a dataclass whose fields rebuild the model).
+    ``pair_bytes_per_word()`` tells the scoring engine how to tile: the working memory one (image, caption
+    word) pair needs inside ``score`` (0 for embedding models scored by one matrix product). Subclasses set
+    ``config`` (a dataclass whose fields rebuild the model); the registry sets ``model_name``.
     """
 
-    pair_bytes_per_word: ClassVar[int] = 0
     model_name: str = ""
     config: Any = None
+
+    def pair_bytes_per_word(self) -> int:
+        """Bytes of working memory per (image, word) pair inside ``score``; 0 when scoring is one matmul."""
+        return 0
 
     def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> Encoding:
         raise NotImplementedError

@@ -1,0 +1,105 @@
+"""Top-level model commands: `itmatch evaluate`, `itmatch convert`, `itmatch models`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from itmatch.errors import ItmatchError
+
+Checkpoints = Annotated[Optional[list[Path]], typer.Option(
+    "--checkpoint", "-c", help="Model file (.safetensors, itmatch training checkpoint, or an SGRAF release "
+                               ".pth.tar). Repeat to evaluate the ensemble (mean of scores).")]
+
+
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Precomp folder ({split}_ims.npy, {split}_caps.txt).")],
+    checkpoint: Checkpoints = None,
+    sims: Annotated[Optional[list[Path]], typer.Option(
+        help="Saved score matrix .npy (images × captions) instead of a model; repeat to average.")] = None,
+    split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",
+    vocab: Annotated[Optional[Path], typer.Option(
+        help="The authors' vocabulary JSON (default: the one stored in the checkpoint).")] = None,
+    protocol: Annotated[Optional[str], typer.Option(
+        help="f30k, coco1k or coco5k; omit to score the whole split.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    precision: Annotated[str, typer.Option(help="fp32 (exact), tf32 or bf16 (GPU speed-ups).")] = "fp32",
+    max_memory: Annotated[Optional[int], typer.Option(
+        help="Working memory of one scoring tile in MiB (default suits the device).")] = None,
+    dev_subset: Annotated[bool, typer.Option(
+        help="Use the authors' 1,000-image dev subset (first 5,000 captions).")] = False,
+    save_sims: Annotated[Optional[Path], typer.Option(
+        help="Write the float32 score matrix (coco1k: FILE.fold{k}.npy per fold).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        help="Result JSON (default: beside the first checkpoint).")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Score a split and report R@1/5/10, medr, meanr both ways and rsum.
+
+    Examples:
+
+      itmatch evaluate --data data/f30k_precomp --vocab vocab/f30k_precomp_vocab.json
+        --checkpoint SGR/model_best.pth.tar --checkpoint SAF/model_best.pth.tar --protocol f30k
+
+      itmatch evaluate --data data/coco_precomp --split testall --protocol coco1k --sims sgr.npy --sims saf.npy
+    """
+    from itmatch.evaluate import evaluate_split
+    from itmatch.fileio import write_json
+    from itmatch.protocols import format_table
+
+    result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
+                            protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
+                            save_sims_to=save_sims, device=device, precision=precision,
+                            max_memory=max_memory << 20 if max_memory else None, progress=progress)
+    typer.echo(format_table(result))
+    if output is None and checkpoint:
+        first = checkpoint[0]
+        tag = "ensemble." if len(checkpoint) > 1 else ""
+        output = first.with_name(f"{first.name.split('.')[0]}.{tag}{split}.{protocol or 'full'}.json")
+    if output is not None:
+        write_json(output, result)
+        typer.echo(f"wrote {output}")
+
+
+def convert(
+    source: Annotated[Path, typer.Argument(help="An SGRAF release (.pth.tar) or any itmatch model file.")],
+    target: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    vocab: Annotated[Optional[Path], typer.Option(help="Vocabulary JSON to store inside the model file.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        help="Allow a source holding arbitrary pickled objects (only for files you trust).")] = False,
+) -> None:
+    """Convert a model file to the native format (safetensors + JSON config; loads without pickle).
+
+    Example: itmatch convert runs/f30k_SGR/model_best.pth.tar sgr_f30k.safetensors --vocab f30k_precomp_vocab.json
+    """
+    from itmatch.checkpoint import load_checkpoint, save_model
+    from itmatch.data.vocab import load_vocab
+
+    loaded = load_checkpoint(source, trust=trust_checkpoint)
+    words = load_vocab(vocab).to_json() if vocab is not None else loaded.vocab
+    size = getattr(loaded.model.config, "vocab_size", None)
+    if words is not None and size is not None and len(words["word2idx"]) != size:
+        raise ItmatchError(f"{vocab}: {len(words['word2idx'])} words, but {source} was trained with {size}")
+    if target.suffix != ".safetensors":
+        raise ItmatchError(f"{target}: the native format is a .safetensors file; name the output *.safetensors")
+    save_model(target, loaded.model, vocab=words)
+    typer.echo(f"wrote {target} ({loaded.model.model_name}, from a {loaded.source} file)")
+
+
+def models() -> None:
+    """List the registered model names."""
+    from itmatch.models import list_models
+
+    for name in list_models():
+        typer.echo(name)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the top-level app."""
+    app.command()(evaluate)
+    app.command()(convert)
+    app.command("models")(models)

@@ -1,0 +1,138 @@
+"""Evaluation of models or saved score matrices on a precomp split under the papers' protocols.
+
+The protocol decides which image × caption blocks are scored (one block, or the five 1K folds of COCO), so
+COCO-1K never computes the full 5,000 × 25,000 matrix. Results are the JSON of ``itmatch.protocols``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from itmatch.checkpoint import load_checkpoint
+from itmatch.data.precomp import PrecompSplit, load_split
+from itmatch.data.vocab import Vocabulary, load_vocab, vocab_from_json
+from itmatch.errors import ItmatchError
+from itmatch.fileio import write_npy
+from itmatch.models.base import Matcher
+from itmatch.models.ensemble import Ensemble
+from itmatch.protocols import check_protocol, evaluate_blocks, protocol_blocks
+from itmatch.scoring import score_matrix
+
+
+@dataclasses.dataclass
+class ImageRows:
+    """Lazy (n, R, D) view of chosen images of a split: slicing reads only those rows of the memmap."""
+
+    split: PrecompSplit
+    images: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.split.image_features(self.images[index])
+
+
+def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None, *, trust: bool = False,
+                device: str = "cpu") -> tuple[Matcher, Vocabulary | None]:
+    """The model of one checkpoint, or the ensemble of several, and the vocabulary their captions use.
+
+    The vocabulary comes from ``vocab_path`` or else from the first checkpoint that stores one; its size
+    must equal every model's word embedding (a model trained with another vocabulary is an error).
+    """
+    loaded = [load_checkpoint(p, trust=trust, device=device) for p in checkpoints]
+    if vocab_path is not None:
+        vocab = load_vocab(vocab_path)
+    else:
+        stored = next((item.vocab for item in loaded if item.vocab is not None), None)
+        vocab = vocab_from_json(stored, checkpoints[0]) if stored is not None else None
+    for path, item in zip(checkpoints, loaded):
+        size = getattr(item.model.config, "vocab_size", None)
+        if size is None:
+            continue
+        if vocab is None:
+            raise ItmatchError(f"{path}: this model reads word ids; give its vocabulary with --vocab VOCAB.json")
+        if len(vocab) != size:
+            raise ItmatchError(f"{vocab_path or path}: the vocabulary has {len(vocab)} words but {path} was "
+                               f"trained with {size}; use the vocabulary the model was trained with")
+    models = [item.model for item in loaded]
+    return (models[0] if len(models) == 1 else Ensemble(models)), vocab
+
+
+def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
+                 blocks: list[tuple[np.ndarray, np.ndarray]], **engine) -> list[np.ndarray]:
+    """Score matrices of ``blocks`` (image indices, caption indices) of ``split`` with the scoring engine."""
+    if vocab is None:
+        raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
+    tokens = vocab.encode_all(split.captions)
+    return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **engine)
+            for images, captions in blocks]
+
+
+def load_sims(paths: Sequence[str | Path], blocks: list[tuple[np.ndarray, np.ndarray]],
+              n_images: int, n_captions: int) -> list[np.ndarray]:
+    """Saved score matrices, averaged: each path is a full (images × captions) ``.npy`` of the split, or —
+    for a protocol with folds — a stem whose ``STEM.fold{k}.npy`` files hold the folds' blocks."""
+    total = [np.zeros((len(i), len(c)), dtype=np.float64) for i, c in blocks]
+    for path in map(Path, paths):
+        parts = _sims_parts(path, blocks, n_images, n_captions)
+        for acc, part in zip(total, parts):
+            acc += part
+    return [(acc / len(paths)).astype(np.float32) for acc in total]
+
+
+def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.ndarray]:
+    folds = [path.with_suffix(f".fold{k}.npy") for k in range(len(blocks))]
+    if not path.exists() and len(blocks) > 1 and all(f.exists() for f in folds):
+        parts = [np.load(f, mmap_mode="r") for f in folds]
+        for f, part, (imgs, caps) in zip(folds, parts, blocks):
+            if part.shape != (len(imgs), len(caps)):
+                raise ItmatchError(f"{f}: shape {part.shape}, expected {(len(imgs), len(caps))}")
+        return parts
+    if not path.exists():
+        raise ItmatchError(f"{path}: no such score matrix (.npy of shape images × captions)")
+    try:
+        sims = np.load(path, mmap_mode="r")
+    except ValueError as exc:
+        raise ItmatchError(f"{path}: not a .npy score matrix ({exc})") from None
+    if sims.shape != (n_images, n_captions):
+        raise ItmatchError(f"{path}: shape {sims.shape}, but the split has {n_images} images × {n_captions} "
+                           "captions; save it with --save-sims on the same split")
+    return [np.asarray(sims[np.ix_(imgs, caps)]) for imgs, caps in blocks]
+
+
+def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
+    """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds."""
+    path = Path(path)
+    targets = [path] if len(blocks_sims) == 1 else [path.with_suffix(f".fold{k}.npy")
+                                                    for k in range(len(blocks_sims))]
+    for target, sims in zip(targets, blocks_sims):
+        write_npy(target, sims.astype(np.float32))
+    return targets
+
+
+def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | Path] = (),
+                   sims: Sequence[str | Path] = (), vocab: str | Path | None = None, protocol: str | None = None,
+                   dev_subset: bool = False, trust: bool = False, save_sims_to: str | Path | None = None,
+                   **engine) -> dict:
+    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``."""
+    if bool(checkpoints) == bool(sims):
+        raise ItmatchError("give either --checkpoint (one or more) or --sims (one or more), not both or neither")
+    split_data = load_split(data, split, dev_subset=dev_subset)
+    check_protocol(protocol, split_data.n_images, split_data.caption_image)
+    blocks = protocol_blocks(protocol, split_data.caption_image)
+    if checkpoints:
+        model, words = load_models(checkpoints, vocab, trust=trust, device=str(engine.get("device") or "cpu"))
+        block_sims = score_blocks(model, words, split_data, blocks, **engine)
+    else:
+        block_sims = load_sims(sims, blocks, split_data.n_images, split_data.n_captions)
+    if save_sims_to is not None:
+        save_sims(save_sims_to, block_sims)
+    result = evaluate_blocks(protocol, split_data.caption_image, block_sims)
+    result["split"] = split
+    result["sources"] = [str(p) for p in (checkpoints or sims)]
+    return result

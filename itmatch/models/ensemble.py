@@ -1,0 +1,59 @@
+"""An ensemble of matchers scores a pair with the mean of its members' scores (SGRAF = SGR + SAF)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Self
+
+import torch
+from torch import nn
+
+from itmatch.models.base import Encoding, Matcher
+
+
+@dataclasses.dataclass
+class EnsembleEncoding(Encoding):
+    """One encoding per member, of the same items."""
+
+    parts: list[Encoding]
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def select(self, index: torch.Tensor | slice) -> Self:
+        return EnsembleEncoding([p.select(index) for p in self.parts])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
+        return EnsembleEncoding([p.to(device, dtype) for p in self.parts])
+
+    @classmethod
+    def cat(cls, parts: list[Self]) -> Self:
+        return EnsembleEncoding([type(group[0]).cat(list(group)) for group in zip(*(p.parts for p in parts))])
+
+
+class Ensemble(Matcher):
+    """Averages the score matrices of ``members`` (any matchers that take the same inputs)."""
+
+    model_name = "ensemble"
+
+    def __init__(self, members: list[Matcher]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def pair_bytes_per_word(self) -> int:
+        return max(m.pair_bytes_per_word() for m in self.members)
+
+    def model_args(self) -> dict:
+        return {"members": [{"model_name": m.model_name, "model_args": m.model_args()} for m in self.members]}
+
+    def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> EnsembleEncoding:
+        return EnsembleEncoding([m.encode_images(features, n_regions) for m in self.members])
+
+    def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> EnsembleEncoding:
+        return EnsembleEncoding([m.encode_texts(tokens, lengths) for m in self.members])
+
+    def score(self, images: EnsembleEncoding, texts: EnsembleEncoding) -> torch.Tensor:
+        scores = [m.score(i, t) for m, i, t in zip(self.members, images.parts, texts.parts)]
+        return torch.stack(scores).mean(0)

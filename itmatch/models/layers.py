@@ -1,0 +1,45 @@
+"""Small numeric building blocks shared by the models, written as the SGRAF authors compute them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """``x / (||x||_2 + eps)`` along ``dim`` (the epsilon is added to the norm, as in the authors' code)."""
+    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + eps)
+
+
+def l1norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """``x / (sum |x| + eps)`` along ``dim``."""
+    return x / (x.abs().sum(dim=dim, keepdim=True) + eps)
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """The authors' init: Linear weights uniform in ±sqrt(6 / (fan_in + fan_out)), biases 0; BatchNorm 1/0."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            r = math.sqrt(6.0) / math.sqrt(m.in_features + m.out_features)
+            with torch.no_grad():
+                m.weight.uniform_(-r, r)
+                if m.bias is not None:
+                    m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def length_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Bool (B, width): True at positions ``< lengths[b]``."""
+    return torch.arange(width, device=lengths.device) < lengths[:, None]
+
+
+def batchnorm_eval(x: torch.Tensor, bn: nn.BatchNorm1d, channel_dim: int) -> torch.Tensor:
+    """``bn`` applied with its running statistics, channels on ``channel_dim`` of ``x`` (any rank)."""
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(shape)
+    return (x - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)

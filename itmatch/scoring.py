@@ -1,0 +1,140 @@
+"""The scoring engine: every image × caption score of a model, tiled under a memory budget.
+
+Models never loop over captions. The engine encodes each image and caption once, sorts captions by length
+(so a tile's padding is small), and scores image × caption tiles sized so one tile's working memory stays
+under ``max_memory``. An ``Ensemble`` is scored member by member, each with its own tiles, then averaged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from itmatch.errors import ItmatchError
+from itmatch.models.base import Encoding, Matcher
+from itmatch.models.ensemble import Ensemble
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def default_tiling(device: torch.device) -> tuple[int, int]:
+    """(working memory of one tile in bytes, captions per tile) that suit ``device``.
+
+    On a CPU small tiles win: a tile whose intermediates stay near the caches (64 MiB, 8 captions) runs
+    about twice as fast as one big tile. A GPU wants large tiles: a quarter of its free memory, 128 captions.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4, 128
+    return 64 << 20, 8
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``/``cuda``/``cuda:N`` (default: cuda when available) with a clear error when it is missing."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ItmatchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+@contextlib.contextmanager
+def precision_context(precision: str, device: torch.device) -> Iterator[None]:
+    """Run matrix products in ``fp32`` (exact), ``tf32`` (GPU tensor cores) or ``bf16`` (autocast)."""
+    if precision not in PRECISIONS:
+        raise ItmatchError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def pad_tokens(token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> zero-padded int64 (B, L_max) and lengths (B,)."""
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.int64)
+    if len(lengths) and int(lengths.min()) < 1:
+        raise ItmatchError("a caption has no tokens; every caption needs at least one word")
+    tokens = torch.zeros(len(token_lists), int(lengths.max()) if len(lengths) else 0, dtype=torch.int64)
+    for row, ids in enumerate(token_lists):
+        tokens[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.int64)
+    return tokens, lengths
+
+
+def encode_images(model: Matcher, features: np.ndarray | torch.Tensor, device: torch.device,
+                  batch_size: int = 128, progress: bool = False) -> Encoding:
+    """Encode all rows of ``features`` (N, R, D) (memory-mapped arrays are read batch by batch)."""
+    parts = []
+    for start in tqdm(range(0, len(features), batch_size), desc="encode images", disable=not progress,
+                      leave=False):
+        block = torch.as_tensor(np.asarray(features[start:start + batch_size], dtype=np.float32))
+        parts.append(model.encode_images(block.to(device)))
+    return type(parts[0]).cat(parts)
+
+
+def encode_texts(model: Matcher, token_lists: Sequence[Sequence[int]], device: torch.device,
+                 batch_size: int = 128, progress: bool = False) -> list[tuple[np.ndarray, Encoding]]:
+    """Encode captions longest first in chunks; returns (caption indices, encoding) per chunk."""
+    order = np.argsort([-len(t) for t in token_lists], kind="stable")
+    chunks = []
+    for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress, leave=False):
+        index = order[start:start + batch_size]
+        tokens, lengths = pad_tokens([token_lists[i] for i in index])
+        chunks.append((index, model.encode_texts(tokens.to(device), lengths)))
+    return chunks
+
+
+def score_matrix(model: Matcher, features: np.ndarray | torch.Tensor, token_lists: Sequence[Sequence[int]], *,
+                 device: str | torch.device | None = "cpu", precision: str = "fp32",
+                 max_memory: int | None = None, caption_chunk: int | None = None, image_chunk: int | None = None,
+                 progress: bool = False) -> np.ndarray:
+    """Scores (n_images, n_captions) float32 of every image (rows of ``features``) against every caption.
+
+    ``max_memory`` bounds one tile's working memory and ``caption_chunk`` its captions (defaults:
+    ``default_tiling``); ``image_chunk`` fixes its images instead of deriving them from the budget.
+    """
+    dev = resolve_device(device)
+    tile_memory, tile_captions = default_tiling(dev)
+    budget = max_memory or tile_memory
+    caption_chunk = caption_chunk or tile_captions
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    total = np.zeros((len(features), len(token_lists)), dtype=np.float32)
+    with torch.inference_mode(), precision_context(precision, dev):
+        for member in members:
+            was_training = member.training
+            member.eval()
+            try:
+                total += _score_member(member, features, token_lists, dev, budget, caption_chunk, image_chunk,
+                                       progress)
+            finally:
+                member.train(was_training)
+    return total / len(members) if len(members) > 1 else total
+
+
+def _score_member(model: Matcher, features, token_lists, dev: torch.device, budget: int, caption_chunk: int,
+                  image_chunk: int | None, progress: bool) -> np.ndarray:
+    images = encode_images(model, features, dev, progress=progress)
+    texts = encode_texts(model, token_lists, dev, caption_chunk, progress)
+    out = np.empty((len(images), len(token_lists)), dtype=np.float32)
+    per_word = model.pair_bytes_per_word()
+    bar = tqdm(total=len(images) * len(token_lists), desc=f"score {model.model_name or 'pairs'}", unit="pair",
+               unit_scale=True, disable=not progress, leave=False)
+    for index, chunk in texts:
+        words = int(chunk.lengths.max()) + 1 if hasattr(chunk, "lengths") else 1
+        step = image_chunk or (max(1, budget // (len(index) * words * per_word)) if per_word else len(images))
+        for start in range(0, len(images), step):
+            block = model.score(images.select(slice(start, start + step)), chunk)
+            out[start:start + step, index] = block.float().cpu().numpy()
+            bar.update(block.numel())
+    bar.close()
+    return out

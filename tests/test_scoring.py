@@ -1,0 +1,86 @@
+"""The batched scoring engine equals the literal caption-by-caption reference of the authors' algorithm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_model
+from reference_sgraf import reference_scores
+
+from itmatch.models import Ensemble
+from itmatch.scoring import score_matrix
+
+# Lengths 1..40 with many repeats and single-word captions, in an order the engine must sort.
+LENGTHS = [1, 40, 5, 5, 5, 5, 2, 17, 1, 9, 9, 9, 3, 33, 12, 12, 1, 26, 7, 7, 7, 7, 7, 4, 21, 2, 38, 11]
+
+
+def sharpen(model: torch.nn.Module, feats: torch.Tensor, captions: list[list[int]]) -> torch.nn.Module:
+    """Re-centre and scale the final layer so scores on these inputs spread over (0, 1) instead of sitting in
+    the flat middle of the sigmoid (random weights give logits within a few hundredths of each other)."""
+    logits = torch.logit(reference_scores(model, feats, captions).double())
+    layer = model.sim_enc.sim_eval_w
+    scale = 3.0 / float(logits.std())
+    with torch.no_grad():
+        centre = float(logits.mean()) - float(layer.bias)
+        layer.weight.mul_(scale)
+        layer.bias.fill_(-scale * centre)
+    return model
+
+
+def make_inputs(n_images: int, lengths: list[int], seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.rand(n_images, 36, 24, generator=gen)
+    captions = [torch.randint(4, 50, (n,), generator=gen).tolist() for n in lengths]
+    return feats, captions
+
+
+@pytest.mark.parametrize("name", ["sgr", "saf"])
+@pytest.mark.parametrize("chunks", [(7, 3), (5, 4), (128, None)])
+def test_engine_equals_reference(name, chunks):
+    feats, captions = make_inputs(11, LENGTHS)
+    model = sharpen(small_model(name, seed=3), feats, captions)
+    expected = reference_scores(model, feats, captions).numpy()
+    caption_chunk, image_chunk = chunks
+    got = score_matrix(model, feats.numpy(), captions, caption_chunk=caption_chunk, image_chunk=image_chunk)
+    assert got.shape == (11, len(LENGTHS))
+    assert expected.std() > 0.2  # the comparison is not between near-constant matrices
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_memory_budget_tiles_give_the_same_scores():
+    feats, captions = make_inputs(9, LENGTHS[:13], seed=5)
+    model = sharpen(small_model("sgr", seed=4), feats, captions)
+    whole = score_matrix(model, feats.numpy(), captions, max_memory=1 << 30)
+    tiny = score_matrix(model, feats.numpy(), captions, max_memory=1)  # one image per tile
+    np.testing.assert_allclose(tiny, whole, rtol=0, atol=1e-6)
+
+
+def test_ensemble_averages_members():
+    feats, captions = make_inputs(6, LENGTHS[:10], seed=8)
+    sgr, saf = (sharpen(small_model(n, seed=s), feats, captions) for n, s in (("sgr", 6), ("saf", 7)))
+    expected = (reference_scores(sgr, feats, captions) + reference_scores(saf, feats, captions)).numpy() / 2
+    got = score_matrix(Ensemble([sgr, saf]), feats.numpy(), captions, caption_chunk=4, image_chunk=5)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    direct = Ensemble([sgr, saf]).eval()
+    with torch.no_grad():
+        from itmatch.scoring import pad_tokens
+        tokens, lengths = pad_tokens(captions)
+        batched = direct(feats, tokens, lengths).numpy()
+    np.testing.assert_allclose(batched, expected, rtol=0, atol=1e-5)
+
+
+def test_caption_score_does_not_depend_on_its_neighbours():
+    feats, captions = make_inputs(4, [3, 30, 30, 1, 8], seed=10)
+    model = sharpen(small_model("saf", seed=9), feats, captions)
+    together = score_matrix(model, feats.numpy(), captions)
+    for j, caption in enumerate(captions):
+        alone = score_matrix(model, feats.numpy(), [caption])
+        np.testing.assert_allclose(alone[:, 0], together[:, j], rtol=0, atol=1e-6)
+
+
+def test_engine_leaves_training_mode_untouched():
+    model = small_model("sgr").train()
+    feats, captions = make_inputs(3, [4, 5])
+    score_matrix(model, feats.numpy(), captions)
+    assert model.training
