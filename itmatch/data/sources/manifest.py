@@ -1,0 +1,442 @@
+"""A user's own pictures as a dataset: the manifest format, its validation, splits, and the precomp writer.
+
+A manifest lists pictures and their captions, paths relative to the manifest's folder:
+
+- JSON Lines (``.jsonl``): ``{"image": "relative/path.png", "captions": ["...", ...]}`` per line;
+- CSV (``.csv``): ``image,caption`` rows (an optional ``image,caption`` header), several rows per picture allowed.
+
+:func:`build_from_manifest` checks every line first (missing picture, undecodable picture, empty caption, picture
+listed twice, malformed line) and reports all problems at once as ``file:line: reason``; then splits the pictures
+deterministically, extracts region features (cached and resumable, see :mod:`itmatch.features`), and writes a precomp
+directory (built in a temporary folder beside ``out`` and renamed at the end, so ``out`` is never half-written)::
+
+    {split}_ims.npy  {split}_caps.txt  {split}_cap2img.npy   the precomp split (see itmatch.data.precomp)
+    {split}_boxes.npy      (images, R, 4) region boxes, x1 y1 x2 y2 in [0, 1]
+    {split}_images.jsonl   per feature row: {"row", "path", "width", "height", "source"}
+    vocab.json             built from the train captions, threshold 1
+    dataset.json           what was built from what (source, extractor, split sizes, skipped lines)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from itmatch.data.precomp import features_writer, write_captions
+from itmatch.data.sources.debian import cache_dir
+from itmatch.data.vocab import build_vocab, save_vocab
+from itmatch.errors import ItmatchError
+from itmatch.features import (
+    DEFAULT_EXTRACTOR,
+    Extractor,
+    FeatureSet,
+    UnreadableImage,
+    extract_features,
+    get_extractor,
+    load_image,
+)
+from itmatch.fileio import write_json, write_npy, write_text
+
+SPLIT_NAMES = ("train", "dev", "test")
+DATASET_FILE = "dataset.json"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad manifest line: ``where`` is ``file:line``."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+class ManifestError(ItmatchError):
+    """A manifest with bad lines; ``problems`` lists every one of them."""
+
+    def __init__(self, manifest: Path, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        report = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(
+            f"{manifest}: {len(self.problems)} bad line(s); fix them, or pass --skip-bad to build without them:\n"
+            f"{report}"
+        )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One picture of a dataset: ``image`` (absolute path), its ``captions``, where it was listed (``source``),
+    and ``key``, the stable name that decides its split (its path relative to the manifest, a stamp's name)."""
+
+    image: Path
+    captions: tuple[str, ...]
+    source: str
+    key: str
+
+
+@dataclass
+class Manifest:
+    """A read manifest: the usable ``items`` (in listing order) and every ``problems`` line."""
+
+    path: Path
+    items: list[Item]
+    problems: list[Problem]
+
+
+@dataclass
+class BuildResult:
+    """What a build wrote: ``out``, per split ``{"images": n, "captions": m}``, the vocabulary size, skipped lines,
+    and the extraction work (pictures run through the extractor, seconds)."""
+
+    out: Path
+    splits: dict[str, dict[str, int]]
+    vocab_size: int
+    skipped: list[Problem] = field(default_factory=list)
+    computed: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        sizes = ", ".join(f"{s} {c['images']} images/{c['captions']} captions" for s, c in self.splits.items())
+        skipped = f", skipped {len(self.skipped)} bad lines" if self.skipped else ""
+        return (f"wrote {self.out}: {sizes}, vocabulary {self.vocab_size} words{skipped} "
+                f"({self.computed} pictures extracted, {self.seconds:.1f} s)")
+
+
+def clean_caption(text: str) -> str:
+    """One line, single spaces, no surrounding blanks."""
+    return " ".join(text.split())
+
+
+# -- reading and checking -------------------------------------------------------------------------------------------
+
+
+def read_manifest(path: str | os.PathLike, check_images: bool = True, progress: bool = False) -> Manifest:
+    """Parse a ``.jsonl`` or ``.csv`` manifest and check it; nothing is raised for bad lines (see ``problems``).
+
+    With ``check_images`` every picture is decoded once to prove it is readable.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ItmatchError(f"{path}: manifest not found") from None
+    except UnicodeDecodeError as exc:
+        raise ItmatchError(f"{path}: not UTF-8 text ({exc}); save the manifest as UTF-8") from None
+    problems: list[Problem] = []
+    csv_rows = path.suffix.lower() == ".csv"
+    if csv_rows:
+        entries = _parse_csv(path, text, problems)
+    elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        entries = _parse_jsonl(path, text, problems)
+    else:
+        raise ItmatchError(f"{path}: unknown manifest type; name it .jsonl (JSON Lines) or .csv (image,caption rows)")
+
+    base = path.parent.resolve()
+    by_image: dict[Path, list[tuple[int, str, list[str]]]] = {}
+    for line, image, captions in entries:
+        by_image.setdefault((base / image).resolve(), []).append((line, image, captions))
+    bad_images = _check_images(list(by_image), check_images, progress, base)
+
+    items: list[Item] = []
+    for image, lines in by_image.items():
+        if image in bad_images:
+            problems += [Problem(f"{path}:{line}", bad_images[image]) for line, _, _ in lines]
+            continue
+        captions: list[str] = []
+        first_line: dict[str, int] = {}  # CSV: caption -> line that gave it
+        for line, _, line_captions in lines:
+            if not csv_rows and line != lines[0][0]:
+                problems.append(Problem(f"{path}:{line}", f"picture already listed on line {lines[0][0]}; put all "
+                                                          "its captions on one line"))
+            elif csv_rows and line_captions[0] in first_line:
+                problems.append(Problem(f"{path}:{line}", f"duplicate of line {first_line[line_captions[0]]} "
+                                                          "(same picture and caption)"))
+            else:
+                first_line.setdefault(line_captions[0], line)
+                captions += line_captions
+        if captions:
+            key = Path(os.path.relpath(image, base)).as_posix()
+            items.append(Item(image, tuple(captions), f"{path.name}:{lines[0][0]}", key))
+    problems.sort(key=lambda p: int(p.where.rsplit(":", 1)[1]))
+    return Manifest(path, items, problems)
+
+
+def _parse_jsonl(path: Path, text: str, problems: list[Problem]) -> list[tuple[int, str, list[str]]]:
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(where, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(Problem(where, 'expected an object {"image": "path", "captions": ["...", ...]}'))
+            continue
+        image = record.get("image")
+        if not isinstance(image, str) or not image.strip():
+            problems.append(Problem(where, 'no "image" path (relative to the manifest\'s folder)'))
+            continue
+        captions = record.get("captions")
+        if not isinstance(captions, list) or not captions:
+            problems.append(Problem(where, 'no "captions": give a list of one or more sentences'))
+            continue
+        empty = [str(i) for i, c in enumerate(captions, start=1) if not isinstance(c, str) or not c.strip()]
+        if empty:
+            problems.append(Problem(where, f"empty caption (caption {', '.join(empty)} of {len(captions)})"))
+            continue
+        entries.append((number, image.strip(), [clean_caption(c) for c in captions]))
+    return entries
+
+
+def _parse_csv(path: Path, text: str, problems: list[Problem]) -> list[tuple[int, str, list[str]]]:
+    entries = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    end_of_previous = 0
+    for row in reader:
+        number, end_of_previous = end_of_previous + 1, reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if number == 1 and [cell.strip().lower() for cell in row] == ["image", "caption"]:
+            continue
+        where = f"{path}:{number}"
+        if len(row) != 2:
+            problems.append(Problem(where, f"expected 2 columns image,caption, found {len(row)} (quote a caption "
+                                           'that contains commas: "a dog, running")'))
+            continue
+        image, caption = row[0].strip(), row[1]
+        if not image:
+            problems.append(Problem(where, "no image path"))
+        elif not caption.strip():
+            problems.append(Problem(where, "empty caption"))
+        else:
+            entries.append((number, image, [clean_caption(caption)]))
+    return entries
+
+
+def _check_images(images: list[Path], decode: bool, progress: bool, base: Path) -> dict[Path, str]:
+    """Reason per unusable picture: missing, or (with ``decode``) not decodable."""
+    bad: dict[Path, str] = {}
+    for image in tqdm(images, desc="checking pictures", unit="img", disable=not progress or not decode):
+        shown = os.path.relpath(image, base)
+        if not image.is_file():
+            bad[image] = f"picture not found: {shown} (paths are relative to the manifest's folder)"
+        elif decode:
+            try:
+                load_image(image)
+            except UnreadableImage as exc:
+                bad[image] = f"cannot decode the picture {shown}: {str(exc).split(': ', 1)[-1]}"
+    return bad
+
+
+# -- splitting ------------------------------------------------------------------------------------------------------
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """``"0.8/0.1/0.1"`` (or ``80/10/10``) -> train, dev, test fractions summing to 1."""
+    try:
+        parts = tuple(float(p) for p in text.split("/"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0 or parts[0] <= 0:
+        raise ItmatchError(f"--split {text!r}: give train/dev/test fractions like 0.8/0.1/0.1 (train > 0)")
+    total = sum(parts)
+    return parts[0] / total, parts[1] / total, parts[2] / total
+
+
+def split_sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    """(dev, test) picture counts for ``n`` pictures; a non-zero fraction gets at least one picture when n >= 3."""
+    dev, test = (round(n * f) for f in fractions[1:])
+    if n >= 3:
+        dev = max(dev, 1) if fractions[1] > 0 else 0
+        test = max(test, 1) if fractions[2] > 0 else 0
+    return dev, test
+
+
+def split_items(items: Sequence[Item], dev: int, test: int, seed: int = 0) -> dict[str, list[Item]]:
+    """Deterministic split: pictures ordered by ``sha256(seed:key)``; the first ``test`` go to test, the next
+    ``dev`` to dev, the rest to train. Each split keeps the listing order. Adding pictures moves no other picture
+    between test and dev/train unless it ranks before it."""
+    if dev < 0 or test < 0 or dev + test >= len(items):
+        raise ItmatchError(f"cannot take {dev} dev and {test} test pictures out of {len(items)}: train would be "
+                           "empty; lower --dev/--test or the --split fractions")
+    rank = sorted(range(len(items)), key=lambda i: hashlib.sha256(f"{seed}:{items[i].key}".encode()).hexdigest())
+    which = {i: "test" for i in rank[:test]} | {i: "dev" for i in rank[test:test + dev]}
+    splits: dict[str, list[Item]] = {name: [] for name in SPLIT_NAMES}
+    for i, item in enumerate(items):
+        splits[which.get(i, "train")].append(item)
+    return splits
+
+
+# -- writing --------------------------------------------------------------------------------------------------------
+
+
+def check_out(out: Path) -> None:
+    """``out`` must be new, empty, or an earlier itmatch dataset (which a build replaces)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DATASET_FILE).is_file())):
+        raise ItmatchError(f"{out}: exists and is not an itmatch dataset; choose a new --out folder")
+
+
+def write_dataset(
+    out: str | os.PathLike,
+    splits: Mapping[str, Sequence[Item]],
+    locate: Mapping[Path, tuple[FeatureSet, int]],
+    info: dict[str, Any],
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Write the precomp directory ``out`` (see the module docstring) from items whose features ``locate`` gives
+    as (feature set, row). Built in a temporary folder beside ``out``, renamed at the end. Returns the split
+    counts and the vocabulary size."""
+    out = Path(out).absolute()
+    check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        counts: dict[str, dict[str, int]] = {}
+        for split, items in splits.items():
+            if items:
+                counts[split] = _write_split(tmp, split, items, locate)
+        vocab = build_vocab((c for item in splits["train"] for c in item.captions), threshold=1)
+        save_vocab(vocab, tmp / "vocab.json")
+        any_set = next(iter(locate.values()))[0]
+        write_json(tmp / DATASET_FILE, {
+            **info,
+            "extractor": any_set.info["extractor"],
+            "regions": any_set.info["regions"],
+            "dim": any_set.info["dim"],
+            "splits": counts,
+            "vocab_size": len(vocab),
+        })
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return counts, len(vocab)
+
+
+def _write_split(folder: Path, split: str, items: Sequence[Item], locate: Mapping[Path, tuple[FeatureSet, int]]
+                 ) -> dict[str, int]:
+    sets = [locate[item.image] for item in items]
+    _, r, d = sets[0][0].features.shape
+    boxes = np.empty((len(items), r, 4), dtype=np.float32)
+    rows = []
+    with features_writer(folder, split, (len(items), r, d)) as features:
+        for j, (item, (feature_set, row)) in enumerate(zip(items, sets)):
+            features[j] = feature_set.features[row]
+            boxes[j] = feature_set.boxes[row]
+            meta = feature_set.images[row]
+            rows.append({"row": j, "path": str(item.image), "width": meta["width"], "height": meta["height"],
+                         "source": item.source})
+    captions = [caption for item in items for caption in item.captions]
+    caption_image = np.repeat(np.arange(len(items), dtype=np.int64), [len(item.captions) for item in items])
+    write_captions(folder, split, captions, caption_image)
+    write_npy(folder / f"{split}_boxes.npy", boxes)
+    write_text(folder / f"{split}_images.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    return {"images": len(items), "captions": len(captions)}
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out``, replacing an earlier build or an empty folder."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old)
+
+
+def features_cache(kind: str, extractor_config: dict[str, Any], *parts: str) -> Path:
+    """The cache folder for extracted features: ``$ITMATCH_CACHE/features/KIND-...-HASH`` (hash of the config)."""
+    digest = hashlib.sha256(json.dumps(extractor_config, sort_keys=True).encode()).hexdigest()[:12]
+    name = "-".join([kind, *parts, str(extractor_config["name"]), str(extractor_config["regions"]), digest])
+    return cache_dir() / "features" / "".join(c if c.isalnum() or c in "._-+" else "_" for c in name)
+
+
+# -- the manifest build ---------------------------------------------------------------------------------------------
+
+
+def build_dataset(
+    out: str | os.PathLike,
+    items: Sequence[Item],
+    *,
+    dev: int,
+    test: int,
+    seed: int = 0,
+    extractor: str | Extractor = DEFAULT_EXTRACTOR,
+    regions: int = 36,
+    features_dir: str | os.PathLike,
+    batch_size: int = 8,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+    extractor_options: dict[str, Any] | None = None,
+) -> BuildResult:
+    """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset."""
+    started = time.perf_counter()
+    splits = split_items(items, dev, test, seed)
+    feature_set = extract_features([item.image for item in items], features_dir, extractor=extractor,
+                                   regions=regions, batch_size=batch_size, progress=progress,
+                                   **(extractor_options or {}))
+    locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
+    counts, vocab_size = write_dataset(out, splits, locate, {**(info or {}), "seed": seed})
+    return BuildResult(Path(out), counts, vocab_size, computed=feature_set.computed,
+                       seconds=time.perf_counter() - started)
+
+
+def build_from_manifest(
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    split: str | tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    skip_bad: bool = False,
+    extractor: str = DEFAULT_EXTRACTOR,
+    regions: int = 36,
+    features_dir: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    extractor_options: dict[str, Any] | None = None,
+) -> BuildResult:
+    """Check ``manifest``, then build the precomp dataset ``out`` (see the module docstring).
+
+    Bad lines raise :class:`ManifestError` listing all of them, before anything is extracted or written, unless
+    ``skip_bad`` (then they are left out and listed in the result and in ``dataset.json``). Features are cached in
+    ``features_dir`` (default: under ``$ITMATCH_CACHE/features``), so a rebuild with another split is instant.
+    """
+    out = Path(out)
+    check_out(out)
+    fractions = parse_fractions(split) if isinstance(split, str) else split
+    made = get_extractor(extractor, regions=regions, **(extractor_options or {}))
+    read = read_manifest(manifest, progress=progress)
+    if read.problems and not skip_bad:
+        raise ManifestError(read.path, read.problems)
+    if not read.items:
+        raise ItmatchError(f"{read.path}: no usable pictures; add lines like "
+                           '{"image": "photo.jpg", "captions": ["a dog on a beach"]}')
+    dev, test = split_sizes(len(read.items), fractions)
+    manifest_id = hashlib.sha256(str(read.path.resolve()).encode()).hexdigest()[:12]
+    result = build_dataset(
+        out, read.items, dev=dev, test=test, seed=seed, extractor=made,
+        features_dir=features_dir or features_cache("manifest", made.config(), manifest_id), batch_size=batch_size,
+        progress=progress,
+        info={"source": "manifest", "manifest": str(read.path.resolve()), "split": list(fractions),
+              "skipped": [str(p) for p in read.problems]},
+    )
+    result.skipped = read.problems
+    return result
