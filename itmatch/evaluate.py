@@ -42,7 +42,8 @@ def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None
     """The model of one checkpoint, or the ensemble of several, and the vocabulary their captions use.
 
     The vocabulary comes from ``vocab_path`` or else from the first checkpoint that stores one; its size
-    must equal every model's word embedding (a model trained with another vocabulary is an error).
+    must equal every model's word embedding (a model trained with another vocabulary is an error). Models with
+    their own tokenizer (``config.vocab_size`` None, e.g. a BERT-family text encoder) need no vocabulary.
     """
     loaded = [load_checkpoint(p, trust=trust, device=device) for p in checkpoints]
     if vocab_path is not None:
@@ -63,14 +64,35 @@ def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None
     return (models[0] if len(models) == 1 else Ensemble(models)), vocab
 
 
-def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
-                 blocks: list[tuple[np.ndarray, np.ndarray]], **engine) -> list[np.ndarray]:
-    """Score matrices of ``blocks`` (image indices, caption indices) of ``split`` with the scoring engine."""
+def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]) -> list[list[int]]:
+    """Token ids of ``captions`` for ``model``: its own tokenizer when it has one (``model.tokenize``, e.g. a
+    BERT-family text encoder), else the vocabulary's word ids."""
+    tokenize = getattr(model, "tokenize", None)
+    if tokenize is not None:
+        return tokenize(captions)
     if vocab is None:
         raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
-    tokens = vocab.encode_all(split.captions)
-    return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **engine)
-            for images, captions in blocks]
+    return vocab.encode_all(captions)
+
+
+def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
+                 blocks: list[tuple[np.ndarray, np.ndarray]], **engine) -> list[np.ndarray]:
+    """Score matrices of ``blocks`` (image indices, caption indices) of ``split`` with the scoring engine.
+
+    An ensemble whose members read captions differently (a vocabulary, or a model's own tokenizer) is scored
+    member by member, each with its own token ids, and the members' scores averaged.
+    """
+    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    if all(getattr(m, "tokenize", None) is None for m in members):
+        tokens = caption_tokens(model, vocab, split.captions)
+        return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **engine)
+                for images, captions in blocks]
+    total = [np.zeros((len(images), len(captions)), dtype=np.float64) for images, captions in blocks]
+    for member in members:
+        tokens = caption_tokens(member, vocab, split.captions)
+        for acc, (images, captions) in zip(total, blocks):
+            acc += score_matrix(member, ImageRows(split, images), [tokens[c] for c in captions], **engine)
+    return [(acc / len(members)).astype(np.float32) for acc in total]
 
 
 def load_sims(paths: Sequence[str | Path], blocks: list[tuple[np.ndarray, np.ndarray]],
