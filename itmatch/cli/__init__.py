@@ -21,6 +21,7 @@ app = typer.Typer(
 _GROUPS: list[tuple[str, str | None]] = [
     ("itmatch.cli.data", "data"),
     ("itmatch.cli.models", None),
+    ("itmatch.cli.extract", None),
 ]
 
 for _module_name, _group in _GROUPS:

@@ -1,4 +1,4 @@
-"""`itmatch data ...`: vocabulary and synthetic-data commands."""
+"""`itmatch data ...`: vocabulary, synthetic-data and dataset-building (`data build`) commands."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
+from itmatch.cli import build
 from itmatch.data.precomp import read_captions
 from itmatch.data.synthetic import write_synthetic
 from itmatch.data.vocab import build_vocab, save_vocab
 
 app = typer.Typer(help="Build vocabularies and datasets.", no_args_is_help=True)
+app.add_typer(build.app, name="build")
 
 
 @app.command("synth")

@@ -25,7 +25,8 @@ def installed_version(package: str) -> str | None:
     """The version of ``package`` installed system-wide (dpkg), or None."""
     if shutil.which("dpkg-query") is None:
         return None
-    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package], capture_output=True, text=True)
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Status}|${Version}", package], check=False, capture_output=True,
+                          text=True)
     status, _, version = done.stdout.partition("|")
     return version if done.returncode == 0 and status.endswith(" installed") else None
 
@@ -48,7 +49,7 @@ def unpacked_package(package: str, cache: Path | None = None) -> tuple[Path, str
         download = ["apt-get", "download", "-qq", package]
         if os.geteuid() == 0:  # root: apt would hand the download to the _apt user, who cannot write here
             download[1:1] = ["-o", "APT::Sandbox::User=root"]
-        done = subprocess.run(download, cwd=work, capture_output=True, text=True)
+        done = subprocess.run(download, check=False, cwd=work, capture_output=True, text=True)
         debs = sorted(work.glob("*.deb"))
         if done.returncode != 0 or not debs:
             raise ItmatchError(

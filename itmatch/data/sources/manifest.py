@@ -27,10 +27,10 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -171,7 +171,7 @@ def read_manifest(path: str | os.PathLike, check_images: bool = True, progress: 
                 captions += line_captions
         if captions:
             key = Path(os.path.relpath(image, base)).as_posix()
-            items.append(Item(image, tuple(captions), f"{path.name}:{lines[0][0]}", key))
+            items.append(Item(image, tuple(captions), f"{path.name}:{min(first_line.values())}", key))
     problems.sort(key=lambda p: int(p.where.rsplit(":", 1)[1]))
     return Manifest(path, items, problems)
 
@@ -307,6 +307,9 @@ def write_dataset(
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
     try:
         counts: dict[str, dict[str, int]] = {}
         for split, items in splits.items():

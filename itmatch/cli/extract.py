@@ -1,0 +1,89 @@
+"""`itmatch extract`: region features for a folder of pictures or a manifest's pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from itmatch.errors import ItmatchError
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["min_score=0.3", "features_dir=feats"]`` -> ``{"min_score": 0.3, "features_dir": "feats"}`` (JSON values
+    where they parse, strings otherwise)."""
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ItmatchError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option min_score=0.3")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def list_pictures(images: Path) -> list[Path]:
+    """The pictures of a folder (recursively, sorted) or of a manifest (``.jsonl``/``.csv``, listing order)."""
+    from itmatch.data.sources.manifest import ManifestError, read_manifest
+    from itmatch.features import find_images
+
+    if images.is_dir():
+        found = find_images(images)
+        if not found:
+            raise ItmatchError(f"{images}: no pictures found (looked for JPEG, PNG, WebP, TIFF, BMP, SVG, ...)")
+        return found
+    if not images.is_file():
+        raise ItmatchError(f"{images}: no such folder or manifest file")
+    manifest = read_manifest(images, check_images=False)
+    if manifest.problems:
+        raise ManifestError(manifest.path, manifest.problems)
+    return [item.image for item in manifest.items]
+
+
+def extract(
+    images: Annotated[Path, typer.Option(help="A folder of pictures (searched recursively) or a manifest "
+                                              "(.jsonl / .csv) whose pictures to extract.")],
+    out: Annotated[Path, typer.Option(help="Features folder to write (features.npy, boxes.npy, labels.npy, "
+                                           "scores.npy, images.jsonl, extractor.json).")],
+    extractor: Annotated[str, typer.Option(help="Registered extractor: ssd-mobilenet-v2 (D=1286) or precomputed.")
+                         ] = "ssd-mobilenet-v2",
+    regions: Annotated[int, typer.Option(help="Regions per picture (R).", min=1)] = 36,
+    batch_size: Annotated[int, typer.Option(help="Pictures per forward pass.", min=1)] = 8,
+    option: Annotated[list[str] | None, typer.Option(
+        help="Extractor setting KEY=VALUE (repeatable), e.g. min_score=0.3 or features_dir=DIR.")] = None,
+    skip_unreadable: Annotated[bool, typer.Option(
+        help="Record pictures that cannot be decoded (zeros + an error in images.jsonl) instead of stopping.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Extract R region features per picture into a resumable, memory-mapped features folder.
+
+    Rerunning skips pictures already done (also after a kill, or when pictures were added).
+
+    Examples:
+
+      itmatch extract --images photos/ --out photos-features
+
+      itmatch extract --images manifest.jsonl --out feats --extractor precomputed --option features_dir=butd/
+    """
+    from itmatch.features import extract_features
+
+    pictures = list_pictures(images)
+    result = extract_features(pictures, out, extractor=extractor, regions=regions, batch_size=batch_size,
+                              progress=progress, skip_unreadable=skip_unreadable, **parse_options(option))
+    n, r, d = result.features.shape
+    failed = int((~result.ok).sum())
+    rate = f", {result.computed / result.seconds:.1f} pictures/s" if result.computed and result.seconds else ""
+    plural = "s" if n != 1 else ""
+    unreadable = f", {failed} unreadable" if failed else ""
+    typer.echo(f"wrote {out}: {n} picture{plural} x {r} regions x {d} dims ({result.computed} extracted, "
+               f"{n - result.computed} reused{rate}{unreadable})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level ``extract`` command to ``app``."""
+    app.command("extract")(extract)

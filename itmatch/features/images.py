@@ -1,0 +1,153 @@
+"""Decode a picture file into an upright, opaque BGR ``uint8`` array.
+
+Reads every format OpenCV reads (JPEG, PNG, WebP, TIFF, BMP, ...) plus SVG (rendered with cairosvg). EXIF
+orientation is honoured (OpenCV applies it when decoding colour), and transparency is composited onto white:
+OpenCV drops the alpha channel in the orientation-aware decode and ignores orientation in the alpha-keeping one, so a
+picture with alpha is decoded both ways and the alpha plane is turned the way the colour decode turned the picture.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from itmatch.errors import ItmatchError
+
+#: Longest side, in pixels, at which SVG drawings are rendered (the detector looks at 300 x 300).
+SVG_SIZE = 512
+
+#: File name suffixes :func:`find_images` collects (OpenCV's formats plus SVG).
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pbm", ".pgm", ".ppm", ".pnm",
+     ".pxm", ".sr", ".ras", ".jp2", ".exr", ".hdr", ".pic", ".avif", ".gif", ".svg"}
+)
+
+# A DOCTYPE with an internal subset, and the internal (quoted-value) entity declarations in it.
+_DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*\[(?P<subset>.*?)\]\s*>", re.DOTALL)
+_ENTITY = re.compile(rb"<!ENTITY\s+(?P<name>[\w.:-]+)\s+(?P<quote>[\"'])(?P<value>.*?)(?P=quote)\s*>", re.DOTALL)
+
+# The eight EXIF orientations as array operations (raw -> upright), identity first.
+_ORIENTATIONS = (
+    lambda a: a,
+    lambda a: a[:, ::-1],
+    lambda a: a[::-1, ::-1],
+    lambda a: a[::-1],
+    lambda a: a.swapaxes(0, 1),
+    lambda a: np.rot90(a, -1),
+    lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    lambda a: np.rot90(a, 1),
+)
+
+
+class UnreadableImage(ItmatchError):
+    """A picture file that cannot be decoded (missing, truncated, not a picture)."""
+
+
+def find_images(directory: Path) -> list[Path]:
+    """Every picture file under ``directory`` (recursively, symlinks to files included), sorted by path."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` into an upright BGR ``uint8`` array of shape (H, W, 3); transparent parts become white.
+
+    Raises :class:`UnreadableImage` naming the file when it cannot be read or decoded.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
+    if path.suffix.lower() == ".svg":
+        return _composite(_decode_unchanged(_render_svg(data, path), path))
+    buffer = np.frombuffer(data, np.uint8)
+    colour = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if colour is None:
+        raise UnreadableImage(f"{path}: not a picture OpenCV can decode; convert it to PNG or JPEG")
+    if data[:2] == b"\xff\xd8":  # JPEG: never has alpha, the colour decode is the answer
+        return colour
+    raw = _decode_unchanged(data, path)
+    if raw.ndim == 3 and raw.shape[2] == 4:
+        return _composite(_orient_like(raw, colour))
+    return colour
+
+
+def _decode_unchanged(data: bytes, path: Path) -> np.ndarray:
+    """Decode keeping alpha and bit depth, then scale to ``uint8``; (H, W) or (H, W, C)."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise UnreadableImage(f"{path}: not a picture OpenCV can decode; convert it to PNG or JPEG")
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(np.nan_to_num(image.astype(np.float32)) * 255.0, 0, 255).round().astype(np.uint8)
+    return image
+
+
+def _orient_like(raw: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Turn the raw BGRA array the way OpenCV turned its colour decode (EXIF orientation), found by comparison."""
+    best, best_diff = raw, np.inf
+    for turn in _ORIENTATIONS:
+        candidate = turn(raw)
+        if candidate.shape[:2] != colour.shape[:2]:
+            continue
+        diff = np.abs(candidate[..., :3].astype(np.int16) - colour).mean()
+        if diff == 0:
+            return np.ascontiguousarray(candidate)
+        if diff < best_diff:
+            best, best_diff = candidate, diff
+    return np.ascontiguousarray(best)
+
+
+def _composite(image: np.ndarray) -> np.ndarray:
+    """Grey, BGR or BGRA ``uint8`` -> opaque BGR ``uint8``, alpha composited onto white."""
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 1:
+        return cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 3:
+        return image
+    alpha = image[..., 3:4].astype(np.float32) / 255.0
+    out = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
+    return np.ascontiguousarray(np.clip(out.round(), 0, 255).astype(np.uint8))
+
+
+def _render_svg(data: bytes, path: Path) -> bytes:
+    """Render SVG bytes to PNG bytes whose longest side is :data:`SVG_SIZE`, transparent background."""
+    try:
+        import cairosvg
+    except (ImportError, OSError) as exc:  # OSError: libcairo2 missing
+        raise ItmatchError(
+            f"{path}: SVG needs cairosvg and the libcairo2 system library ({exc}); "
+            "run `pip install cairosvg` and scripts/install_system_deps.sh"
+        ) from None
+    data = _expand_internal_entities(data)
+    try:
+        png = cairosvg.svg2png(bytestring=data, output_width=SVG_SIZE)
+        height, width = _png_size(png)
+        if height > width:
+            png = cairosvg.svg2png(bytestring=data, output_height=SVG_SIZE)
+    except Exception as exc:  # noqa: BLE001 -- cairosvg raises many kinds (XML, value, cairo) for bad drawings
+        raise UnreadableImage(f"{path}: cannot render this SVG ({type(exc).__name__}: {exc}); fix or drop it") from None
+    return png
+
+
+def _expand_internal_entities(data: bytes) -> bytes:
+    """Replace internal entities (``<!ENTITY ns_svg "http://...">``, common in Adobe Illustrator exports) by their
+    values and drop the DOCTYPE: cairosvg's safe parser refuses entities, and external ones must stay refused."""
+    doctype = _DOCTYPE.search(data)
+    if doctype is None:
+        return data
+    entities = {m["name"]: m["value"] for m in _ENTITY.finditer(doctype["subset"])}
+    body = data[: doctype.start()] + data[doctype.end():]
+    for name, value in entities.items():
+        body = body.replace(b"&" + name + b";", value)
+    return body
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(height, width) from a PNG's IHDR chunk."""
+    return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")

@@ -1,0 +1,364 @@
+"""The features directory: resumable, memory-mapped output of :func:`extract_features`.
+
+A finished directory holds::
+
+    features.npy   (N, R, D) float32     boxes.npy   (N, R, 4) float32, x1 y1 x2 y2 in [0, 1]
+    labels.npy     (N, R) int32 (-1: grid box)      scores.npy  (N, R) float32 (0: grid box)
+    images.jsonl   one line per row: {"row", "path", "width", "height", "bytes", "mtime_ns"}, plus "error" for
+                   a picture that could not be decoded (only with ``skip_unreadable``; its arrays are zeros)
+    extractor.json the extractor's config, N, R, D -- written last: its presence means "complete"
+
+While running, the arrays live in ``.partial/`` beside a ``plan.json`` (config + the pictures, by path, size and
+modification time) and an append-only ``done.log`` (a JSON line per finished picture, appended only after the
+arrays were flushed). A killed run resumes from there; a run over a changed list of pictures reuses every row
+whose picture and config are unchanged, from the finished output or from the partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from itmatch.errors import ItmatchError
+from itmatch.features.base import Extractor, Regions, check_regions, get_extractor
+from itmatch.features.images import UnreadableImage
+from itmatch.fileio import write_json, write_text
+
+FORMAT_VERSION = 1
+ARRAYS = ("features", "boxes", "labels", "scores")
+INFO_FILE = "extractor.json"
+IMAGES_FILE = "images.jsonl"
+PARTIAL = ".partial"
+
+
+@dataclass
+class FeatureSet:
+    """A finished features directory, arrays memory-mapped read-only.
+
+    ``features`` (N, R, D) float32, ``boxes`` (N, R, 4), ``labels``/``scores`` (N, R); ``images[i]`` describes row
+    i (``path``, ``width``, ``height``, ...); ``info`` is ``extractor.json``. ``computed`` and ``seconds`` say how
+    many pictures the call that returned it ran through the extractor, and how long it took.
+    """
+
+    directory: Path
+    features: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    images: list[dict[str, Any]]
+    info: dict[str, Any]
+    computed: int = 0
+    seconds: float = 0.0
+    paths: list[Path] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.paths = [Path(row["path"]) for row in self.images]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """(N,) bool: False for rows whose picture could not be decoded (``skip_unreadable``)."""
+        return np.array(["error" not in row for row in self.images], dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def open_features(directory: str | os.PathLike) -> FeatureSet:
+    """Open a finished features directory; raise ``ItmatchError`` if it is missing or unfinished."""
+    directory = Path(directory)
+    info_path = directory / INFO_FILE
+    if not info_path.is_file():
+        hint = "the extraction did not finish; rerun it to resume" if (directory / PARTIAL).exists() else \
+            "run `itmatch extract` first"
+        raise ItmatchError(f"{directory}: not a finished features directory (no {INFO_FILE}); {hint}")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    images = _read_jsonl(directory / IMAGES_FILE)
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+    return FeatureSet(directory, images=images, info=info, **arrays)
+
+
+def image_key(path: Path) -> dict[str, Any]:
+    """What identifies a picture for reuse: absolute path, size and modification time."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ItmatchError(f"{path}: cannot read the picture ({exc.strerror}); check the path") from None
+    return {"path": str(path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _key_tuple(row: dict[str, Any]) -> tuple[str, int, int]:
+    return row["path"], row["bytes"], row["mtime_ns"]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def extract_features(
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    extractor: str | Extractor = "ssd-mobilenet-v2",
+    regions: int = 36,
+    batch_size: int = 8,
+    progress: bool = True,
+    skip_unreadable: bool = False,
+    **options: Any,
+) -> FeatureSet:
+    """Extract R region features for every picture in ``images`` into ``out_dir`` and open the result.
+
+    ``extractor`` is a registered name (created with ``regions`` and ``options``) or an :class:`Extractor`.
+    Resumable and incremental: finished pictures are never extracted again (see the module docstring). Row i of
+    every array belongs to ``images[i]``. With ``skip_unreadable`` a picture that cannot be decoded gets zero rows
+    and an ``error`` in ``images.jsonl`` instead of stopping the run (see :attr:`FeatureSet.ok`).
+    """
+    started = time.perf_counter()
+    if isinstance(extractor, str):
+        extractor = get_extractor(extractor, regions=regions, **options)
+    paths = [Path(p) for p in images]
+    if not paths:
+        raise ItmatchError(f"{out_dir}: no pictures to extract; give a folder or manifest that lists some")
+    keys = [image_key(p) for p in paths]
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key["path"] in seen:
+            raise ItmatchError(f"{paths[i]}: listed twice (items {seen[key['path']] + 1} and {i + 1}); list it once")
+        seen[key["path"]] = i
+    config = extractor.config()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if _finished_plan(out) == (config, [_key_tuple(k) for k in keys]):
+        return open_features(out)
+
+    run = _Partial.prepare(out, config, keys, extractor.regions)
+    todo = [i for i in range(len(keys)) if i not in run.done]
+    bar = _progress(len(todo), progress)
+    try:
+        for batch in _chunks(todo, max(1, batch_size)):
+            run.write(batch, _extract_batch(extractor, [paths[i] for i in batch], skip_unreadable))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    run.finish()
+    result = open_features(out)
+    result.computed = len(todo)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _extract_batch(extractor: Extractor, paths: list[Path], skip_unreadable: bool) -> list[Regions | str]:
+    """Regions per path; with ``skip_unreadable`` an undecodable picture gives its error message instead."""
+    try:
+        results: list[Regions | str] = list(extractor.extract(paths))
+    except UnreadableImage:
+        if not skip_unreadable:
+            raise
+        results = []
+        for path in paths:  # find which picture(s) of the batch failed
+            try:
+                results += extractor.extract([path])
+            except UnreadableImage as exc:
+                results.append(str(exc))
+    if len(results) != len(paths):
+        raise ItmatchError(f"the {extractor.name} extractor returned {len(results)} results for {len(paths)} pictures")
+    for path, result in zip(paths, results):
+        if isinstance(result, Regions):
+            check_regions(result, extractor.regions, str(path))
+    return results
+
+
+def _finished_plan(out: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
+    """(config, keys) of the finished output in ``out``, if any."""
+    if not (out / INFO_FILE).is_file() or not (out / IMAGES_FILE).is_file():
+        return None
+    info = json.loads((out / INFO_FILE).read_text(encoding="utf-8"))
+    return info.get("extractor"), [_key_tuple(r) for r in _read_jsonl(out / IMAGES_FILE)]
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _progress(total: int, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc="extracting", unit="img", disable=not enabled or total == 0)
+
+
+class _Partial:
+    """The ``.partial`` folder of a run: full-size memmaps, ``plan.json`` and ``done.log``.
+
+    ``done`` maps a finished row to ``{"width": w, "height": h}`` or ``{"error": message}``.
+    """
+
+    def __init__(self, directory: Path, out: Path, config: dict[str, Any], keys: list[dict[str, Any]],
+                 regions: int) -> None:
+        self.directory, self.out, self.config, self.keys, self.regions = directory, out, config, keys, regions
+        self.done: dict[int, dict[str, Any]] = {}
+        self.arrays: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def prepare(cls, out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int) -> _Partial:
+        """Resume the matching partial run, or start one that reuses every row it can."""
+        here = out / PARTIAL
+        plan = _read_plan(here)
+        if plan is not None and plan["config"] == config and plan["images"] == keys:
+            run = cls(here, out, config, keys, regions)
+            run.done = _read_done(here)
+            if (here / "features.npy").is_file():
+                run.arrays = {n: np.load(here / f"{n}.npy", mmap_mode="r+") for n in ARRAYS}
+            return run
+
+        fresh = out / (PARTIAL + ".new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        run = cls(fresh, out, config, keys, regions)
+        run._reuse(out, plan)
+        shutil.rmtree(here, ignore_errors=True)
+        fresh.rename(here)
+        run.directory = here
+        return run
+
+    def _reuse(self, out: Path, old_plan: dict[str, Any] | None) -> None:
+        """Copy rows of unchanged pictures from the finished output and from an older partial run (same config)."""
+        sources: list[tuple[dict[tuple[str, int, int], tuple[int, dict[str, Any]]], Path]] = []
+        finished = _finished_plan(out)
+        if finished is not None and finished[0] == self.config:
+            index = {_key_tuple(r): (r["row"], _outcome(r)) for r in _read_jsonl(out / IMAGES_FILE)}
+            sources.append((index, out))
+        if old_plan is not None and old_plan["config"] == self.config and (out / PARTIAL / "features.npy").is_file():
+            old_keys = old_plan["images"]
+            index = {_key_tuple(old_keys[r]): (r, outcome) for r, outcome in _read_done(out / PARTIAL).items()}
+            sources.append((index, out / PARTIAL))
+        copied: list[int] = []
+        for index, folder in sources:
+            matches = [(i, index[_key_tuple(k)]) for i, k in enumerate(self.keys)
+                       if _key_tuple(k) in index and i not in self.done]
+            if not matches:
+                continue
+            source = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in ARRAYS}
+            arrays = self._allocate(source["features"].shape[2])
+            for i, (row, outcome) in matches:
+                for name in ARRAYS:
+                    arrays[name][i] = source[name][row]
+                self.done[i] = outcome
+                copied.append(i)
+        if copied:
+            self._commit(copied)
+
+    def _allocate(self, dim: int) -> dict[str, np.ndarray]:
+        """The full-size memmaps, created (with ``plan.json``) the first time, once D is known."""
+        if self.arrays is None:
+            n, r = len(self.keys), self.regions
+            shapes = {"features": ((n, r, dim), np.float32), "boxes": ((n, r, 4), np.float32),
+                      "labels": ((n, r), np.int32), "scores": ((n, r), np.float32)}
+            self.arrays = {
+                name: np.lib.format.open_memmap(self.directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+                for name, (shape, dtype) in shapes.items()
+            }
+            write_json(self.directory / "plan.json", {"config": self.config, "images": self.keys, "dim": dim})
+        return self.arrays
+
+    def write(self, rows: list[int], results: list[Regions | str]) -> None:
+        """Store one batch and record it as done (arrays flushed before the log lines are written)."""
+        dims = [r.features.shape[1] for r in results if isinstance(r, Regions)]
+        if self.arrays is None and not dims:  # nothing decoded yet: D unknown, keep only the errors
+            for i, message in zip(rows, results):
+                self.done[i] = {"error": message}
+            self._log(rows)
+            return
+        arrays = self._allocate(self.arrays["features"].shape[2] if self.arrays else dims[0])
+        dim = arrays["features"].shape[2]
+        for i, result in zip(rows, results):
+            if isinstance(result, str):
+                self.done[i] = {"error": result}
+                continue
+            if result.features.shape[1] != dim:
+                raise ItmatchError(f"{self.keys[i]['path']}: the extractor gave D={result.features.shape[1]} "
+                                   f"features, earlier pictures D={dim}; an extractor must give one D")
+            arrays["features"][i] = result.features
+            arrays["boxes"][i] = result.boxes
+            arrays["labels"][i] = result.labels
+            arrays["scores"][i] = result.scores
+            self.done[i] = {"width": result.width, "height": result.height}
+        self._commit(rows)
+
+    def _commit(self, rows: list[int]) -> None:
+        for array in (self.arrays or {}).values():
+            array.flush()  # type: ignore[attr-defined]
+        self._log(rows)
+
+    def _log(self, rows: list[int]) -> None:
+        with open(self.directory / "done.log", "a", encoding="utf-8") as log:
+            log.write("".join(json.dumps({"row": i, **self.done[i]}) + "\n" for i in rows))
+            log.flush()
+            os.fsync(log.fileno())
+
+    def finish(self) -> None:
+        """Move the complete arrays into the output folder; ``extractor.json`` last (idempotent after a crash)."""
+        missing = len(self.keys) - len(self.done)
+        if missing:
+            raise ItmatchError(f"{self.out}: {missing} pictures are not extracted yet; rerun to resume")
+        plan = _read_plan(self.directory)
+        if plan is None:  # every picture failed to decode: D is unknown
+            raise ItmatchError(f"{self.out}: no picture could be decoded ({self.done[0]['error']})")
+        if self.arrays is not None:
+            for array in self.arrays.values():
+                array.flush()  # type: ignore[attr-defined]
+            self.arrays = None
+        images = self.directory / IMAGES_FILE
+        if not images.exists():
+            rows = [
+                {"row": i, "path": k["path"], "width": self.done[i].get("width"), "height": self.done[i].get("height"),
+                 "bytes": k["bytes"], "mtime_ns": k["mtime_ns"], **({"error": self.done[i]["error"]}
+                                                                     if "error" in self.done[i] else {})}
+                for i, k in enumerate(self.keys)
+            ]
+            write_text(images, "".join(json.dumps(r) + "\n" for r in rows))
+        (self.out / INFO_FILE).unlink(missing_ok=True)
+        for name in [f"{n}.npy" for n in ARRAYS] + [IMAGES_FILE]:
+            if (self.directory / name).exists():
+                os.replace(self.directory / name, self.out / name)
+        write_json(self.out / INFO_FILE, {
+            "format_version": FORMAT_VERSION,
+            "extractor": self.config,
+            "count": len(self.keys),
+            "regions": self.regions,
+            "dim": int(plan["dim"]),
+        })
+        shutil.rmtree(self.directory)
+
+
+def _outcome(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``done`` entry of a finished ``images.jsonl`` row."""
+    return {"error": row["error"]} if "error" in row else {"width": row["width"], "height": row["height"]}
+
+
+def _read_plan(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_done(directory: Path) -> dict[int, dict[str, Any]]:
+    """Rows recorded in ``done.log``; a torn last line (killed mid-write) is ignored."""
+    done: dict[int, dict[str, Any]] = {}
+    try:
+        lines = (directory / "done.log").read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError:
+        return done
+    for line in lines:
+        if not line.endswith("\n"):
+            break
+        entry = json.loads(line)
+        done[entry.pop("row")] = entry
+    return done
