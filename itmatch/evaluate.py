@@ -23,6 +23,10 @@ from itmatch.protocols import check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
 
 
+#: Captions per tile for embedding models: one (images × 1,024) matrix product instead of many thin ones.
+EMBEDDING_CAPTION_CHUNK = 1024
+
+
 @dataclasses.dataclass
 class ImageRows:
     """Lazy (n, R, D) view of chosen images of a split: slicing reads only those rows of the memmap."""
@@ -79,20 +83,31 @@ def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
                  blocks: list[tuple[np.ndarray, np.ndarray]], **engine) -> list[np.ndarray]:
     """Score matrices of ``blocks`` (image indices, caption indices) of ``split`` with the scoring engine.
 
-    An ensemble whose members read captions differently (a vocabulary, or a model's own tokenizer) is scored
-    member by member, each with its own token ids, and the members' scores averaged.
+    An ensemble that mixes embedding models with others, or whose members read captions differently (a
+    vocabulary, or a model's own tokenizer), is scored member by member, each with its own token ids and
+    tiles, and the members' scores averaged. Embedding models take ``EMBEDDING_CAPTION_CHUNK`` captions per
+    matrix product unless ``caption_chunk`` is given.
     """
     members = list(model.members) if isinstance(model, Ensemble) else [model]
-    if all(getattr(m, "tokenize", None) is None for m in members):
+    if len(members) == 1 or all(getattr(m, "tokenize", None) is None and m.pair_bytes_per_word() for m in members):
         tokens = caption_tokens(model, vocab, split.captions)
-        return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **engine)
+        options = _engine_options(model, engine)
+        return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **options)
                 for images, captions in blocks]
     total = [np.zeros((len(images), len(captions)), dtype=np.float64) for images, captions in blocks]
     for member in members:
         tokens = caption_tokens(member, vocab, split.captions)
+        options = _engine_options(member, engine)
         for acc, (images, captions) in zip(total, blocks):
-            acc += score_matrix(member, ImageRows(split, images), [tokens[c] for c in captions], **engine)
+            acc += score_matrix(member, ImageRows(split, images), [tokens[c] for c in captions], **options)
     return [(acc / len(members)).astype(np.float32) for acc in total]
+
+
+def _engine_options(model: Matcher, engine: dict) -> dict:
+    """``engine`` with large caption tiles for a model scored by one matrix product (no per-pair work)."""
+    if model.pair_bytes_per_word() == 0 and not engine.get("caption_chunk"):
+        return {**engine, "caption_chunk": EMBEDDING_CAPTION_CHUNK}
+    return engine
 
 
 def load_sims(paths: Sequence[str | Path], blocks: list[tuple[np.ndarray, np.ndarray]],

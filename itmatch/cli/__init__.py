@@ -22,6 +22,8 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("itmatch.cli.data", "data"),
     ("itmatch.cli.models", None),
     ("itmatch.cli.extract", None),
+    ("itmatch.cli.train", None),
+    ("itmatch.cli.encode", None),
 ]
 
 for _module_name, _group in _GROUPS:
@@ -35,21 +37,12 @@ for _module_name, _group in _GROUPS:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error prints one line and returns 2."""
     try:
-        app(args=argv, prog_name="itmatch", standalone_mode=False)
+        app(args=argv, prog_name="itmatch")  # standalone: usage errors print usage and exit 2
     except ItmatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        return 1
-    except Exception as exc:  # click's usage errors
-        import click
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

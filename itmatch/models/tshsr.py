@@ -1,0 +1,321 @@
+"""TSHSR (Chen et al., "Two-stream Hierarchical Similarity Reasoning for Image-text Matching"), seed 002, §III.
+
+No code was released; this module implements the paper's equations. Per image-caption pair (K regions, L words):
+
+1. Encoders (§III-A), shared with SGR: regions ``V = l2norm(fc(v))``, words ``T`` from the Bi-GRU, global
+   vectors ``v̄ = V ⊙ q̄_v``, ``t̄ = T ⊙ q̄_t`` with ``q̄`` the mean (see choice 1).
+2. Similarity vectors (Eq. 1, as in SGR): ``S(x, y) = l2norm(W (x - y)²)``; the global node ``s^g = S(v̄, t̄)``.
+3. Image-to-text stream (Eq. 2): each word attends over the regions (SGR's attention); nodes
+   ``S^{i2t} = [S(α_1, t_1), ..., S(α_L, t_L), s^g]`` (L + 1 nodes, the global node last, as the paper numbers it).
+4. Text-to-image stream (Eq. 3): each region attends over the caption's words; nodes
+   ``S^{t2i} = [S(v_1, β_1), ..., S(v_K, β_K), s^g]`` (K + 1 nodes).
+5. HSR layer (Eqs. 4-6), ``hsr_layers`` = M times: ``R = softmax_rows((W_p S)(W_q S)ᵀ)``,
+   ``R' = R ⊙ sigmoid(f(R))`` with ``f`` a 3×3 convolution, ``S ← W_r(W_g(R' S)) + S``; the stream's output is
+   the global node of the last layer.
+6. A stream without HSR is average-pooled over its nodes (Eq. 7): the text-to-image stream of the paper's model,
+   or any stream with M = 0 (Table III's "0"). The two streams' outputs are added (Eq. 8): ``S* = S*_i2t + S*_t2i``.
+7. Score ``sigmoid(w_eval · S*)`` (SGR's read-out).
+
+Ablation switches (tables III-V): ``hsr_layers`` (M), ``hsr_conv`` (off: ``R' = R``, the re-weighting removed and
+nothing else, i.e. SGR's softmax-edge propagation in the HSR layer's residual form — Table IV's "traditional
+similarity reasoning"), ``streams`` ("both" | "i2t" = the paper's "Ours (HSR)" | "t2i"), and ``t2i_hsr`` (HSR on
+the text-to-image stream instead of Eq. 7's pooling — Table V's T2I rows, with ``streams="t2i"``).
+
+Where the paper leaves a detail open, the choice and its reason:
+
+1. Global vectors. ``V ⊙ q̄_v`` is literally a K × d matrix, but Eq. 1 needs d-vectors, and the paper says the
+   construction is "inspired by [17]" (SGRAF), whose global vector is exactly a reduction of ``V ⊙ q̄``: the
+   regions' and the mean's embeddings are multiplied element-wise, mapped to one weight per region, softmaxed
+   over regions, and the weighted sum of regions is L2-normalised. That module (SGRAF's ``VisualSelfAttention`` /
+   ``TextSelfAttention``) is used; the parameter-free reductions (e.g. summing ``V ⊙ q̄`` over regions, which
+   gives ``K q̄²``) lose the sign of every coordinate.
+2. Attention. Eqs. 2-3 are SCAN's: ``[c]+`` normalised across the attending side, softmax over the attended side
+   at λ = 9. ``[c]+`` is LeakyReLU(0.1), as in SGR's released code (whose paper also writes ``max(0, ·)``).
+   Padding words are left out of the text-to-image softmax.
+3. Shapes. Every W is ``sim_dim × sim_dim`` with a bias (nn.Linear), as SGR's graph weights, except ``W_q``:
+   its bias adds a term constant along each softmax row of R, which cancels (it would never get a gradient).
+   ``W_r`` acts on each node's features (it cannot mix nodes: the node count varies with L), as VSRN's ``W_r``
+   from which Eq. 6 comes; no BatchNorm (VSRN has one; the paper does not mention it, and it would couple the
+   pairs of a batch).
+4. Normalisation of R: a softmax over each row (over the valid nodes), SGR's edge normalisation. It keeps ``R' S``
+   bounded whatever L is, and with the convolution off the layer reduces to SGR's edge propagation, which is how
+   Table IV compares the two. The 3×3 convolution (one channel, with bias, zero padding 1) runs on this R.
+5. ``W_g`` is applied after the node product, ``W_g(R' S)``, as SGR applies its ``W_g``; no nonlinearity (Eq. 6
+   has none; SGR's ReLU is not in it).
+6. Node order: the global node is last (``S_{L+1}``, ``S_{K+1}`` in the paper), so the convolution's window
+   around the global node covers the last word. Variable-length captions: the relation matrix is zero outside
+   the caption's (L+1) × (L+1) block before the convolution — with the convolution's zero padding that equals
+   the convolution of the unpadded matrix — and R' is then zero there too; a caption's score does not depend on
+   the padded length of its tile. A 1-word caption has 2 nodes; the convolution still sees its zero border.
+7. Read-out: Eq. 8 adds two vectors, so each stream gives one: the last HSR layer's global node (the "global
+   alignment", as SGR reads its global node) or, without HSR, the mean of Eq. 7. The score is SGR's
+   ``sigmoid(w_eval · S*)``. The global similarity ``W`` (``sim_tranglo_w``) is shared by both streams (``s^g``
+   is one quantity in the paper); each stream has its own local ``W`` (``sim_tranloc_w``) and HSR weights.
+
+How it is computed fast (image × caption tiles, no loop per caption):
+- the attention of both directions is one matrix product per tile (``cross_attention``), whose weighted sum
+  writes ``attended - own`` directly (squared in place), so the large (pairs, K or L, d) tensor is written once;
+- ``W_p``/``W_q`` fold into ``M = W_pᵀ W_q`` (terms constant along a softmax row cancel), ``W_r W_g`` into one
+  matrix (two linear maps in a row), and the last layer computes only the rows the global node's output needs
+  (its own row and, with the convolution, the row above it);
+- each stream is finished to its (I, C, sim_dim) output before the other starts, so their working memories
+  do not add up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from itmatch.errors import ItmatchError
+from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, cross_attention
+from itmatch.models.base import Matcher
+from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
+from itmatch.models.layers import l2norm, length_mask, xavier_init_
+from itmatch.models.registry import register_model
+from itmatch.models.sgraf import RegionEncoding, WordEncoding, squared_difference
+
+STREAMS = ("both", "i2t", "t2i")
+T2I_WORDS = 8  # words over which pair_bytes_per_word spreads the text-to-image stream's per-pair memory
+
+
+@dataclasses.dataclass
+class TSHSRConfig:
+    """Hyper-parameters of TSHSR: SGR's encoder and similarity sizes plus the HSR/stream ablation switches."""
+
+    vocab_size: int = 8481         # the authors' (SGRAF) Flickr30K vocabulary
+    img_dim: int = 2048
+    word_dim: int = 300
+    embed_size: int = 1024
+    sim_dim: int = 256
+    num_layers: int = 1
+    bi_gru: bool = True
+    lambda_softmax: float = 9.0
+    num_regions: int = 36
+    img_norm: bool = True
+    txt_norm: bool = True
+    dropout: float = 0.4
+    hsr_layers: int = 3            # M; 0 = no reasoning, the stream is average-pooled
+    hsr_conv: bool = True          # the 3×3 convolution re-weighting of R (Eq. 5); off: R' = R
+    streams: str = "both"          # "both" (TSHSR), "i2t" (the paper's "HSR"), "t2i"
+    t2i_hsr: bool = False          # HSR on the text-to-image stream instead of average pooling (Table V)
+
+    def __post_init__(self) -> None:
+        if self.streams not in STREAMS:
+            raise ItmatchError(f"streams must be one of {', '.join(STREAMS)}, got {self.streams!r}")
+        if self.hsr_layers < 0:
+            raise ItmatchError(f"hsr_layers must be >= 0, got {self.hsr_layers}")
+        if self.t2i_hsr and self.streams == "i2t":
+            raise ItmatchError("t2i_hsr needs the text-to-image stream; use streams='t2i' or 'both'")
+
+    @property
+    def uses_i2t(self) -> bool:
+        return self.streams in ("both", "i2t")
+
+    @property
+    def uses_t2i(self) -> bool:
+        return self.streams in ("both", "t2i")
+
+
+class HSRLayer(nn.Module):
+    """One hierarchical similarity reasoning layer (Eqs. 4-6) over each pair's similarity nodes."""
+
+    def __init__(self, sim_dim: int, conv: bool) -> None:
+        super().__init__()
+        self.w_p = nn.Linear(sim_dim, sim_dim)
+        self.w_q = nn.Linear(sim_dim, sim_dim, bias=False)  # a key bias is constant along a softmax row
+        self.w_g = nn.Linear(sim_dim, sim_dim)
+        self.w_r = nn.Linear(sim_dim, sim_dim)
+        xavier_init_(self)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1) if conv else None
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(M, u, W, b)``: relation logits ``(W_p s_p + b_p)·(W_q s_q) = (s_p M + u)·s_q`` with
+        ``M = W_pᵀ W_q``, ``u = b_pᵀ W_q``; update ``W_r(W_g x) = x W + b`` (two linear maps in a row)."""
+        fold = self.w_p.weight.T @ self.w_q.weight
+        bias = self.w_p.bias @ self.w_q.weight
+        mix = (self.w_r.weight @ self.w_g.weight).T
+        mix_bias = self.w_r.weight @ self.w_g.bias + self.w_r.bias
+        return fold, bias, mix, mix_bias
+
+    def forward(self, nodes: torch.Tensor, n_nodes: torch.Tensor, readout: bool = False) -> torch.Tensor:
+        """nodes (P, N, k) valid up to n_nodes (P,) -> updated nodes (P, N, k), or only the last valid node
+        (the global node) (P, k) when ``readout``. Positions past n_nodes are ignored (they may hold anything)."""
+        fold, bias, mix, mix_bias = self._folded()
+        valid = length_mask(n_nodes, nodes.shape[1])
+        if readout:
+            return self._readout(nodes, n_nodes, valid, fold, bias, mix, mix_bias)
+        query, value = (nodes @ torch.cat([fold, mix], 1)).split(fold.shape[1], dim=2)
+        logits = torch.bmm(query + bias, nodes.transpose(1, 2)).masked_fill(~valid[:, None, :], float("-inf"))
+        relation = torch.softmax(logits, dim=2) * valid[:, :, None]
+        if self.conv is not None:
+            relation = relation * torch.sigmoid(self.conv(relation[:, None]))[:, 0]
+        return torch.baddbmm(mix_bias, relation, value) + nodes
+
+    def _readout(self, nodes: torch.Tensor, n_nodes: torch.Tensor, valid: torch.Tensor, fold: torch.Tensor,
+                 bias: torch.Tensor, mix: torch.Tensor, mix_bias: torch.Tensor) -> torch.Tensor:
+        """The last valid node's update alone: its relation row, and with the convolution the row above (the row
+        below is zero, past the last node), which is all that row of ``f(R)`` reads."""
+        reach = 2 if self.conv is not None else 1
+        index = (n_nodes[:, None] - torch.arange(reach, 0, -1, device=nodes.device))[:, :, None]
+        rows = nodes.gather(1, index.expand(-1, -1, nodes.shape[2]))                        # (P, reach, k)
+        logits = torch.bmm(rows @ fold + bias, nodes.transpose(1, 2)).masked_fill(~valid[:, None, :],
+                                                                                  float("-inf"))
+        relation = torch.softmax(logits, dim=2)                                              # (P, reach, N)
+        if self.conv is not None:
+            window = nn.functional.pad(relation, (0, 0, 0, 1))[:, None]                      # rows p-1, p, p+1
+            gate = torch.sigmoid(nn.functional.conv2d(window, self.conv.weight, self.conv.bias, padding=(0, 1)))
+            relation = relation[:, -1:] * gate[:, 0]
+        return (torch.bmm(relation, nodes)[:, 0] @ mix + mix_bias) + rows[:, -1]
+
+
+class SimilarityStream(nn.Module):
+    """One stream: local similarity vectors ``l2norm(W (x - y)²)``, then HSR read at the global node, or the
+    mean of the nodes (Eq. 7) when it has no HSR layers."""
+
+    def __init__(self, embed_size: int, sim_dim: int, hsr_layers: int, conv: bool) -> None:
+        super().__init__()
+        self.sim_tranloc_w = nn.Linear(embed_size, sim_dim)
+        xavier_init_(self.sim_tranloc_w)
+        self.hsr = nn.ModuleList([HSRLayer(sim_dim, conv) for _ in range(hsr_layers)])
+
+    def local(self, difference: torch.Tensor) -> torch.Tensor:
+        """Similarity vectors (..., sim_dim) from differences (..., d) of attended and own vectors; squares the
+        (large) differences in place when no gradient is recorded."""
+        square = difference.square_() if not difference.requires_grad else difference.square()
+        return l2norm(self.sim_tranloc_w(square))
+
+    def forward(self, nodes: torch.Tensor, n_nodes: torch.Tensor) -> torch.Tensor:
+        """nodes (P, N, k), the global node at n_nodes - 1 and zeros past it -> stream vector (P, k)."""
+        if not len(self.hsr):
+            return nodes.sum(1) / n_nodes[:, None].to(nodes.dtype)
+        for layer in self.hsr[:-1]:
+            nodes = layer(nodes, n_nodes)
+        return self.hsr[-1](nodes, n_nodes, readout=True)
+
+
+class TwoStreamSimilarity(nn.Module):
+    """Global vectors, the two similarity streams and the read-out ``sigmoid(w_eval · (S*_i2t + S*_t2i))``."""
+
+    def __init__(self, cfg: TSHSRConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.v_global_w = VisualSelfAttention(cfg.embed_size, cfg.dropout, cfg.num_regions)
+        self.t_global_w = TextSelfAttention(cfg.embed_size, cfg.dropout)
+        self.sim_tranglo_w = nn.Linear(cfg.embed_size, cfg.sim_dim)
+        self.sim_eval_w = nn.Linear(cfg.sim_dim, 1)
+        xavier_init_(self.sim_tranglo_w)
+        xavier_init_(self.sim_eval_w)
+        make = SimilarityStream
+        self.i2t = make(cfg.embed_size, cfg.sim_dim, cfg.hsr_layers, cfg.hsr_conv) if cfg.uses_i2t else None
+        self.t2i = (make(cfg.embed_size, cfg.sim_dim, cfg.hsr_layers if cfg.t2i_hsr else 0, cfg.hsr_conv)
+                    if cfg.uses_t2i else None)
+
+    def stream_vectors(self, images: RegionEncoding, texts: WordEncoding) -> dict[str, torch.Tensor]:
+        """The active streams' output vectors, each (I, C, sim_dim), keyed "i2t"/"t2i"."""
+        glob = l2norm(self.sim_tranglo_w(squared_difference(images.glob[:, None], texts.glob[None])))
+        out = {}
+        if self.i2t is not None:
+            out["i2t"] = self._image_to_text(images, texts, glob)
+        if self.t2i is not None:
+            out["t2i"] = self._text_to_image(images, texts, glob)
+        return out
+
+    def _image_to_text(self, images: RegionEncoding, texts: WordEncoding, glob: torch.Tensor) -> torch.Tensor:
+        """Words attend to regions; nodes [word nodes, global] per caption, zero past the global node."""
+        n_img, n_cap = len(images), len(texts)
+        difference = cross_attention(images.regions, texts.words, self.cfg.lambda_softmax, minus_queries=True)
+        local = nn.functional.pad(self.i2t.local(difference), (0, 0, 0, 1))                    # (I, C, L+1, k)
+        position = torch.arange(local.shape[2], device=local.device)
+        local = local.masked_fill((position >= texts.lengths[:, None])[None, :, :, None], 0)
+        nodes = torch.where((position == texts.lengths[:, None])[None, :, :, None], glob[:, :, None], local)
+        n_nodes = (texts.lengths + 1).repeat(n_img)
+        return self.i2t(nodes.flatten(0, 1), n_nodes).view(n_img, n_cap, -1)
+
+    def _text_to_image(self, images: RegionEncoding, texts: WordEncoding, glob: torch.Tensor) -> torch.Tensor:
+        """Regions attend to words; nodes [region nodes, global], computed caption-major and transposed."""
+        n_img, n_cap = len(images), len(texts)
+        difference = cross_attention(texts.words, images.regions, self.cfg.lambda_softmax, texts.lengths,
+                                     minus_queries=True)                                    # (C, I, K, d)
+        local = self.t2i.local(difference)                                                     # (C, I, K, k)
+        nodes = torch.cat([local, glob.transpose(0, 1)[:, :, None]], 2)
+        n_nodes = torch.full((n_cap * n_img,), nodes.shape[2], device=nodes.device)
+        return self.t2i(nodes.flatten(0, 1), n_nodes).view(n_cap, n_img, -1).transpose(0, 1)
+
+    def forward(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
+        """Scores (I, C) of every image × caption pair."""
+        total = sum(self.stream_vectors(images, texts).values())
+        return torch.sigmoid(self.sim_eval_w(total)).squeeze(2)
+
+
+class TSHSR(Matcher):
+    """TSHSR as a ``Matcher``: region encoder ``img_enc``, GRU text encoder ``txt_enc``, ``sim_enc``."""
+
+    def __init__(self, config: TSHSRConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.img_enc = RegionEncoder(config.img_dim, config.embed_size, config.img_norm)
+        self.txt_enc = GRUTextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
+                                      config.bi_gru, config.dropout, config.txt_norm)
+        self.sim_enc = TwoStreamSimilarity(config)
+
+    def pair_bytes_per_word(self) -> int:
+        """The image-to-text stream's memory grows with the words (attended vectors and their differences, d
+        each; node-sized terms), as SGR's. The text-to-image stream's is per pair (K attended d-vectors, their
+        differences, K similarity vectors) whatever L is; the engine budgets per (pair, word), so it is spread
+        over 8 words (L + 1 for a 7-word caption; Flickr30K/COCO captions average about 14 tokens with
+        <start>/<end>). Tiles of shorter captions may exceed the budget by up to 8 / (L + 1) (4× for a 1-word
+        caption); spreading it over 2 words instead would keep every tile within budget but make CPU tiles of
+        typical captions a few pairs wide, several times slower. The streams run one after the other: the
+        larger counts."""
+        cfg = self.config
+        d, k, regions = cfg.embed_size, cfg.sim_dim, cfg.num_regions
+        per_word = 4 * (2 * d + 8 * k + 4 * regions) if cfg.uses_i2t else 4 * 6 * regions
+        if cfg.uses_t2i:
+            per_word = max(per_word, 4 * regions * (2 * d + 4 * k) // T2I_WORDS)
+        return per_word
+
+    def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:
+        if features.dim() != 3 or features.shape[1:] != (self.config.num_regions, self.config.img_dim):
+            raise ItmatchError(f"image features must be (N, {self.config.num_regions}, {self.config.img_dim}) "
+                               f"for this model, got {tuple(features.shape)}")
+        if n_regions is not None and bool((n_regions != features.shape[1]).any()):
+            raise ItmatchError(f"{self.model_name or 'TSHSR'} needs all {self.config.num_regions} regions "
+                               "per image; fill missing regions (the extractor's grid boxes do)")
+        regions = self.img_enc(features)
+        return RegionEncoding(regions=regions, glob=self.sim_enc.v_global_w(regions))
+
+    def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> WordEncoding:
+        words = self.txt_enc(tokens, lengths)
+        lengths = lengths.to(words.device)
+        return WordEncoding(words=words, lengths=lengths, glob=self.sim_enc.t_global_w(words, lengths))
+
+    def score(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
+        return self.sim_enc(images, texts.trimmed())
+
+
+def _build(name: str, fixed: dict, overrides: dict) -> TSHSR:
+    for key, value in fixed.items():
+        if overrides.setdefault(key, value) != value:
+            raise ItmatchError(f"model {name!r} cannot take {key}={overrides[key]!r}; use 'tshsr' with overrides")
+    return TSHSR(TSHSRConfig(**overrides))
+
+
+@register_model
+def tshsr(**overrides) -> TSHSR:
+    """TSHSR: HSR over image-to-text similarities plus pooled text-to-image similarities (the paper's model)."""
+    return _build("tshsr", {}, overrides)
+
+
+@register_model
+def tshsr_i2t(**overrides) -> TSHSR:
+    """The image-to-text stream with HSR alone: the paper's "Ours (HSR)"."""
+    return _build("tshsr_i2t", {"streams": "i2t"}, overrides)
+
+
+@register_model
+def tshsr_t2i(**overrides) -> TSHSR:
+    """The text-to-image stream with HSR alone (Table V's T2I rows)."""
+    return _build("tshsr_t2i", {"streams": "t2i", "t2i_hsr": True}, overrides)

@@ -1,0 +1,98 @@
+"""Bad input to `itmatch train` gives one clear line naming the file or key and the fix, exit code 2, and
+writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from itmatch.cli import main
+from train_support import ROOT, synthetic_data, train_args
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_data(tmp_path_factory.mktemp("errors"), train=8, dev=4, test=2)
+
+
+@pytest.fixture(scope="module")
+def finished(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", *train_args("sgr", data, out, "run.max_steps=1")]) == 0
+    return out
+
+
+def fails(capsys: pytest.CaptureFixture, args: list[str], *expected: str) -> str:
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def recipe(tmp_path: Path, edit) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(edit((ROOT / "configs" / "sgr_f30k.toml").read_text()))
+    return path
+
+
+def with_config(args: list[str], config: Path) -> list[str]:
+    return [str(config) if i and args[i - 1] == "--config" else a for i, a in enumerate(args)]
+
+
+def test_missing_and_unknown_recipe_keys(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    missing = recipe(tmp_path, lambda t: t.replace("margin = 0.2\n", ""))
+    fails(capsys, with_config(train_args("sgr", data, out), missing), str(missing), "missing key(s) loss.margin")
+    typo = recipe(tmp_path, lambda t: t.replace("hardest_negative", "hardest_negatives"))
+    fails(capsys, with_config(train_args("sgr", data, out), typo), "unknown key(s) loss.hardest_negatives",
+          "the keys are: margin, hardest_negative, mask_same_image")
+    fails(capsys, train_args("sgr", data, out, "optim.learning_rate=1e-3"), "--set optim.learning_rate",
+          "unknown config key")
+    fails(capsys, train_args("sgr", data, out, "model.args.sim_dimm=8"), "config [model]", "sim_dimm")
+    fails(capsys, train_args("sgr", data, out, "model.name=sgrr"), "unknown model 'sgrr'")
+    fails(capsys, train_args("sgr", data, out, "model.args.vocab_size=7"), "model.args.vocab_size = 7",
+          "drop the key")
+    assert not out.exists()
+
+
+def test_another_run_in_out_needs_resume(data: Path, finished: Path, capsys: pytest.CaptureFixture) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in finished.iterdir()}
+    fails(capsys, train_args("sgr", data, finished), str(finished), "holds another training run",
+          "pass --resume")
+    assert {p.name: p.stat().st_mtime_ns for p in finished.iterdir()} == before
+
+
+def test_resume_checks_it_is_the_same_run(data: Path, finished: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    fails(capsys, [*train_args("sgr", data, finished, "optim.lr=1e-3"), "--resume"],
+          "config.toml: --resume with a different config (optim.lr 0.0002 -> 0.001)",
+          "schedule.epochs, run.max_steps, run.checkpoint_every may change")
+    other = tmp_path / "vocab.json"
+    words = json.loads((data / "vocab.json").read_text())
+    words["word2idx"] = {w: i for w, i in words["word2idx"].items()}
+    first = next(w for w, i in words["word2idx"].items() if i == 4)
+    second = next(w for w, i in words["word2idx"].items() if i == 5)
+    words["word2idx"][first], words["word2idx"][second] = 5, 4
+    words["idx2word"]["4"], words["idx2word"]["5"] = second, first
+    other.write_text(json.dumps(words))
+    args = train_args("sgr", data, finished) + ["--resume"]
+    args[args.index("--vocab") + 1] = str(other)
+    fails(capsys, args, str(other), "not the vocabulary this run was trained with")
+    fails(capsys, [*train_args("sgr", data, tmp_path / "none"), "--resume"], "no training run to resume")
+    no_config = [a for a in train_args("sgr", data, tmp_path / "none") if not a.endswith(".toml")]
+    fails(capsys, [a for a in no_config if a != "--config"], "give the recipe with --config")
+
+
+def test_a_missing_dev_split(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "dev_ims.npy").unlink()
+    out = tmp_path / "run"
+    fails(capsys, train_args("sgr", copy, out), "no dev split (dev_ims.npy missing)", "validates on dev")
+    assert not out.exists()
+    fails(capsys, train_args("sgr", tmp_path / "nowhere", out), "vocab.json")

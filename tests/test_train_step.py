@@ -1,0 +1,86 @@
+"""One batched training step against the SGRAF authors' per-caption step (tests/reference_train.py)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from itmatch.models import create_model
+from itmatch.train.loader import Batch
+from itmatch.train.loop import make_optimizer, training_step
+from itmatch.train.objective import TrainingObjective
+from reference_train import reference_step
+from train_support import small_config
+
+
+def sorted_batch(size: int = 12, vocab: int = 50, dim: int = 24, seed: int = 0) -> Batch:
+    """Random pairs sorted by caption length (longest first); pairs 4 and 5 share an image, as in real batches."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 15, (size,), generator=gen).sort(descending=True).values
+    tokens = torch.randint(4, vocab, (size, int(lengths.max())), generator=gen)
+    tokens[torch.arange(tokens.shape[1]) >= lengths[:, None]] = 0
+    features = torch.rand(size, 36, dim, generator=gen)
+    features[5] = features[4]
+    images = torch.arange(size)
+    images[5] = 4
+    return Batch(features, tokens, lengths, images)
+
+
+@pytest.mark.parametrize("name", ["sgr", "saf"])
+def test_gradients_and_update_equal_the_per_caption_reference(name: str) -> None:
+    # dropout 0: the reference draws its self-attention dropout caption by caption, a different random stream
+    torch.manual_seed(0)
+    model = create_model(name, vocab_size=50, img_dim=24, word_dim=12, embed_size=32, sim_dim=16,
+                         dropout=0.0).train()
+    reference = copy.deepcopy(model)
+    config = small_config(name)
+    batch = sorted_batch()
+
+    logs = training_step(TrainingObjective(model, config.loss), make_optimizer(config, model), batch, config,
+                         torch.device("cpu"))
+    loss = reference_step(reference, torch.optim.Adam(reference.parameters(), lr=config.optim.lr),
+                          batch.features, batch.tokens, batch.lengths, grad_clip=config.optim.grad_clip)
+
+    assert logs["loss"] == pytest.approx(loss, rel=1e-6)
+    assert loss > 1.0
+    unused, compared, total = [], 0, 0
+    for (key, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        total += ours.numel()
+        if ours.grad is None:  # SGR's key bias: it cancels in the edge softmax (the reference's gradient is ~0)
+            assert float(theirs.grad.abs().max()) <= 1e-6, key
+            unused.append(key)
+            continue
+        assert float((ours.grad - theirs.grad).abs().max()) <= 1e-5, key
+        # After clipping and Adam's first step (lr * g / (|g| + eps)): where a gradient is ~0 (zero in exact
+        # arithmetic, e.g. a bias feeding a BatchNorm or a softmax) Adam turns float noise into ±lr moves that
+        # change no output, so the update is compared where the gradient is real.
+        real = theirs.grad.abs() >= 1e-5
+        compared += int(real.sum())
+        assert float(((ours.detach() - theirs.detach()) * real).abs().max()) <= 1e-5, key
+    assert unused == ([f"sim_enc.SGR_module.{i}.graph_key_w.bias" for i in range(3)] if name == "sgr" else [])
+    assert compared > total / 2
+    for (key, ours), theirs in zip(model.named_buffers(), reference.buffers()):
+        assert float((ours.double() - theirs.double()).abs().max()) <= 1e-5, key  # BatchNorm running statistics
+
+
+def test_bf16_autocast_step_follows_the_float32_step() -> None:
+    # SAF under CPU autocast, without dropout. Where scores are nearly tied (SGR at init, or with dropout) bf16
+    # rounding can change which negative is the hardest, and the gradients then agree less (cosine ~0.85-0.9)
+    torch.manual_seed(0)
+    model = create_model("saf", vocab_size=50, img_dim=24, word_dim=12, embed_size=32, sim_dim=16,
+                         dropout=0.0).train()
+    twin = copy.deepcopy(model)
+    batch = sorted_batch()
+    fp32 = small_config("saf")
+    bf16 = small_config("saf", "run.precision=bf16")
+    a = training_step(TrainingObjective(model, fp32.loss), make_optimizer(fp32, model), batch, fp32,
+                      torch.device("cpu"))
+    b = training_step(TrainingObjective(twin, bf16.loss), make_optimizer(bf16, twin), batch, bf16,
+                      torch.device("cpu"))
+    assert b["loss"] == pytest.approx(a["loss"], rel=0.01)
+    grads = [(p.grad, q.grad) for p, q in zip(model.parameters(), twin.parameters()) if p.grad is not None]
+    cosine = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g, _ in grads]),
+                                                   torch.cat([h.flatten() for _, h in grads]), dim=0)
+    assert float(cosine) > 0.99
