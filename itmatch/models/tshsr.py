@@ -55,9 +55,9 @@ Where the paper leaves a detail open, the choice and its reason:
 How it is computed fast (image × caption tiles, no loop per caption):
 - the attention of both directions is one matrix product per tile (``cross_attention``), whose weighted sum
   writes ``attended - own`` directly (squared in place), so the large (pairs, K or L, d) tensor is written once;
-- ``W_p``/``W_q`` fold into ``M = W_pᵀ W_q`` (terms constant along a softmax row cancel), ``W_r W_g`` into one
-  matrix (two linear maps in a row), and the last layer computes only the rows the global node's output needs
-  (its own row and, with the convolution, the row above it);
+- ``W_p``/``W_q`` fold into ``M = W_pᵀ W_q`` and ``W_r W_g`` into one matrix (each pair is two linear maps in a
+  row); the last layer computes only the rows the global node's output needs (its own row and, with the
+  convolution, the row above it);
 - each stream is finished to its (I, C, sim_dim) output before the other starts, so their working memories
   do not add up.
 """
