@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import small_model
+from conftest import sharpen as sharpen_to, small_model
 from reference_sgraf import reference_scores
 
 from itmatch.models import Ensemble
@@ -16,16 +16,8 @@ LENGTHS = [1, 40, 5, 5, 5, 5, 2, 17, 1, 9, 9, 9, 3, 33, 12, 12, 1, 26, 7, 7, 7, 
 
 
 def sharpen(model: torch.nn.Module, feats: torch.Tensor, captions: list[list[int]]) -> torch.nn.Module:
-    """Re-centre and scale the final layer so scores on these inputs spread over (0, 1) instead of sitting in
-    the flat middle of the sigmoid (random weights give logits within a few hundredths of each other)."""
-    logits = torch.logit(reference_scores(model, feats, captions).double())
-    layer = model.sim_enc.sim_eval_w
-    scale = 3.0 / float(logits.std())
-    with torch.no_grad():
-        centre = float(logits.mean()) - float(layer.bias)
-        layer.weight.mul_(scale)
-        layer.bias.fill_(-scale * centre)
-    return model
+    """``conftest.sharpen`` with this file's reference scores."""
+    return sharpen_to(model, reference_scores(model, feats, captions))
 
 
 def make_inputs(n_images: int, lengths: list[int], seed: int = 1):

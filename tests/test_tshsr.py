@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, small_model
+from conftest import sharpen as sharpen_to, SMALL, small_model
 from reference_tshsr import reference_scores, reference_vectors
 from train_support import small_config, synthetic_data
 
@@ -60,15 +60,8 @@ def excite(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def sharpen(model: torch.nn.Module, feats: torch.Tensor, captions: list[list[int]]) -> torch.nn.Module:
-    """Rescale the read-out so the reference's scores spread over (0, 1) rather than sitting at 0.5."""
-    logits = torch.logit(reference_scores(model, feats, captions).double())
-    layer = model.sim_enc.sim_eval_w
-    scale = 3.0 / float(logits.std())
-    with torch.no_grad():
-        centre = float(logits.mean()) - float(layer.bias)
-        layer.weight.mul_(scale)
-        layer.bias.fill_(-scale * centre)
-    return model
+    """``conftest.sharpen`` with this file's reference scores."""
+    return sharpen_to(model, reference_scores(model, feats, captions))
 
 
 def model_for(variant: str, seed: int = 3) -> torch.nn.Module:

@@ -198,48 +198,58 @@ class SimilarityEncoder(nn.Module):
         return torch.sigmoid(self.sim_eval_w(vec)).squeeze(2)
 
 
-class SGRAF(Matcher):
-    """SGR or SAF as a ``Matcher``: region encoder ``img_enc``, GRU text encoder ``txt_enc``, ``sim_enc``."""
+class RegionWordMatcher(Matcher):
+    """Front end shared by the SCAN-style matchers (SGR, SAF, TSHSR): region encoder ``img_enc``, GRU text
+    encoder ``txt_enc``, and a pair scorer ``sim_enc`` that owns the self-attention global vectors
+    (``v_global_w``, ``t_global_w``). ``config`` needs the fields of ``SGRAFConfig``'s encoders."""
 
-    def __init__(self, config: SGRAFConfig) -> None:
+    def __init__(self, config, make_scorer: Callable[[], nn.Module]) -> None:
         super().__init__()
         self.config = config
         self.img_enc = RegionEncoder(config.img_dim, config.embed_size, config.img_norm)
         self.txt_enc = GRUTextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
                                       config.bi_gru, config.dropout, config.txt_norm)
-        self.sim_enc = SimilarityEncoder(config)
-        self.txt_enc.embed.weight.requires_grad_(not config.freeze_embeddings)
+        self.sim_enc = make_scorer()
+        self.txt_enc.embed.weight.requires_grad_(not getattr(config, "freeze_embeddings", False))
 
     def init_word_embeddings(self, vocab) -> int:
         """Fill the word table from ``config.glove`` for the words of ``vocab`` (others keep their random
         initialisation); returns how many were found. The trainer calls it once, before the first step."""
-        if self.config.glove is None:
+        if getattr(self.config, "glove", None) is None:
             return 0
         from itmatch.models.text_encoders import init_embedding_from_glove
 
         return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
 
-    def pair_bytes_per_word(self) -> int:
-        cfg = self.config
-        return 4 * (2 * cfg.embed_size + 8 * cfg.sim_dim + 4 * cfg.num_regions)
-
     def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:
-        if features.dim() != 3 or features.shape[1:] != (self.config.num_regions, self.config.img_dim):
-            raise ItmatchError(f"image features must be (N, {self.config.num_regions}, {self.config.img_dim}) "
-                               f"for this model, got {tuple(features.shape)}")
+        cfg = self.config
+        if features.dim() != 3 or features.shape[1:] != (cfg.num_regions, cfg.img_dim):
+            raise ItmatchError(f"image features must be (N, {cfg.num_regions}, {cfg.img_dim}) for this model, "
+                               f"got {tuple(features.shape)}")
         if n_regions is not None and bool((n_regions != features.shape[1]).any()):
-            raise ItmatchError(f"{self.model_name or 'SGRAF'} needs all {self.config.num_regions} regions "
+            raise ItmatchError(f"{self.model_name or type(self).__name__} needs all {cfg.num_regions} regions "
                                "per image; fill missing regions (the extractor's grid boxes do)")
         regions = self.img_enc(features)
         return RegionEncoding(regions=regions, glob=self.sim_enc.v_global_w(regions))
 
     def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> WordEncoding:
         words = self.txt_enc(tokens, lengths)
-        return WordEncoding(words=words, lengths=lengths.to(words.device),
-                            glob=self.sim_enc.t_global_w(words, lengths.to(words.device)))
+        lengths = lengths.to(words.device)
+        return WordEncoding(words=words, lengths=lengths, glob=self.sim_enc.t_global_w(words, lengths))
 
     def score(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         return self.sim_enc(images, texts.trimmed())
+
+
+class SGRAF(RegionWordMatcher):
+    """SGR or SAF as a ``Matcher``: region encoder ``img_enc``, GRU text encoder ``txt_enc``, ``sim_enc``."""
+
+    def __init__(self, config: SGRAFConfig) -> None:
+        super().__init__(config, lambda: SimilarityEncoder(config))
+
+    def pair_bytes_per_word(self) -> int:
+        cfg = self.config
+        return 4 * (2 * cfg.embed_size + 8 * cfg.sim_dim + 4 * cfg.num_regions)
 
 
 def _build(module: str, overrides: dict) -> SGRAF:

@@ -71,11 +71,9 @@ from torch import nn
 
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, cross_attention
-from itmatch.models.base import Matcher
-from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
 from itmatch.models.layers import l2norm, length_mask, xavier_init_
 from itmatch.models.registry import register_model
-from itmatch.models.sgraf import RegionEncoding, WordEncoding, squared_difference
+from itmatch.models.sgraf import RegionEncoding, RegionWordMatcher, WordEncoding, squared_difference
 
 STREAMS = ("both", "i2t", "t2i")
 T2I_WORDS = 8  # words over which pair_bytes_per_word spreads the text-to-image stream's per-pair memory
@@ -250,16 +248,11 @@ class TwoStreamSimilarity(nn.Module):
         return torch.sigmoid(self.sim_eval_w(total)).squeeze(2)
 
 
-class TSHSR(Matcher):
+class TSHSR(RegionWordMatcher):
     """TSHSR as a ``Matcher``: region encoder ``img_enc``, GRU text encoder ``txt_enc``, ``sim_enc``."""
 
     def __init__(self, config: TSHSRConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.img_enc = RegionEncoder(config.img_dim, config.embed_size, config.img_norm)
-        self.txt_enc = GRUTextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
-                                      config.bi_gru, config.dropout, config.txt_norm)
-        self.sim_enc = TwoStreamSimilarity(config)
+        super().__init__(config, lambda: TwoStreamSimilarity(config))
 
     def pair_bytes_per_word(self) -> int:
         """The image-to-text stream's memory grows with the words (attended vectors and their differences, d
@@ -276,24 +269,6 @@ class TSHSR(Matcher):
         if cfg.uses_t2i:
             per_word = max(per_word, 4 * regions * (2 * d + 4 * k) // T2I_WORDS)
         return per_word
-
-    def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:
-        if features.dim() != 3 or features.shape[1:] != (self.config.num_regions, self.config.img_dim):
-            raise ItmatchError(f"image features must be (N, {self.config.num_regions}, {self.config.img_dim}) "
-                               f"for this model, got {tuple(features.shape)}")
-        if n_regions is not None and bool((n_regions != features.shape[1]).any()):
-            raise ItmatchError(f"{self.model_name or 'TSHSR'} needs all {self.config.num_regions} regions "
-                               "per image; fill missing regions (the extractor's grid boxes do)")
-        regions = self.img_enc(features)
-        return RegionEncoding(regions=regions, glob=self.sim_enc.v_global_w(regions))
-
-    def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> WordEncoding:
-        words = self.txt_enc(tokens, lengths)
-        lengths = lengths.to(words.device)
-        return WordEncoding(words=words, lengths=lengths, glob=self.sim_enc.t_global_w(words, lengths))
-
-    def score(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
-        return self.sim_enc(images, texts.trimmed())
 
 
 def _build(name: str, fixed: dict, overrides: dict) -> TSHSR:
