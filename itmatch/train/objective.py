@@ -21,12 +21,9 @@ import torch
 from torch import nn
 
 from itmatch.losses import ranking_loss
-from itmatch.models.base import Encoding, Matcher
+from itmatch.models.base import Matcher
 from itmatch.train.config import LossSection
 from itmatch.train.distributed import gather_fields, gather_rows
-
-#: Captions scored at once in a CPU training step (measured best of 1-32 at batch 128 for SAF and SGR).
-CPU_CAPTION_CHUNK = 4
 
 
 def has_own_objective(model: Matcher) -> bool:
@@ -59,22 +56,8 @@ class TrainingObjective(nn.Module):
 
     def scores(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The (B, B) score matrix of the global batch (images × captions, pairs on the diagonal)."""
-        images = self.model.encode_images(features)
-        if self.group is not None:
-            images = gather_fields(images, self.group)
-        columns = score_in_chunks(self.model, images, self.model.encode_texts(tokens, lengths))
-        return columns if self.group is None else gather_rows(columns.T, self.group).T
-
-
-def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding) -> torch.Tensor:
-    """``model.score(images, texts)`` (with gradient), a few captions at a time on a CPU.
-
-    A cross-attention model's pair tensors (images × captions × words × 1024) are memory-bound; on a CPU, chunks
-    of ``CPU_CAPTION_CHUNK`` captions keep them near the caches and, captions being sorted by length, trim each
-    chunk's padding (about 1.9× faster than the whole batch at once at batch 128). A GPU takes the whole batch.
-    """
-    device = next(iter(model.parameters())).device
-    if device.type != "cpu" or not model.pair_bytes_per_word() or len(texts) <= CPU_CAPTION_CHUNK:
-        return model.score(images, texts)
-    return torch.cat([model.score(images, texts.select(slice(start, start + CPU_CAPTION_CHUNK)))
-                      for start in range(0, len(texts), CPU_CAPTION_CHUNK)], 1)
+        if self.group is None:
+            return self.model(features, tokens, lengths)
+        images = gather_fields(self.model.encode_images(features), self.group)
+        columns = self.model.score(images, self.model.encode_texts(tokens, lengths))
+        return gather_rows(columns.T, self.group).T
