@@ -4,9 +4,10 @@ step (tests/reference_train.py), same process, same model, same batch.
 A step is forward, summed hardest-negative hinge loss, backward, gradient clipping at 2.0 and an Adam update,
 at the papers' sizes (2048-d regions × 36, 300-d words, 1024-d embeddings, 256-d similarity vectors, Flickr30K's
 8,481-word vocabulary, dropout 0.4) on random features and captions of Flickr30K-like lengths, sorted by length
-as the loader sorts them. Prints ms per step (median of ``--steps`` after one warm-up step) and the speed-up.
+as the loader sorts them. Prints ms per step (median of ``--steps``, the two alternating, after one warm-up
+step each) and the speed-up. On a shared machine set ``OMP_NUM_THREADS`` to the cores you have to yourself.
 
-    python benchmarks/train_step.py                          # SGR and SAF, batch 128 (a few minutes on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py        # SGR and SAF, batch 128 (~6 min on one core)
     python benchmarks/train_step.py --models saf --steps 5 --batch-size 64
 """
 
@@ -39,14 +40,17 @@ def make_batch(size: int, vocab_size: int, seed: int = 0) -> Batch:
     return Batch(features, tokens, lengths, torch.arange(size))
 
 
-def time_steps(step, n: int) -> list[float]:
-    """Seconds of ``n`` calls of ``step`` after one warm-up call."""
-    step()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
+def time_alternating(steps: dict, n: int) -> dict[str, list[float]]:
+    """Seconds of ``n`` calls of each step function, alternating between them (after one warm-up call each),
+    so that load from other processes hits both alike."""
+    for step in steps.values():
         step()
-        times.append(time.perf_counter() - start)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(n):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -58,24 +62,27 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}")
     for name in args.models:
-        config = load_config(CONFIGS[name])
-        torch.manual_seed(0)
-        model = create_model(name, vocab_size=8481, **config.model.args).train()
-        reference = copy.deepcopy(model)
-        batch = make_batch(args.batch_size, 8481)
-        objective, optimizer = TrainingObjective(model, config.loss), make_optimizer(config, model)
-        ref_optimizer = torch.optim.Adam(reference.parameters(), lr=config.optim.lr)
-        with peak_rss() as ours_rss:
-            ours = time_steps(lambda: training_step(objective, optimizer, batch, config, torch.device("cpu")),
-                              args.steps)
-        with peak_rss() as ref_rss:
-            theirs = time_steps(lambda: reference_step(reference, ref_optimizer, batch.features, batch.tokens,
-                                                       batch.lengths, config.optim.grad_clip), args.steps)
-        a, b = statistics.median(ours) * 1e3, statistics.median(theirs) * 1e3
-        print(f"{name}: batched {a:8.0f} ms/step (peak RSS {ours_rss['peak'] / 2**30:.1f} GiB)   "
-              f"per-caption reference {b:8.0f} ms/step (peak RSS {ref_rss['peak'] / 2**30:.1f} GiB)   "
-              f"speed-up {b / a:.2f}x")
+        compare(name, args.batch_size, args.steps)
 
+
+def compare(name: str, batch_size: int, steps: int) -> None:
+    """Time the batched and the per-caption step of model ``name`` (same initial weights, same batch)."""
+    config = load_config(CONFIGS[name])
+    torch.manual_seed(0)
+    model = create_model(name, vocab_size=8481, **config.model.args).train()
+    reference = copy.deepcopy(model)
+    batch = make_batch(batch_size, 8481)
+    objective, optimizer = TrainingObjective(model, config.loss), make_optimizer(config, model)
+    ref_optimizer = torch.optim.Adam(reference.parameters(), lr=config.optim.lr)
+    with peak_rss() as rss:
+        times = time_alternating({
+            "batched": lambda: training_step(objective, optimizer, batch, config, torch.device("cpu")),
+            "reference": lambda: reference_step(reference, ref_optimizer, batch.features, batch.tokens,
+                                                batch.lengths, config.optim.grad_clip)}, steps)
+    a, b = (statistics.median(times[k]) * 1e3 for k in ("batched", "reference"))
+    print(f"{name}: batched {a:7.0f} ms/step, per-caption reference {b:7.0f} ms/step, speed-up {b / a:.2f}x "
+          f"(each step: {', '.join(f'{t:.1f}' for t in times['batched'])} s vs "
+          f"{', '.join(f'{t:.1f}' for t in times['reference'])} s; peak RSS {rss['peak'] / 2**30:.1f} GiB)")
 
 if __name__ == "__main__":
     main()

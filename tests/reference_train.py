@@ -11,10 +11,9 @@ of the batched training step (tests) and its baseline (benchmarks/train_step.py)
 from __future__ import annotations
 
 import torch
+from reference_sgraf import _l1, _l2, graph_step, scan_attention
 from torch.nn.utils import clip_grad_norm_
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-from reference_sgraf import _l1, _l2, graph_step, scan_attention
 
 
 def encode_captions(model, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

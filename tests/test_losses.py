@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_train import contrastive_loss
 
 from itmatch.losses import ranking_loss
-from reference_train import contrastive_loss
 
 
 def loop_loss(scores: torch.Tensor, margin: float, hardest: bool, same_image: torch.Tensor | None) -> float:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 
 import torch
+from reference_train import attention_filtration
 
 from itmatch.models.layers import length_mask
 from itmatch.models.sgraf import AttentionFiltration
-from reference_train import attention_filtration
 
 
 def test_batched_saf_batchnorm_equals_the_per_caption_loop() -> None:

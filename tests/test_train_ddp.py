@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_support import checkpoint, run_train, synthetic_data, train_args
 
 from itmatch.checkpoint import load_checkpoint
 from itmatch.data import load_split, load_vocab
 from itmatch.scoring import score_matrix
-
-from train_support import checkpoint, run_train, synthetic_data, train_args
 
 BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -54,8 +53,9 @@ def test_two_processes_equal_one(data: Path, tmp_path: Path, model: str) -> None
         assert float(((one["state_dict"][key] - two["state_dict"][key]) * real).abs().max()) <= 1e-5, key
     assert compared > sum(one["state_dict"][k].numel() for k in names) / 2
     for key in buffers:  # BatchNorm statistics, visual and SAF's per-caption: the same updates in both
-        # a running mean also follows the bias before its BatchNorm, one of the noise-driven parameters above
-        tolerance = 1e-3 if key.endswith("running_mean") else 1e-5
+        # a running mean also follows the bias before its BatchNorm, one of the noise-driven parameters above,
+        # which Adam moves by at most lr per step
+        tolerance = one["step"] * 2e-4 if key.endswith("running_mean") else 1e-5
         assert float((one["state_dict"][key].double() - two["state_dict"][key].double()).abs().max()) <= tolerance
     split = load_split(data, "dev")  # the two models score alike
     tokens = load_vocab(data / "vocab.json").encode_all(split.captions)

@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from train_support import ROOT, synthetic_data, train_args
 
 from itmatch.cli import main
-from train_support import ROOT, synthetic_data, train_args
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,6 @@ def test_resume_checks_it_is_the_same_run(data: Path, finished: Path, tmp_path: 
           "schedule.epochs, run.max_steps, run.checkpoint_every may change")
     other = tmp_path / "vocab.json"
     words = json.loads((data / "vocab.json").read_text())
-    words["word2idx"] = {w: i for w, i in words["word2idx"].items()}
     first = next(w for w, i in words["word2idx"].items() if i == 4)
     second = next(w for w, i in words["word2idx"].items() if i == 5)
     words["word2idx"][first], words["word2idx"][second] = 5, 4

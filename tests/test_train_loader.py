@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_support import synthetic_data
 
 from itmatch.data import load_split, load_vocab
 from itmatch.train.loader import TrainBatches, epoch_order, release_mapped_pages
-from train_support import synthetic_data
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from train_support import ROOT, checkpoint, max_difference, run_train, synthetic_data, train_args
 
 from itmatch.checkpoint import load_checkpoint
 from itmatch.evaluate import evaluate_split
-from train_support import ROOT, checkpoint, max_difference, run_train, synthetic_data, train_args
 
 STEPS = 22  # one epoch is 19 batches of 16: the runs cross an epoch end (validation, best.pt, log line)
 

@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
+from reference_train import reference_step
+from train_support import small_config
 
 from itmatch.models import create_model
 from itmatch.train.loader import Batch
 from itmatch.train.loop import make_optimizer, training_step
-from itmatch.train.objective import TrainingObjective
-from reference_train import reference_step
-from train_support import small_config
+from itmatch.train.objective import CPU_CAPTION_CHUNK, TrainingObjective, score_in_chunks
 
 
 def sorted_batch(size: int = 12, vocab: int = 50, dim: int = 24, seed: int = 0) -> Batch:
@@ -84,3 +84,24 @@ def test_bf16_autocast_step_follows_the_float32_step() -> None:
     cosine = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g, _ in grads]),
                                                    torch.cat([h.flatten() for _, h in grads]), dim=0)
     assert float(cosine) > 0.99
+
+
+@pytest.mark.parametrize("name", ["sgr", "saf"])
+def test_scoring_in_caption_chunks_equals_one_call(name: str) -> None:
+    torch.manual_seed(0)
+    whole = create_model(name, vocab_size=50, img_dim=24, word_dim=12, embed_size=32, sim_dim=16,
+                         dropout=0.0).train()
+    chunked = copy.deepcopy(whole)
+    batch = sorted_batch(size=11)
+    assert CPU_CAPTION_CHUNK < 11  # several chunks
+    outputs = []
+    for model, score in ((whole, lambda m, i, t: m.score(i, t)), (chunked, score_in_chunks)):
+        scores = score(model, model.encode_images(batch.features), model.encode_texts(batch.tokens, batch.lengths))
+        (scores * torch.linspace(-1, 1, scores.numel()).view_as(scores)).sum().backward()
+        outputs.append(scores.detach())
+    assert float((outputs[0] - outputs[1]).abs().max()) <= 1e-5
+    for (key, a), b in zip(whole.named_parameters(), chunked.parameters()):
+        assert (a.grad is None) == (b.grad is None), key
+        assert a.grad is None or float((a.grad - b.grad).abs().max()) <= 1e-5, key
+    for (key, a), b in zip(whole.named_buffers(), chunked.buffers()):
+        assert float((a.double() - b.double()).abs().max()) <= 1e-5, key

@@ -7,7 +7,8 @@ passing means the loop, loss, data order and batching together teach the model w
 feature directions. (Exact recall is capped well below 100 %: images share concepts, and two images showing the
 same nouns and adjectives cannot be told apart.) The run uses the sum over all negatives and a raised learning
 rate: from scratch, the hardest-negative loss first collapses to equal scores and needs far more steps than a
-test can afford (VSE++ reports the same warm-up behaviour).
+test can afford (VSE++ reports the same warm-up behaviour). Even so the run starts on a plateau whose length
+varies with the seeds; at this learning rate eight (data seed, run seed) pairs all ended between 16 % and 66 %.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from train_support import small_config, synthetic_data
 
 from itmatch.evaluate import evaluate_split
 from itmatch.train import train
-from train_support import small_config, synthetic_data
 
 
 def test_a_short_run_learns_the_planted_concepts(tmp_path: Path) -> None:
@@ -32,7 +33,7 @@ def test_a_short_run_learns_the_planted_concepts(tmp_path: Path) -> None:
 
 def run_and_check(tmp_path: Path) -> None:
     data = synthetic_data(tmp_path / "data", train=400, dev=50, test=100, seed=1)
-    config = small_config("saf", "schedule.epochs=4", "optim.lr=2e-3", "loss.hardest_negative=false",
+    config = small_config("saf", "schedule.epochs=4", "optim.lr=4e-3", "loss.hardest_negative=false",
                           "model.args.embed_size=64", "model.args.sim_dim=32", batch_size=32)
     result = train(config, data=data, vocab=data / "vocab.json", out=tmp_path / "run", device="cpu",
                    progress=False)

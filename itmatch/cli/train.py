@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,11 +15,11 @@ def train(
     data: Annotated[Path, typer.Option(help="Precomp folder with the train and dev splits.")],
     vocab: Annotated[Path, typer.Option(help="Vocabulary JSON (the authors' layout; stored in the checkpoints).")],
     out: Annotated[Path, typer.Option(help="Run directory: config.toml, last.pt, best.pt, log.jsonl.")],
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         help="Recipe TOML (configs/*.toml). With --resume it defaults to the run's own config.toml.")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last.pt (same result as never stopping).")] = False,
-    overrides: Annotated[Optional[list[str]], typer.Option(
+    overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, SECTION.KEY=VALUE or model.args.NAME=VALUE (repeatable).")] = None,
     device: Annotated[str, typer.Option(
         help="auto (a GPU when there is one), cpu, cuda or cuda:N; under torchrun each rank uses its own GPU.")

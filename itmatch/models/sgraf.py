@@ -116,7 +116,8 @@ class AttentionFiltration(nn.Module):
         self.bn = nn.BatchNorm1d(1)
         xavier_init_(self)
         #: Set by distributed training: maps this process's per-caption statistics (C_local, 2) to the global
-        #: batch's (C, 2) in caption order, so running statistics advance as one process's would.
+        #: batch's (C, 2) in caption order, so running statistics advance as one process's would. It is a
+        #: collective: every process scores all its captions of a step in one call.
         self.gather_caption_stats: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:

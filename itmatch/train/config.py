@@ -14,8 +14,9 @@ import math
 import os
 import tomllib
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from itmatch.errors import ItmatchError
 from itmatch.scoring import PRECISIONS

@@ -188,8 +188,9 @@ def synchronize_batch_statistics(model: nn.Module, group: Any) -> None:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.BatchNorm1d:
+                tensors = [*child.parameters(), *child.buffers()]
                 synced = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
-                                           child.track_running_stats, device=_device_of(child))
+                                           child.track_running_stats, device=tensors[0].device if tensors else None)
                 synced.load_state_dict(child.state_dict())
                 synced.group = group
                 setattr(parent, name, synced)
@@ -199,7 +200,3 @@ def synchronize_batch_statistics(model: nn.Module, group: Any) -> None:
     for module in model.modules():
         if hasattr(module, "gather_caption_stats"):
             module.gather_caption_stats = lambda stats: gather_rows(stats, group)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(iter(module.buffers())).device

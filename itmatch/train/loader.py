@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import mmap
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

@@ -60,13 +60,14 @@ class TrainResult:
 
 @dataclasses.dataclass
 class Position:
-    """How far training is: ``step_in_epoch`` batches of ``epoch`` done, ``step`` in all; the epoch's sums of
-    the loss (and its parts) and its seconds, for its log line; the best dev rsum so far."""
+    """How far training is: ``step_in_epoch`` batches of ``epoch`` done, ``step`` in all; the epoch's
+    [sum, count] of the loss and of each part a model reports, and its seconds, for its log line; the best dev
+    rsum so far."""
 
     epoch: int = 0
     step: int = 0
     step_in_epoch: int = 0
-    loss_sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    loss_sums: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     best_rsum: float | None = None
     best_epoch: int | None = None
@@ -217,7 +218,8 @@ class _Trainer:
                                      pos.epoch)
                 pos.step, pos.step_in_epoch = pos.step + 1, pos.step_in_epoch + 1
                 for name, value in logs.items():
-                    pos.loss_sums[name] = pos.loss_sums.get(name, 0.0) + value
+                    total = pos.loss_sums.setdefault(name, [0.0, 0])
+                    total[0], total[1] = total[0] + value, total[1] + 1
                 pos.seconds += time.perf_counter() - tick
                 pairs += len(batch.images)
                 bar.set_postfix(loss=f"{logs['loss']:.3f}", pairs_s=f"{pairs / (time.perf_counter() - started):.0f}")
@@ -239,7 +241,7 @@ class _Trainer:
         record = None
         if self.info.is_main:
             dev = validate(self.model, self.vocab, self.dev_split, self.info.device, self.config.run.precision)
-            losses = {name: total / len(self.batches) for name, total in pos.loss_sums.items()}
+            losses = {name: total / count for name, (total, count) in pos.loss_sums.items()}
             record = {"epoch": pos.epoch, "step": pos.step, **losses, "lr": self.optimizer.param_groups[0]["lr"],
                       "time": pos.seconds, "dev": dev}
             if pos.best_rsum is None or dev["rsum"] > pos.best_rsum:

@@ -21,9 +21,12 @@ import torch
 from torch import nn
 
 from itmatch.losses import ranking_loss
-from itmatch.models.base import Matcher
+from itmatch.models.base import Encoding, Matcher
 from itmatch.train.config import LossSection
 from itmatch.train.distributed import gather_fields, gather_rows
+
+#: Captions scored at once in a single-process CPU training step (the fastest of 1-32 at batch 128).
+CPU_CAPTION_CHUNK = 4
 
 
 def has_own_objective(model: Matcher) -> bool:
@@ -45,7 +48,8 @@ class TrainingObjective(nn.Module):
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor,
                 step: int, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         same_image = (images[:, None] == images[None, :]) if self.loss.mask_same_image else None
-        options = dict(margin=self.loss.margin, hardest_negative=self.loss.hardest_negative, same_image=same_image)
+        options = {"margin": self.loss.margin, "hardest_negative": self.loss.hardest_negative,
+                   "same_image": same_image}
         if has_own_objective(self.model):
             batch = self.model.encode_train_batch(features, tokens, lengths)
             if self.group is not None:
@@ -56,8 +60,25 @@ class TrainingObjective(nn.Module):
 
     def scores(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The (B, B) score matrix of the global batch (images × captions, pairs on the diagonal)."""
+        images, texts = self.model.encode_images(features), self.model.encode_texts(tokens, lengths)
         if self.group is None:
-            return self.model(features, tokens, lengths)
-        images = gather_fields(self.model.encode_images(features), self.group)
-        columns = self.model.score(images, self.model.encode_texts(tokens, lengths))
+            return score_in_chunks(self.model, images, texts)
+        # one score call per process and step: SAF gathers its per-caption statistics once, in caption order
+        columns = self.model.score(gather_fields(images, self.group), texts)
         return gather_rows(columns.T, self.group).T
+
+
+def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding) -> torch.Tensor:
+    """``model.score(images, texts)`` (with gradient), a few captions at a time on a CPU.
+
+    The same numbers as one call (per-caption work is independent; SAF's running statistics advance caption by
+    caption either way), computed faster: a cross-attention model's pair tensors (images × captions × words ×
+    1024) are memory-bound, and on a CPU chunks of ``CPU_CAPTION_CHUNK`` captions keep them near the caches and,
+    captions being sorted by length, trim each chunk's padding. At batch 128 a whole SAF step took 44.5 s against
+    23.6 s in chunks of 8, and 4 captions beat 1, 2, 8, 16 and 32 on the pair work. A GPU takes the whole batch.
+    """
+    device = next(iter(model.parameters())).device
+    if device.type != "cpu" or not model.pair_bytes_per_word() or len(texts) <= CPU_CAPTION_CHUNK:
+        return model.score(images, texts)
+    return torch.cat([model.score(images, texts.select(slice(start, start + CPU_CAPTION_CHUNK)))
+                      for start in range(0, len(texts), CPU_CAPTION_CHUNK)], 1)
