@@ -8,10 +8,12 @@ process (sampled every 20 ms; it counts mapped file pages too). The folder is de
 
 ``--model small`` (embed 64, similarity 32; the regions stay 2048-d) measures the data path at a speed a CPU
 allows; ``--model full`` trains the papers' sizes, whose activations at batch 128 (16,384 pairs × ~15 words ×
-1024) take several GB on a CPU run (on a GPU they live in device memory, not in RSS).
+1024) take several GB on a CPU run (on a GPU they live in device memory, not in RSS); ``--recompute`` sets
+``run.recompute_activations`` (each caption chunk's pair activations recomputed in the backward pass).
 
     python benchmarks/memory.py                                  # 113,287 images, 200 steps, small model
     python benchmarks/memory.py --model full --steps 5 --keep    # the papers' model, a few steps
+    python benchmarks/memory.py --model full --steps 5 --recompute   # ... keeping less for the backward pass
     python benchmarks/memory.py --images 5000 --steps 20         # a quick look
 """
 
@@ -39,6 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--model", choices=sorted(MODEL_SIZES), default="small")
+    parser.add_argument("--recompute", action="store_true", help="run.recompute_activations = true")
     parser.add_argument("--keep", action="store_true", help="keep the data folder (and reuse it next time)")
     args = parser.parse_args()
 
@@ -54,14 +57,16 @@ def main() -> None:
     size = (data / "train_ims.npy").stat().st_size
     config = load_config(ROOT / "configs" / "sgr_coco.toml",
                          [*MODEL_SIZES[args.model], f"data.batch_size={args.batch_size}",
-                          f"run.max_steps={args.steps}", f"run.checkpoint_every={args.steps}"])
+                          f"run.max_steps={args.steps}", f"run.checkpoint_every={args.steps}",
+                          f"run.recompute_activations={str(args.recompute).lower()}"])
     try:
         with peak_rss() as rss:
             start = time.perf_counter()
             train(config, data=data, vocab=data / "vocab.json", out=out, device="cpu")
             seconds = time.perf_counter() - start
         read = args.steps * args.batch_size * 36 * 2048 * 4
-        print(f"{args.steps} steps of SGR ({args.model}) at batch {args.batch_size} on a {size / 2**30:.1f} GiB "
+        mode = ", activations recomputed" if args.recompute else ""
+        print(f"{args.steps} steps of SGR ({args.model}{mode}) at batch {args.batch_size} on a {size / 2**30:.1f} GiB "
               f"split in {seconds:.0f} s ({read / 2**30:.1f} GiB of features read): peak RSS "
               f"{rss['peak'] / 2**30:.2f} GiB (at start {rss['start'] / 2**30:.2f} GiB)")
     finally:

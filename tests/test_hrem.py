@@ -1,5 +1,5 @@
 """HREM: fragment level (batch independence, padding), the instance-level association graph on a hand-built batch,
-masked attention, the losses' switches, neighbour batches, and learning on planted data."""
+masked attention, the losses' switches, and learning on planted data (neighbour batches: test_train_neighbours)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from test_vse import (PLANTED_DIM, evaluate_rsum, planted, random_batch, single_
 from itmatch.checkpoint import load_model, save_model
 from itmatch.data.vocab import load_vocab
 from itmatch.errors import ItmatchError
-from itmatch.models.hrem import (AssociationGraph, InstanceInteraction, NeighbourBatchSampler, Relations,
-                                 attention_bias, image_clusters, match_statistics)
+from itmatch.models.hrem import AssociationGraph, InstanceInteraction, Relations, attention_bias, match_statistics
 from itmatch.models.vse import TrainBatch
 
 
@@ -213,30 +212,6 @@ def test_save_load_gives_identical_scores(tmp_path):
     loaded = load_model(tmp_path / "hrem.safetensors")
     with torch.no_grad():
         np.testing.assert_array_equal(loaded(feats, tokens, lengths), model(feats, tokens, lengths))
-
-
-def test_image_clusters_recover_planted_groups():
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((3, 16)) * 5
-    group = np.repeat(np.arange(3), 10)
-    feats = (centres[group][:, None, :] + rng.standard_normal((30, 4, 16))).astype(np.float32)
-    found = image_clusters(feats, 3, seed=1)
-    for g in range(3):
-        assert len(set(found[group == g])) == 1
-    assert len(set(found)) == 3
-
-
-def test_neighbour_batches_come_from_clusters_and_cover_the_captions():
-    clusters = np.repeat(np.arange(4), 5)                 # 20 images, 4 clusters of 5
-    caption_image = np.repeat(np.arange(20), 5)           # 100 captions
-    sampler = NeighbourBatchSampler(caption_image, clusters, batch_size=25, seed=3)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 4
-    assert sorted(i for b in batches for i in b) == list(range(100))
-    assert all(len(set(clusters[caption_image[b]])) == 1 for b in batches)  # cluster size = batch size here
-    assert [list(b) for b in sampler] == batches                           # same epoch, same order
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
 
 
 def test_hrem_learns_on_planted_data(planted):

@@ -71,7 +71,7 @@ def test_resume_checks_it_is_the_same_run(data: Path, finished: Path, tmp_path: 
                                           capsys: pytest.CaptureFixture) -> None:
     fails(capsys, [*train_args("sgr", data, finished, "optim.lr=1e-3"), "--resume"],
           "config.toml: --resume with a different config (optim.lr 0.0002 -> 0.001)",
-          "schedule.epochs, run.max_steps, run.checkpoint_every may change")
+          "schedule.epochs, run.max_steps, run.checkpoint_every, run.recompute_activations may change")
     other = tmp_path / "vocab.json"
     words = json.loads((data / "vocab.json").read_text())
     first = next(w for w, i in words["word2idx"].items() if i == 4)

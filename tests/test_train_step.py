@@ -105,3 +105,44 @@ def test_scoring_in_caption_chunks_equals_one_call(name: str) -> None:
         assert a.grad is None or float((a.grad - b.grad).abs().max()) <= 1e-5, key
     for (key, a), b in zip(whole.named_buffers(), chunked.buffers()):
         assert float((a.double() - b.double()).abs().max()) <= 1e-5, key
+
+
+def saved_bytes(model: torch.nn.Module, batch: Batch, recompute: bool) -> int:
+    """Bytes of the tensors a training objective's forward keeps for the backward pass (no backward: hooks on
+    saved tensors would also switch off autograd's in-place checks, which the step below must face)."""
+    objective = TrainingObjective(copy.deepcopy(model), small_config("sgr").loss, recompute=recompute)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        objective(batch.features, batch.tokens, batch.lengths, batch.images, 0, 0)
+    return sum(saved)
+
+
+def step_results(model: torch.nn.Module, batch: Batch, recompute: bool) -> tuple[torch.Tensor, dict]:
+    """The loss and gradients of one training objective's forward and backward."""
+    objective = TrainingObjective(model, small_config("sgr").loss, recompute=recompute)
+    torch.manual_seed(5)  # the same dropout draws in both runs
+    loss, _ = objective(batch.features, batch.tokens, batch.lengths, batch.images, 0, 0)
+    loss.backward()  # hardest negatives: the chunks' recomputations and backward passes interleave
+    return loss.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["sgr", "saf"])
+def test_recomputed_activations_give_the_same_step_with_less_kept(name: str) -> None:
+    torch.manual_seed(0)
+    kept = create_model(name, vocab_size=50, img_dim=32, word_dim=16, embed_size=32, sim_dim=16,
+                        dropout=0.4).train()
+    recomputed = copy.deepcopy(kept)
+    batch = sorted_batch(size=32, dim=32)
+    bytes_kept, bytes_recomputed = saved_bytes(kept, batch, False), saved_bytes(kept, batch, True)
+    loss_kept, grads_kept = step_results(kept, batch, recompute=False)
+    loss_recomputed, grads_recomputed = step_results(recomputed, batch, recompute=True)
+    assert torch.equal(loss_kept, loss_recomputed) and float(loss_kept) > 1
+    assert grads_kept.keys() == grads_recomputed.keys()
+    for key, grad in grads_kept.items():
+        assert float((grad - grads_recomputed[key]).abs().max()) <= 1e-6, key
+    for (key, a), b in zip(kept.named_buffers(), recomputed.buffers()):  # statistics advanced once, not twice
+        assert torch.equal(a, b), key
+    # without recomputation the pair work of all 8 chunks is kept for the backward pass; with it, little more
+    # than the encodings
+    assert bytes_recomputed < bytes_kept / 3, (bytes_recomputed, bytes_kept)

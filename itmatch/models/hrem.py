@@ -31,9 +31,8 @@ Where the released code and this one differ, and why, see docs/models.md (HREM s
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -288,57 +287,6 @@ class HREM(VSE):
                 logs["consistency"] = float(cross.detach())
         logs["loss"] = float(loss.detach())
         return loss, logs
-
-
-def image_clusters(features: np.ndarray, n_clusters: int, *, iterations: int = 20, seed: int = 0,
-                   block: int = 1024) -> np.ndarray:
-    """Spherical k-means of images by their mean region feature: (N, R, D) (memory-mapped is fine) -> (N,) ids.
-
-    Features are read in blocks of ``block`` images; the clustering runs on the (N, D) means.
-    """
-    if not 1 <= n_clusters <= len(features):
-        raise ItmatchError(f"n_clusters must lie in 1..{len(features)}, got {n_clusters}")
-    means = torch.cat([torch.from_numpy(np.asarray(features[i:i + block], dtype=np.float32)).mean(1)
-                       for i in range(0, len(features), block)])
-    points = l2norm(means)
-    gen = torch.Generator().manual_seed(seed)
-    centres = points[torch.randperm(len(points), generator=gen)[:n_clusters]].clone()
-    assign = torch.zeros(len(points), dtype=torch.long)
-    for _ in range(iterations):
-        assign = (points @ centres.T).argmax(1)
-        sums = torch.zeros_like(centres).index_add_(0, assign, points)
-        empty = torch.bincount(assign, minlength=n_clusters) == 0
-        centres = torch.where(empty[:, None], centres, l2norm(sums))
-    return assign.numpy()
-
-
-class NeighbourBatchSampler(torch.utils.data.Sampler):
-    """HREM's neighbour batch sampling: batches of caption indices whose images come from the same clusters,
-    so a batch holds semantically close (hard) negatives.
-
-    Each epoch the clusters are visited in a random order, the captions inside a cluster shuffled, the whole
-    sequence cut into batches of ``batch_size`` (the last partial one dropped), and the batches shuffled.
-    ``caption_image`` (n_captions,): image of each caption; ``clusters`` (n_images,): cluster of each image
-    (``image_clusters``). Call ``set_epoch`` each epoch for a new order (deterministic given seed and epoch).
-    """
-
-    def __init__(self, caption_image: np.ndarray, clusters: np.ndarray, batch_size: int, seed: int = 0) -> None:
-        self.cluster_of = np.asarray(clusters)[np.asarray(caption_image)]
-        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.cluster_of) // self.batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        rank = rng.permutation(int(self.cluster_of.max()) + 1)[self.cluster_of]
-        order = np.lexsort((rng.random(len(rank)), rank))
-        batches = order[: len(self) * self.batch_size].reshape(len(self), self.batch_size)
-        for row in rng.permutation(len(batches)):
-            yield batches[row].tolist()
 
 
 @register_model

@@ -65,21 +65,25 @@ class LossSection:
 @dataclasses.dataclass
 class DataSection:
     """``batch_size`` (image, caption) pairs per step, over all processes; ``dev_subset`` validates on the
-    authors' first 1,000 dev images (5,000 captions)."""
+    authors' first 1,000 dev images (5,000 captions); ``neighbour_clusters`` > 0 builds each batch from images
+    of the same clusters of image features (HREM's neighbour batch sampling; 0 = random batches)."""
 
     batch_size: int
     dev_subset: bool
+    neighbour_clusters: int
 
 
 @dataclasses.dataclass
 class RunSection:
     """``seed`` fixes the model init, the data order and dropout; ``precision`` fp32, tf32 or bf16 (autocast);
-    ``checkpoint_every`` steps between saves of ``last.pt``; ``max_steps`` stops early (0 = run all epochs)."""
+    ``checkpoint_every`` steps between saves of ``last.pt``; ``max_steps`` stops early (0 = run all epochs);
+    ``recompute_activations`` keeps less in memory on a CPU for another forward pass (the same numbers)."""
 
     seed: int
     precision: str
     checkpoint_every: int
     max_steps: int
+    recompute_activations: bool
 
 
 @dataclasses.dataclass
@@ -103,7 +107,7 @@ class TrainConfig:
 
 
 #: Keys that may differ when a run is resumed: they do not change what a step computes.
-RESUMABLE_CHANGES = ("schedule.epochs", "run.max_steps", "run.checkpoint_every")
+RESUMABLE_CHANGES = ("schedule.epochs", "run.max_steps", "run.checkpoint_every", "run.recompute_activations")
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> TrainConfig:
@@ -232,6 +236,7 @@ def _check_values(config: TrainConfig) -> None:
          "increasing epochs >= 1"),
         ("schedule.lr_decay", 0 < config.schedule.lr_decay <= 1, "in (0, 1]"),
         ("loss.margin", config.loss.margin >= 0, ">= 0"),
+        ("data.neighbour_clusters", config.data.neighbour_clusters >= 0, ">= 0 (0 = random batches)"),
         ("data.batch_size", config.data.batch_size >= 2, ">= 2 (negatives come from the batch)"),
         ("run.seed", config.run.seed >= 0, ">= 0"),
         ("run.precision", config.run.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),

@@ -34,6 +34,7 @@ from itmatch.scoring import precision_context
 from itmatch.train import distributed
 from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, changed_keys, dumps, load_config
 from itmatch.train.loader import Batch, TrainBatches
+from itmatch.train.neighbours import image_clusters
 from itmatch.train.objective import TrainingObjective
 from itmatch.train.state import capture_rng, load_training_checkpoint, restore_rng, save_checkpoint
 
@@ -174,15 +175,20 @@ class _Trainer:
             distributed.synchronize_batch_statistics(self.model, info.group)
         self.model.to(info.device).train()
         self.optimizer = make_optimizer(config, self.model)
-        objective: torch.nn.Module = TrainingObjective(self.model, config.loss, info.group)
+        objective: torch.nn.Module = TrainingObjective(self.model, config.loss, info.group,
+                                                              config.run.recompute_activations)
         if info.world_size > 1:
             objective = DistributedDataParallel(objective, device_ids=[info.device.index]
                                                 if info.device.type == "cuda" else None,
                                                 find_unused_parameters=True, broadcast_buffers=False)
         self.objective = objective
         tokenize = getattr(self.model, "tokenize", None) or self.vocab.encode_all
+        clusters = None
+        if config.data.neighbour_clusters:  # deterministic, so every rank and every resume gets the same ones
+            clusters = image_clusters(self.train_split.features, config.data.neighbour_clusters,
+                                      seed=config.run.seed)
         self.batches = TrainBatches(self.train_split, tokenize, config.data.batch_size, config.run.seed,
-                                    info.rank, info.world_size)
+                                    info.rank, info.world_size, clusters)
         if len(self.batches) == 0:
             raise ItmatchError(f"{data}: the train split has {self.train_split.n_captions} captions, fewer than "
                                f"the {info.world_size} processes")

@@ -15,10 +15,13 @@ encoded batch gathered.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from itmatch.losses import ranking_loss
 from itmatch.models.base import Encoding, Matcher
@@ -38,12 +41,13 @@ class TrainingObjective(nn.Module):
     """``forward(features, tokens, lengths, images, step, epoch) -> (loss, {name: value})`` of the global batch.
 
     ``features`` (b, R, D), ``tokens`` (b, L), ``lengths`` (b,) are this process's pairs; ``images`` (B,) the image
-    index of every pair of the global batch (for ``loss.mask_same_image``).
+    index of every pair of the global batch (for ``loss.mask_same_image``). ``recompute`` trades time for memory
+    on a CPU: see ``score_in_chunks``.
     """
 
-    def __init__(self, model: Matcher, loss: LossSection, group: Any = None) -> None:
+    def __init__(self, model: Matcher, loss: LossSection, group: Any = None, recompute: bool = False) -> None:
         super().__init__()
-        self.model, self.loss, self.group = model, loss, group
+        self.model, self.loss, self.group, self.recompute = model, loss, group, recompute
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor,
                 step: int, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -62,13 +66,13 @@ class TrainingObjective(nn.Module):
         """The (B, B) score matrix of the global batch (images × captions, pairs on the diagonal)."""
         images, texts = self.model.encode_images(features), self.model.encode_texts(tokens, lengths)
         if self.group is None:
-            return score_in_chunks(self.model, images, texts)
+            return score_in_chunks(self.model, images, texts, recompute=self.recompute)
         # one score call per process and step: SAF gathers its per-caption statistics once, in caption order
         columns = self.model.score(gather_fields(images, self.group), texts)
         return gather_rows(columns.T, self.group).T
 
 
-def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding) -> torch.Tensor:
+def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute: bool = False) -> torch.Tensor:
     """``model.score(images, texts)`` (with gradient), a few captions at a time on a CPU.
 
     The same numbers as one call (per-caption work is independent; SAF's running statistics advance caption by
@@ -76,9 +80,34 @@ def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding) -> torch.
     1024) are memory-bound, and on a CPU chunks of ``CPU_CAPTION_CHUNK`` captions keep them near the caches and,
     captions being sorted by length, trim each chunk's padding. At batch 128 a whole SAF step took 44.5 s against
     23.6 s in chunks of 8, and 4 captions beat 1, 2, 8, 16 and 32 on the pair work. A GPU takes the whole batch.
+
+    With ``recompute`` a chunk keeps only its scores for the backward pass and runs its forward again there
+    (activation checkpointing, with the same dropout draws): the pair activations of one chunk live at a time
+    instead of the whole batch's, for about one more forward pass of the pair work. The results are identical.
     """
     device = next(iter(model.parameters())).device
     if device.type != "cpu" or not model.pair_bytes_per_word() or len(texts) <= CPU_CAPTION_CHUNK:
         return model.score(images, texts)
-    return torch.cat([model.score(images, texts.select(slice(start, start + CPU_CAPTION_CHUNK)))
-                      for start in range(0, len(texts), CPU_CAPTION_CHUNK)], 1)
+    chunks = [texts.select(slice(start, start + CPU_CAPTION_CHUNK))
+              for start in range(0, len(texts), CPU_CAPTION_CHUNK)]
+    if not recompute:
+        return torch.cat([model.score(images, chunk) for chunk in chunks], 1)
+    recomputing = lambda: (contextlib.nullcontext(), scratch_buffers(model))  # noqa: E731
+    return torch.cat([checkpoint(model.score, images, chunk, use_reentrant=False, context_fn=recomputing)
+                      for chunk in chunks], 1)
+
+
+@contextlib.contextmanager
+def scratch_buffers(module: nn.Module) -> Iterator[None]:
+    """Give the block copies of ``module``'s buffers and put the originals back afterwards: a recomputed forward
+    must not advance BatchNorm statistics a second time, nor change a buffer that another chunk's recomputed
+    BatchNorm saved for its backward."""
+    originals = [(owner, name, buffer) for owner in module.modules()
+                 for name, buffer in owner.named_buffers(recurse=False)]
+    for owner, name, buffer in originals:
+        setattr(owner, name, buffer.clone())
+    try:
+        yield
+    finally:
+        for owner, name, buffer in originals:
+            setattr(owner, name, buffer)
