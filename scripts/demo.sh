@@ -34,4 +34,4 @@ done
 
 echo "== 4. example searches with SGRAF (top 3 test pictures per query)"
 "$PY" -m itmatch.demo --data "$DATA" --checkpoint "$RUNS/sgr/best.pt" --checkpoint "$RUNS/saf/best.pt" \
-  --query "a bird" --query "a red fruit" --query "a musical instrument" --figure docs/demo.png
+  --query "a truck" --query "a letter" --query "a red apple" --figure docs/demo.png
