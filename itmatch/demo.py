@@ -83,10 +83,15 @@ def draw_results(results: list[dict], out: Path) -> None:
         tmp.write_bytes(encoded.tobytes())
 
 
-def _thumbnail(image: np.ndarray) -> np.ndarray:
+def shrink(image: np.ndarray, longest: int) -> np.ndarray:
+    """``image`` resized so that its longer side is ``longest`` pixels (area averaging; aspect kept)."""
     h, w = image.shape[:2]
-    scale = CELL / max(h, w)
-    small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    scale = longest / max(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    small = shrink(image, CELL)
     out = np.full((CELL, CELL, 3), 255, np.uint8)
     y, x = (CELL - small.shape[0]) // 2, (CELL - small.shape[1]) // 2
     out[y:y + small.shape[0], x:x + small.shape[1]] = small

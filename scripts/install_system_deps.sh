@@ -2,6 +2,7 @@
 # System pieces that itmatch's own-pictures code needs, fetched from Debian's archive. Idempotent.
 #
 #  * libcairo2 (used by cairosvg to render SVG): `apt-get install` when root and missing.
+#  * chromium (the web page's browser test): `apt-get install` when root and missing.
 #  * tuxpaint-stamps-default and openclipart-svg (the Tux Paint data set and its --with-openclipart extra):
 #    fetched without root by `apt-get download` and unpacked by `dpkg-deb -x` into the same cache that
 #    `itmatch data build tuxpaint` uses: ${ITMATCH_CACHE:-~/.cache/itmatch}/debian/PACKAGE/
@@ -26,6 +27,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcairo\.so\.2'; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcairo2
   else
     echo "warning: libcairo2 is missing and this is not root: SVG pictures will not render (apt-get install libcairo2)" >&2
+  fi
+fi
+
+# Chromium for the web page's browser test (driven by Playwright's Python package; no browser download).
+if [ ! -x /usr/bin/chromium ]; then
+  if as_root; then
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "warning: /usr/bin/chromium is missing and this is not root: the browser test is skipped (apt-get install chromium)" >&2
   fi
 fi
 

@@ -23,7 +23,12 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("itmatch.cli.models", None),
     ("itmatch.cli.extract", None),
     ("itmatch.cli.train", None),
+    ("itmatch.cli.reproduce", None),
     ("itmatch.cli.encode", None),
+    ("itmatch.cli.index", "index"),
+    ("itmatch.cli.search", None),
+    ("itmatch.cli.explain", None),
+    ("itmatch.cli.serve", None),
 ]
 
 for _module_name, _group in _GROUPS:

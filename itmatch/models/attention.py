@@ -57,6 +57,30 @@ class TextSelfAttention(nn.Module):
         return l2norm((weights[:, :, None] * words).sum(1))
 
 
+def attention_weights(context: torch.Tensor, queries: torch.Tensor, smooth: float,
+                      context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """SCAN attention weights (A, B, Nq, Nc) of every query vector over every context set (the softmax that
+    ``cross_attention`` sums the context with): context (A, Nc, d), queries (B, Nq, d), zero-padded.
+
+    a = LeakyReLU_0.1(context · query), L2-normalised across each query set's vectors, softmax over the context
+    at temperature ``smooth``; context positions at or past ``context_lengths`` (A,) get weight 0.
+    """
+    n_ctx, n_pos, dim = context.shape
+    n_qry, n_vec, _ = queries.shape
+    scores = torch.nn.functional.leaky_relu(context.reshape(-1, dim) @ queries.reshape(-1, dim).T, 0.1)
+    scores = scores.view(n_ctx, n_pos, n_qry, n_vec)
+    if context_lengths is None:
+        scores = scores / (scores.square().sum(3, keepdim=True).sqrt() + eps)
+        logits = scores.permute(0, 2, 3, 1) * smooth
+    else:
+        padding = ~length_mask(context_lengths, n_pos)
+        # A padding position's scores are all zero: norm it by 1, not sqrt(0), whose gradient is infinite.
+        square_sum = scores.square().sum(3, keepdim=True).masked_fill(padding[:, :, None, None], 1.0)
+        scores = scores / (square_sum.sqrt() + eps)
+        logits = scores.permute(0, 2, 3, 1).masked_fill(padding[:, None, None, :], float("-inf")) * smooth
+    return torch.softmax(logits, dim=3)
+
+
 def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
                     context_lengths: torch.Tensor | None = None, minus_queries: bool = False,
                     eps: float = 1e-8) -> torch.Tensor:
@@ -73,18 +97,7 @@ def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
     """
     n_ctx, n_pos, dim = context.shape
     n_qry, n_vec, _ = queries.shape
-    scores = torch.nn.functional.leaky_relu(context.reshape(-1, dim) @ queries.reshape(-1, dim).T, 0.1)
-    scores = scores.view(n_ctx, n_pos, n_qry, n_vec)
-    if context_lengths is None:
-        scores = scores / (scores.square().sum(3, keepdim=True).sqrt() + eps)
-        logits = scores.permute(0, 2, 3, 1) * smooth
-    else:
-        padding = ~length_mask(context_lengths, n_pos)
-        # A padding position's scores are all zero: norm it by 1, not sqrt(0), whose gradient is infinite.
-        square_sum = scores.square().sum(3, keepdim=True).masked_fill(padding[:, :, None, None], 1.0)
-        scores = scores / (square_sum.sqrt() + eps)
-        logits = scores.permute(0, 2, 3, 1).masked_fill(padding[:, None, None, :], float("-inf")) * smooth
-    weights = torch.softmax(logits, dim=3).reshape(n_ctx, n_qry * n_vec, n_pos)
+    weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, n_qry * n_vec, n_pos)
     gram = context @ context.transpose(1, 2)
     norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
     weights = weights / (norm + eps)

@@ -25,6 +25,14 @@ Instance level (training only, after ``instance_warmup`` iterations): a graph ov
   term (``consistency_loss``); ``L_reg = KL(softmax(S_i2t) ‖ softmax(exp(-dist(v, t)/sigma)))`` per row, plus
   the same for t2i (the guide carries no gradient).
 
+Ablation switches (the paper's ablation tables; the defaults are the full model): ``visual_relation`` /
+``textual_relation`` off replace that modality's fragment-level transformer by the identity (the embedding is
+``w · topk_max(local) + (1 - w) · mean(local)``); ``instance_intra`` / ``instance_inter`` off leave only the
+other kind of instance-level edge (fusion: the attention is restricted to it; standalone: only that layer);
+``connection`` off connects every pair (no ``A``); ``relevance`` off adds no ``λ · S`` to the attention (no
+cross-modal MLPs and no ``L_reg``, which only shapes ``S``); ``consistency_loss`` and ``reg_weight`` as above.
+Neighbour batch sampling is the trainer's ``data.neighbour_clusters``.
+
 Where the released code and this one differ, and why, see docs/models.md (HREM section).
 """
 
@@ -67,11 +75,21 @@ class HREMConfig(VSEConfig):
     sigma: float = 1.0
     reg_weight: float = 10.0                 # reg_loss_weight
     consistency_loss: bool = True            # cross_loss: L(v, t̃) + L(ṽ, t)
+    # ablation switches (the paper's ablation tables)
+    visual_relation: bool = True             # fragment-level relation of the regions (off: identity)
+    textual_relation: bool = True            # fragment-level relation of the words (off: identity)
+    instance_intra: bool = True              # instance-level edges within a modality
+    instance_inter: bool = True              # instance-level edges across modalities
+    connection: bool = True                  # connection matrix A (off: all pairs connected)
+    relevance: bool = True                   # relevance matrix S in the attention (off: no λ·S, no L_reg)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.interaction not in INTERACTIONS:
             raise ItmatchError(f"interaction must be one of {', '.join(INTERACTIONS)}, got {self.interaction!r}")
+        if self.interaction != "off" and not (self.instance_intra or self.instance_inter):
+            raise ItmatchError("instance_intra and instance_inter are both off; for no instance level set "
+                               "interaction = 'off'")
         if not 0 < self.connect_fraction <= 1:
             raise ItmatchError(f"connect_fraction must lie in (0, 1], got {self.connect_fraction}")
         if self.embed_size % self.relation_heads or self.embed_size % self.instance_heads:
@@ -114,11 +132,11 @@ class MatchStatistics(NamedTuple):
 
 class Relations(NamedTuple):
     """The association graph over 2B nodes (images first): ``connect`` (2B, 2B) bool, ``relevance`` (2B, 2B),
-    and the relevance regulariser ``reg_loss`` (scalar)."""
+    and the relevance regulariser ``reg_loss`` (scalar; None without a learned relevance)."""
 
     connect: torch.Tensor
     relevance: torch.Tensor
-    reg_loss: torch.Tensor
+    reg_loss: torch.Tensor | None
 
 
 def _topk_padded(values: torch.Tensor, valid: torch.Tensor, k: int, dim: int) -> torch.Tensor:
@@ -175,22 +193,37 @@ def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 class AssociationGraph(nn.Module):
-    """Builds the connection and relevance matrices of a batch (``mlp_t2i``/``mlp_i2t``: K → K → 1)."""
+    """Builds the connection and relevance matrices of a batch (``mlp_t2i``/``mlp_i2t``: K → K → 1).
 
-    def __init__(self, topk: int, connect_fraction: float, sigma: float) -> None:
+    Without ``connection`` every pair is connected; without ``relevance`` the relevance is 0 (no MLPs, no
+    regulariser)."""
+
+    def __init__(self, topk: int, connect_fraction: float, sigma: float, connection: bool = True,
+                 relevance: bool = True) -> None:
         super().__init__()
         self.topk, self.connect_fraction, self.sigma = topk, connect_fraction, sigma
-        self.mlp_t2i = nn.Sequential(nn.Linear(topk, topk), nn.ReLU(), nn.Linear(topk, 1))
-        self.mlp_i2t = nn.Sequential(nn.Linear(topk, topk), nn.ReLU(), nn.Linear(topk, 1))
+        self.connection, self.relevance = connection, relevance
+        if relevance:
+            self.mlp_t2i = nn.Sequential(nn.Linear(topk, topk), nn.ReLU(), nn.Linear(topk, 1))
+            self.mlp_i2t = nn.Sequential(nn.Linear(topk, topk), nn.ReLU(), nn.Linear(topk, 1))
 
     def forward(self, batch: TrainBatch) -> Relations:
         v, t = batch.images, batch.texts
+        n_nodes = len(v) + len(t)
+        if not (self.connection or self.relevance):
+            return Relations(torch.ones(n_nodes, n_nodes, dtype=torch.bool, device=v.device),
+                             v.new_zeros(n_nodes, n_nodes), None)
         stats = match_statistics(batch.regions.detach(), batch.n_regions, batch.words.detach(), batch.lengths,
                                  self.topk)
-        with torch.no_grad():
-            top = self.connect_fraction
-            connect = torch.cat([torch.cat([keep_top(v @ v.T, top), keep_top(stats.i2t_mean, top)], 1),
-                                 torch.cat([keep_top(stats.t2i_mean, top), keep_top(t @ t.T, top)], 1)], 0)
+        if self.connection:
+            with torch.no_grad():
+                top = self.connect_fraction
+                connect = torch.cat([torch.cat([keep_top(v @ v.T, top), keep_top(stats.i2t_mean, top)], 1),
+                                     torch.cat([keep_top(stats.t2i_mean, top), keep_top(t @ t.T, top)], 1)], 0)
+        else:
+            connect = torch.ones(n_nodes, n_nodes, dtype=torch.bool, device=v.device)
+        if not self.relevance:
+            return Relations(connect, v.new_zeros(n_nodes, n_nodes), None)
         i2t = self.mlp_i2t(stats.i2t_topk).squeeze(2) + stats.i2t_mean
         t2i = self.mlp_t2i(stats.t2i_topk).squeeze(2) + stats.t2i_mean
         relevance = torch.cat([
@@ -210,27 +243,34 @@ def attention_bias(relations: Relations, weight: float, keep: torch.Tensor | Non
 
 class InstanceInteraction(nn.Module):
     """The relation interaction over the 2B nodes: "fusion" (``fusion`` layer) or "standalone" (``inter`` then
-    ``intra`` layer). ``forward(nodes (2B, d), relations) -> (2B, d)`` L2-normalised."""
+    ``intra`` layer). ``forward(nodes (2B, d), relations) -> (2B, d)`` L2-normalised. Without ``intra`` (or
+    ``inter``) the fusion layer attends across (within) modalities only, and standalone lacks that layer."""
 
-    def __init__(self, kind: str, dim: int, heads: int, dropout: float, weight: float) -> None:
+    def __init__(self, kind: str, dim: int, heads: int, dropout: float, weight: float, intra: bool = True,
+                 inter: bool = True) -> None:
         super().__init__()
-        self.kind, self.weight = kind, weight
+        self.kind, self.weight, self.use_intra, self.use_inter = kind, weight, intra, inter
         if kind == "fusion":
             self.fusion = transformer_layer(dim, heads, dropout)
-        else:
+            return
+        if inter:
             self.inter = transformer_layer(dim, heads, dropout)
+        if intra:
             self.intra = transformer_layer(dim, heads, dropout)
 
     def forward(self, nodes: torch.Tensor, relations: Relations) -> torch.Tensor:
         x = nodes.unsqueeze(0)
+        half = nodes.shape[0] // 2
+        modality = torch.arange(nodes.shape[0], device=nodes.device) >= half
+        same = modality[:, None] == modality[None, :]
         if self.kind == "fusion":
-            x = self.fusion(x, src_mask=attention_bias(relations, self.weight))
+            keep = None if self.use_intra and self.use_inter else (same if self.use_intra else ~same)
+            x = self.fusion(x, src_mask=attention_bias(relations, self.weight, keep))
         else:
-            half = nodes.shape[0] // 2
-            modality = torch.arange(nodes.shape[0], device=nodes.device) >= half
-            same = modality[:, None] == modality[None, :]
-            x = self.inter(x, src_mask=attention_bias(relations, self.weight, ~same))
-            x = self.intra(x, src_mask=attention_bias(relations, self.weight, same))
+            if self.use_inter:
+                x = self.inter(x, src_mask=attention_bias(relations, self.weight, ~same))
+            if self.use_intra:
+                x = self.intra(x, src_mask=attention_bias(relations, self.weight, same))
         return l2norm(x.squeeze(0))
 
 
@@ -241,20 +281,28 @@ class HREM(VSE):
     def __init__(self, config: HREMConfig) -> None:
         super().__init__(config)
         d = config.embed_size
-        self.img_rel = FragmentRelation(d, config.relation_heads, config.relation_dropout)
-        self.txt_rel = FragmentRelation(d, config.relation_heads, config.relation_dropout)
+        heads, dropout = config.relation_heads, config.relation_dropout
+        self.img_rel = FragmentRelation(d, heads, dropout) if config.visual_relation else None
+        self.txt_rel = FragmentRelation(d, heads, dropout) if config.textual_relation else None
         if config.interaction != "off":
-            self.graph = AssociationGraph(config.relation_topk, config.connect_fraction, config.sigma)
+            self.graph = AssociationGraph(config.relation_topk, config.connect_fraction, config.sigma,
+                                          config.connection, config.relevance)
             self.interaction = InstanceInteraction(config.interaction, d, config.instance_heads,
-                                                   config.instance_dropout, config.relevance_weight)
+                                                   config.instance_dropout, config.relevance_weight,
+                                                   config.instance_intra, config.instance_inter)
 
     def aggregate_images(self, regions: torch.Tensor, n_regions: torch.Tensor) -> torch.Tensor:
-        w = self.config.fusion_weight
-        return w * self.img_pool(regions, n_regions) + (1 - w) * self.img_rel(regions, n_regions)
+        return self._fuse(self.img_pool(regions, n_regions), self.img_rel, regions, n_regions)
 
     def aggregate_texts(self, words: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self._fuse(self.txt_pool(words, lengths), self.txt_rel, words, lengths)
+
+    def _fuse(self, pooled: torch.Tensor, relation: FragmentRelation | None, local: torch.Tensor,
+              lengths: torch.Tensor) -> torch.Tensor:
+        """``w · pooled + (1 - w) · mean(relation(local))``, the relation being the identity when switched off."""
         w = self.config.fusion_weight
-        return w * self.txt_pool(words, lengths) + (1 - w) * self.txt_rel(words, lengths)
+        related = relation(local, lengths) if relation is not None else mean_pool(local, lengths)
+        return w * pooled + (1 - w) * related
 
     def instance_active(self, step: int) -> bool:
         """Whether the instance level takes part at global iteration ``step`` (training mode, after warm-up)."""
@@ -279,8 +327,11 @@ class HREM(VSE):
         if self.instance_active(step):
             v2, t2, relations = self.enhance(batch)
             enhanced = rank(v2, t2)
-            loss = loss + enhanced + self.config.reg_weight * relations.reg_loss
-            logs |= {"enhanced": float(enhanced.detach()), "reg": float(relations.reg_loss.detach())}
+            loss = loss + enhanced
+            logs["enhanced"] = float(enhanced.detach())
+            if relations.reg_loss is not None:
+                loss = loss + self.config.reg_weight * relations.reg_loss
+                logs["reg"] = float(relations.reg_loss.detach())
             if self.config.consistency_loss:
                 cross = rank(batch.images, t2) + rank(v2, batch.texts)
                 loss = loss + cross

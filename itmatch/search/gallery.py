@@ -1,0 +1,104 @@
+"""The pictures an index is built from: an `itmatch extract` features folder, or one split of a dataset folder.
+
+Both read the same way: ``features(ids)`` (k, R, D) float32 rows read from the memory-mapped arrays, and per
+picture its region boxes, file path and size (when known), plus the captions (datasets only) that image→text
+search returns, and the extractor settings that made the features (so a query picture is read the same way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from itmatch.data.precomp import SPLITS, load_split
+from itmatch.errors import ItmatchError
+
+
+@dataclasses.dataclass
+class Gallery:
+    """Pictures with their region features; ``captions[j]`` describes picture ``caption_image[j]``.
+
+    ``read_features(ids)`` gives (k, R, D) float32 for ``ids`` (k,); ``boxes`` (n, R, 4) or None;
+    ``pictures[i]`` holds ``path``/``width``/``height`` where known; ``extractor`` the extractor's config or None;
+    ``source`` describes where it came from (stored in the index).
+    """
+
+    n_images: int
+    n_regions: int
+    dim: int
+    read_features: Callable[[np.ndarray], np.ndarray]
+    boxes: np.ndarray | None
+    pictures: list[dict[str, Any]]
+    captions: list[str]
+    caption_image: np.ndarray
+    extractor: dict[str, Any] | None
+    source: dict[str, Any]
+
+
+def check_image_id(image: int, n_images: int) -> int:
+    """``image`` if it is one of ``n_images`` pictures, else an error naming the valid ids."""
+    if not 0 <= image < n_images:
+        raise ItmatchError(f"no image {image} here; ids run from 0 to {n_images - 1}")
+    return image
+
+
+def open_gallery(directory: str | Path, split: str | None = None) -> Gallery:
+    """The pictures of an `itmatch extract` folder (``split`` None) or of ``split`` of a dataset folder."""
+    directory = Path(directory)
+    if (directory / "extractor.json").is_file():
+        if split is not None:
+            raise ItmatchError(f"{directory}: an `itmatch extract` folder has no splits; leave out --split")
+        return _features_folder(directory)
+    if split is None:
+        if any((directory / f"{name}_ims.npy").is_file() for name in SPLITS):
+            raise ItmatchError(f"{directory}: a dataset folder; say which split to index with --split (e.g. test)")
+        raise ItmatchError(f"{directory}: neither an `itmatch extract` folder (extractor.json) nor a dataset "
+                           "folder ({split}_ims.npy); extract features or build a dataset first")
+    return _dataset_split(directory, split)
+
+
+def _features_folder(directory: Path) -> Gallery:
+    from itmatch.features import open_features
+
+    feature_set = open_features(directory)
+    keep = np.flatnonzero(feature_set.ok)  # pictures that could not be decoded have no features
+    if not len(keep):
+        raise ItmatchError(f"{directory}: no picture in it could be decoded; nothing to index")
+    pictures = [_picture(feature_set.images[i], directory) for i in keep]
+    _, regions, dim = feature_set.features.shape
+    return Gallery(len(keep), regions, dim, lambda ids: np.asarray(feature_set.features[keep[ids]], np.float32),
+                   np.asarray(feature_set.boxes[keep]), pictures, [], np.zeros(0, np.int64),
+                   feature_set.info.get("extractor"), {"kind": "features", "path": str(directory.absolute())})
+
+
+def _dataset_split(directory: Path, split: str) -> Gallery:
+    data = load_split(directory, split)
+    rows = data.image_rows
+    boxes_path = directory / f"{split}_boxes.npy"
+    boxes = np.load(boxes_path, mmap_mode="r")[rows] if boxes_path.is_file() else None
+    if boxes is not None and boxes.shape != (len(rows), data.n_regions, 4):
+        raise ItmatchError(f"{boxes_path}: shape {boxes.shape}, expected ({len(rows)}, {data.n_regions}, 4); "
+                           "build the dataset again")
+    listing = directory / f"{split}_images.jsonl"
+    by_row: dict[int, dict[str, Any]] = {}
+    if listing.is_file():
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                by_row[int(entry["row"])] = _picture(entry, directory)
+    info_path = directory / "dataset.json"
+    extractor = json.loads(info_path.read_text(encoding="utf-8")).get("extractor") if info_path.is_file() else None
+    return Gallery(data.n_images, data.n_regions, data.feature_dim, data.image_features, boxes,
+                   [by_row.get(int(row), {}) for row in rows], list(data.captions), data.caption_image,
+                   extractor, {"kind": "dataset", "path": str(directory.absolute()), "split": split})
+
+
+def _picture(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``path`` (absolute), ``width``, ``height`` of a listing entry."""
+    path = Path(entry["path"])
+    return {"path": str(path if path.is_absolute() else (base / path).absolute()),
+            "width": entry.get("width"), "height": entry.get("height")}

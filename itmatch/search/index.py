@@ -1,0 +1,398 @@
+"""The search index folder: what two-stage retrieval reads, written once and appended to.
+
+::
+
+    index.json            what the folder holds (models, segments, FAISS files); written last: the commit point
+    models/               copies of the embedding model, the re-rankers and the vocabulary: the index needs nothing else
+    images.N.faiss        FAISS index of the image embeddings (inner product = cosine: embeddings are L2-normalised)
+    captions.N.faiss      the same for the caption embeddings (image→text search), when there are captions
+    seg-00000/            one segment per `build` / `add`, rows in gallery order:
+      features.npy          (n, R, D) region features, memory-mapped (explanations, re-encoding)
+      boxes.npy             (n, R, 4) region boxes in [0, 1], when the source had them
+      pictures.jsonl        per picture: path, width, height
+      captions.txt          captions, one a line, and caption_image.npy (n_captions,) their picture (segment row)
+      image_emb.npy         (n, d) image embeddings of the embedding model; caption_emb.npy (n_captions, d)
+      reranker-K/FIELD.npy  each re-ranker's image encoding (e.g. regions (n, R, d), glob (n, d)), so that
+                            re-ranking a shortlist is pair scoring only, not encoding
+
+The FAISS index is exact (``IndexFlatIP``) below ``IVF_MIN_IMAGES`` pictures and an inverted file
+(``IndexIVFFlat``, nlist ≈ 4·√n) above, unless ``index_type`` says otherwise. ``add`` writes a new segment, adds
+its embeddings to the FAISS indexes (an IVF keeps its trained centroids) and rewrites ``index.json``; the FAISS
+files get a new generation number, so a reader never sees a FAISS file that ``index.json`` does not describe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from itmatch.errors import ItmatchError
+from itmatch.fileio import atomic_dir, atomic_path, write_json
+from itmatch.search.gallery import Gallery, open_gallery
+
+FORMAT = "itmatch-index"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+INDEX_TYPES = ("auto", "flat", "ivf")
+#: Galleries at least this large get an IVF index under ``index_type="auto"``.
+IVF_MIN_IMAGES = 100_000
+BLOCK = 256  # pictures encoded at once while building
+
+
+def choose_kind(n: int, index_type: str) -> str:
+    """``flat`` or ``ivf`` for ``n`` vectors under ``index_type`` (auto: IVF from ``IVF_MIN_IMAGES``)."""
+    if index_type not in INDEX_TYPES:
+        raise ItmatchError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    if index_type == "auto":
+        return "ivf" if n >= IVF_MIN_IMAGES else "flat"
+    return index_type
+
+
+def make_faiss(vectors: np.ndarray, kind: str, nlist: int | None = None) -> Any:
+    """A FAISS inner-product index over ``vectors`` (n, d): exact, or IVF trained on them (nlist ≈ 4·√n)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    dim = vectors.shape[1]
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = nlist or max(1, min(len(vectors), round(4 * math.sqrt(len(vectors)))))
+        if len(vectors) < nlist:
+            raise ItmatchError(f"an IVF index with {nlist} lists needs at least {nlist} pictures to train on, got "
+                               f"{len(vectors)}; use --index-type flat or a smaller --nlist")
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = max(1, nlist // 8)
+    index.add(vectors)
+    return index
+
+
+class _Stack:
+    """Rows of several memory-mapped arrays (one per segment) addressed by one global row number."""
+
+    def __init__(self, arrays: Sequence[np.ndarray]) -> None:
+        self.arrays = [np.asarray(a) for a in arrays]  # plain views of the maps: indexing skips np.memmap's wrapper
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (k,) in that order; each segment's rows are read in ascending order."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.arrays) == 1:
+            return self.arrays[0][ids]
+        first = self.arrays[0]
+        out = np.empty((len(ids), *first.shape[1:]), dtype=first.dtype)
+        segment = np.searchsorted(self.offsets, ids, side="right") - 1
+        for s in np.unique(segment):
+            pick = np.flatnonzero(segment == s)
+            local = ids[pick] - self.offsets[s]
+            order = np.argsort(local, kind="stable")
+            out[pick[order]] = self.arrays[s][local[order]]
+        return out
+
+
+@dataclasses.dataclass
+class Index:
+    """An opened index folder: metadata, FAISS indexes, and memory-mapped per-picture arrays (see the module)."""
+
+    directory: Path
+    meta: dict[str, Any]
+    image_faiss: Any
+    caption_faiss: Any | None
+    pictures: list[dict[str, Any]]
+    captions: list[str]
+    caption_image: np.ndarray
+    _arrays: dict[str, _Stack]
+    _boxes: list[np.ndarray | None]
+
+    @property
+    def n_images(self) -> int:
+        return len(self.pictures)
+
+    @property
+    def n_captions(self) -> int:
+        return len(self.captions)
+
+    def model_file(self, entry: dict[str, Any]) -> Path:
+        """The path of a stored model (an ``embedder``/``rerankers`` entry of the metadata)."""
+        return self.directory / entry["file"]
+
+    def vocab_file(self) -> Path | None:
+        return self.directory / self.meta["vocab"] if self.meta.get("vocab") else None
+
+    def features(self, ids: np.ndarray) -> np.ndarray:
+        """Region features (k, R, D) float32 of pictures ``ids``."""
+        return self._arrays["features"].take(ids)
+
+    def image_embeddings(self, ids: np.ndarray) -> np.ndarray:
+        return self._arrays["image_emb"].take(ids)
+
+    def caption_embeddings(self, ids: np.ndarray) -> np.ndarray:
+        return self._arrays["caption_emb"].take(ids)
+
+    def encoding_fields(self, reranker: int, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Re-ranker ``reranker``'s stored image encoding of pictures ``ids``, field by field."""
+        return {name: self._arrays[f"reranker-{reranker}/{name}"].take(ids)
+                for name in self.meta["rerankers"][reranker]["fields"]}
+
+    def boxes(self, image: int) -> np.ndarray | None:
+        """Region boxes (R, 4) of one picture (x1, y1, x2, y2 in [0, 1]), or None when its source had none."""
+        stack = self._arrays["features"]
+        segment = int(np.searchsorted(stack.offsets, image, side="right") - 1)
+        boxes = self._boxes[segment]
+        return None if boxes is None else np.asarray(boxes[image - stack.offsets[segment]])
+
+    def first_caption(self, image: int) -> str | None:
+        """The first caption of picture ``image``, if it has one."""
+        at = int(np.searchsorted(self.caption_image, image))
+        return self.captions[at] if at < self.n_captions and self.caption_image[at] == image else None
+
+
+def open_index(directory: str | Path) -> Index:
+    """Open an index folder written by ``build_index``; memory-maps its arrays and reads its FAISS files."""
+    import faiss
+
+    directory = Path(directory)
+    meta_path = directory / INDEX_FILE
+    if not meta_path.is_file():
+        raise ItmatchError(f"{directory}: not a search index (no {INDEX_FILE}); build one with `itmatch index build`")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ItmatchError(f"{meta_path}: not an itmatch index of format version {FORMAT_VERSION}; build it again")
+    folders = [directory / s["dir"] for s in meta["segments"]]
+    names = ["features", "image_emb", "caption_emb"] + [f"reranker-{k}/{field}" for k, entry in
+                                                       enumerate(meta["rerankers"]) for field in entry["fields"]]
+    arrays = {name: _Stack([np.load(f / f"{name}.npy", mmap_mode="r") for f in folders]) for name in names}
+    pictures, captions, caption_image = [], [], []
+    for folder in folders:
+        offset = len(pictures)
+        pictures += [json.loads(line) for line in (folder / "pictures.jsonl").read_text(encoding="utf-8").splitlines()]
+        text = (folder / "captions.txt").read_text(encoding="utf-8")
+        captions += text.split("\n")[:-1] if text else []
+        caption_image.append(np.load(folder / "caption_image.npy") + offset)
+    boxes = [np.load(f / "boxes.npy", mmap_mode="r") if (f / "boxes.npy").is_file() else None for f in folders]
+    files = meta["faiss"]
+    image_faiss = faiss.read_index(str(directory / files["images"]))  # an IVF file keeps its nprobe
+    caption_faiss = faiss.read_index(str(directory / files["captions"])) if files.get("captions") else None
+    return Index(directory, meta, image_faiss, caption_faiss, pictures, captions,
+                 np.concatenate(caption_image).astype(np.int64), arrays, boxes)
+
+
+def build_index(features: str | Path, out: str | Path, *, embedder: str | Path,
+                rerankers: Sequence[str | Path] = (), split: str | None = None, vocab: str | Path | None = None,
+                index_type: str = "auto", nlist: int | None = None, nprobe: int | None = None,
+                device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Index the pictures of ``features`` (``split`` of a dataset folder) into the new folder ``out``.
+
+    ``embedder`` is an embedding model (VSE, HREM) that shortlists; ``rerankers`` (SGR, SAF, TSHSR, ...) re-rank
+    the shortlist, their scores averaged. The models (and ``vocab``, for checkpoints without one) are copied into
+    the index. Built in a temporary folder and renamed: ``out`` is never half-written. Returns the metadata.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INDEX_FILE).is_file())):
+        raise ItmatchError(f"{out}: exists and is not a search index; give a new or empty folder")
+    gallery = open_gallery(features, split)
+    kind = choose_kind(gallery.n_images, index_type)
+    with atomic_dir(out) as tmp:
+        meta = _store_models(tmp, embedder, rerankers, vocab)
+        models = load_index_models(tmp, meta, device)
+        segment = _write_segment(tmp / "seg-00000", gallery, models, device, progress)
+        meta.update(format=FORMAT, format_version=FORMAT_VERSION, regions=gallery.n_regions, dim=gallery.dim,
+                    extractor=gallery.extractor, segments=[segment], n_images=gallery.n_images,
+                    n_captions=len(gallery.captions), index_type=index_type)
+        meta["rerankers"] = [{**entry, "fields": fields}
+                             for entry, fields in zip(meta["rerankers"], segment.pop("fields"))]
+        meta["faiss"] = _write_faiss(tmp, 1, kind, nlist, nprobe, [tmp / "seg-00000"])
+        write_json(tmp / INDEX_FILE, meta)
+    return meta
+
+
+def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | None = None, device: str = "cpu",
+                 progress: bool = False) -> dict[str, Any]:
+    """Append the pictures of ``features`` (``split`` of a dataset) to the index ``index_dir`` as a new segment,
+    encoded with the index's own models; nothing already indexed is read again. Returns the new metadata."""
+    index_dir = Path(index_dir)
+    index = open_index(index_dir)
+    meta = index.meta
+    gallery = open_gallery(features, split)
+    if (gallery.n_regions, gallery.dim) != (meta["regions"], meta["dim"]):
+        raise ItmatchError(f"{features}: {gallery.n_regions} regions × {gallery.dim} dims per picture, but the index "
+                           f"holds {meta['regions']} × {meta['dim']}; extract them with the index's extractor")
+    if gallery.extractor and meta["extractor"] and gallery.extractor != meta["extractor"]:
+        raise ItmatchError(f"{features}: made by another extractor or settings ({gallery.extractor}) than the "
+                           f"index ({meta['extractor']}); extract them the same way")
+    models = load_index_models(index_dir, meta, device)
+    number = len(meta["segments"])
+    name = f"seg-{number:05d}"
+    with atomic_dir(index_dir / name) as tmp:  # replaces a segment left behind by an interrupted `add`
+        segment = _write_segment(tmp, gallery, models, device, progress)
+    segment.pop("fields")
+    n_images = meta["n_images"] + gallery.n_images
+    kind = choose_kind(n_images, meta["index_type"])
+    folders = [index_dir / s["dir"] for s in meta["segments"]] + [index_dir / name]
+    old_files = [meta["faiss"][key] for key in ("images", "captions") if meta["faiss"].get(key)]
+    if kind == meta["faiss"]["kind"]:
+        faiss_meta = _extend_faiss(index_dir, number + 1, index, folders[-1])
+    else:
+        faiss_meta = _write_faiss(index_dir, number + 1, kind, None, None, folders)
+    meta = {**meta, "segments": [*meta["segments"], {**segment, "dir": name}], "n_images": n_images,
+            "n_captions": meta["n_captions"] + len(gallery.captions), "faiss": faiss_meta}
+    write_json(index_dir / INDEX_FILE, meta)
+    for old in old_files:
+        (index_dir / old).unlink(missing_ok=True)
+    return meta
+
+
+def _store_models(folder: Path, embedder: str | Path, rerankers: Sequence[str | Path],
+                  vocab: str | Path | None) -> dict[str, Any]:
+    """Copy the model files into ``folder/models``; their entries for the metadata."""
+    models = folder / "models"
+    models.mkdir()
+
+    def store(source: str | Path, name: str) -> dict[str, Any]:
+        source = Path(source)
+        if not source.is_file():
+            raise ItmatchError(f"{source}: no such checkpoint file")
+        target = models / f"{name}{source.suffix or '.pt'}"
+        shutil.copyfile(source, target)
+        return {"file": str(target.relative_to(folder)), "source": str(source.absolute())}
+
+    meta: dict[str, Any] = {"embedder": store(embedder, "embedder"),
+                            "rerankers": [store(path, f"reranker-{k}") for k, path in enumerate(rerankers)],
+                            "vocab": None}
+    if vocab is not None:
+        meta["vocab"] = store(vocab, "vocab")["file"]
+    return meta
+
+
+@dataclasses.dataclass
+class IndexModels:
+    """The loaded models of an index: the embedder and the re-rankers, each with its vocabulary."""
+
+    embedder: Any
+    embedder_vocab: Any
+    rerankers: list[tuple[Any, Any]]
+
+
+def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -> IndexModels:
+    """The models stored in the index ``folder`` whose metadata is ``meta`` (their ``model_name`` is noted in
+    ``meta``); the first stage must be an embedding model."""
+    from itmatch.evaluate import load_models
+    from itmatch.models.vse import VSE
+
+    vocab = folder / meta["vocab"] if meta.get("vocab") else None
+    embedder, embedder_vocab = load_models([folder / meta["embedder"]["file"]], vocab, device=device)
+    source = meta["embedder"].get("source", meta["embedder"]["file"])
+    if not isinstance(embedder, VSE):
+        raise ItmatchError(f"{source}: the first stage needs an embedding model (vse, hrem), not "
+                           f"{embedder.model_name or type(embedder).__name__}; pass it as --reranker instead")
+    meta["embedder"]["model_name"] = embedder.model_name
+    rerankers = []
+    for entry in meta["rerankers"]:
+        model, words = load_models([folder / entry["file"]], vocab, device=device)
+        entry["model_name"] = model.model_name
+        rerankers.append((model, words))
+    return IndexModels(embedder, embedder_vocab, rerankers)
+
+
+def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: str, progress: bool
+                   ) -> dict[str, Any]:
+    """Write one segment (see the module docstring) into the new folder ``folder``; its metadata entry, with
+    ``fields``: each re-ranker's encoding field names."""
+    import torch
+    from tqdm import tqdm
+
+    from itmatch.evaluate import caption_tokens
+    from itmatch.scoring import encode_texts
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = gallery.n_images
+    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32,
+                                         shape=(n, gallery.n_regions, gallery.dim))
+    dim = models.embedder.config.embed_size
+    image_emb = np.lib.format.open_memmap(folder / "image_emb.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    encodings: list[dict[str, np.ndarray]] = [{} for _ in models.rerankers]
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, BLOCK), desc="index pictures", disable=not progress, leave=False):
+            ids = np.arange(start, min(start + BLOCK, n))
+            block = gallery.read_features(ids)
+            features[ids] = block
+            feats = torch.from_numpy(block).to(device)
+            image_emb[ids] = models.embedder.encode_images(feats).emb.float().cpu().numpy()
+            for k, (model, _) in enumerate(models.rerankers):
+                _store_encoding(folder / f"reranker-{k}", encodings[k], model.encode_images(feats), ids, n)
+        caption_emb = np.zeros((len(gallery.captions), dim), dtype=np.float32)
+        tokens = caption_tokens(models.embedder, models.embedder_vocab, gallery.captions)
+        for index, chunk in encode_texts(models.embedder, tokens, torch.device(device), progress=progress):
+            caption_emb[index] = chunk.emb.float().cpu().numpy()
+    for array in [features, image_emb, *(a for group in encodings for a in group.values())]:
+        array.flush()
+    np.save(folder / "caption_emb.npy", caption_emb)
+    np.save(folder / "caption_image.npy", np.asarray(gallery.caption_image, dtype=np.int64))
+    (folder / "captions.txt").write_text("".join(f"{c}\n" for c in gallery.captions), encoding="utf-8")
+    (folder / "pictures.jsonl").write_text("".join(json.dumps(p) + "\n" for p in gallery.pictures), encoding="utf-8")
+    if gallery.boxes is not None:
+        np.save(folder / "boxes.npy", np.asarray(gallery.boxes, dtype=np.float32))
+    return {"dir": folder.name, "images": n, "captions": len(gallery.captions), "source": gallery.source,
+            "fields": [list(group) for group in encodings]}
+
+
+def _store_encoding(folder: Path, arrays: dict[str, np.ndarray], encoding: Any, ids: np.ndarray, n: int) -> None:
+    """Write the tensor fields of ``encoding`` (rows ``ids``) into ``folder/FIELD.npy`` memmaps of ``n`` rows."""
+    for field in dataclasses.fields(encoding):
+        value = getattr(encoding, field.name)
+        if field.name not in arrays:
+            folder.mkdir(exist_ok=True)
+            arrays[field.name] = np.lib.format.open_memmap(folder / f"{field.name}.npy", mode="w+",
+                                                           dtype=np.float32 if value.is_floating_point() else
+                                                           np.int64, shape=(n, *value.shape[1:]))
+        arrays[field.name][ids] = value.cpu().numpy()
+
+
+def _write_faiss(folder: Path, generation: int, kind: str, nlist: int | None, nprobe: int | None,
+                 segments: list[Path]) -> dict[str, Any]:
+    """FAISS indexes over all segments' image (and caption) embeddings; their metadata entry."""
+    entry: dict[str, Any] = {"kind": kind, "images": f"images.{generation}.faiss", "captions": None}
+    images = make_faiss(np.concatenate([np.load(s / "image_emb.npy") for s in segments]), kind, nlist)
+    captions = np.concatenate([np.load(s / "caption_emb.npy") for s in segments])
+    if kind == "ivf":
+        images.nprobe = nprobe or images.nprobe
+        entry.update(nlist=images.nlist, nprobe=images.nprobe)
+    _save_faiss(images, folder / entry["images"])
+    if len(captions):
+        entry["captions"] = f"captions.{generation}.faiss"
+        caption_kind = choose_kind(len(captions), "auto") if kind == "ivf" else "flat"
+        _save_faiss(make_faiss(captions, caption_kind), folder / entry["captions"])
+    return entry
+
+
+def _extend_faiss(folder: Path, generation: int, index: Index, segment: Path) -> dict[str, Any]:
+    """The index's FAISS indexes with ``segment``'s embeddings added, saved under a new generation."""
+    entry = {**index.meta["faiss"], "images": f"images.{generation}.faiss"}
+    index.image_faiss.add(np.load(segment / "image_emb.npy"))
+    _save_faiss(index.image_faiss, folder / entry["images"])
+    captions = np.load(segment / "caption_emb.npy")
+    if index.caption_faiss is None and len(captions):
+        entry["captions"] = f"captions.{generation}.faiss"
+        _save_faiss(make_faiss(captions, "flat"), folder / entry["captions"])
+    elif index.caption_faiss is not None:
+        entry["captions"] = f"captions.{generation}.faiss"
+        index.caption_faiss.add(captions)
+        _save_faiss(index.caption_faiss, folder / entry["captions"])
+    return entry
+
+
+def _save_faiss(search_index: Any, path: Path) -> None:
+    import faiss
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(search_index, str(tmp))

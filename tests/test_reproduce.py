@@ -1,0 +1,177 @@
+"""The published tables as data (transcription checks, every run's recipe builds its model) and `itmatch
+reproduce`: --dry-run lists exactly the table's rows, a tiny run on synthetic data writes a well-formed table,
+--rows-from rebuilds it from finished runs without training."""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+
+import pytest
+from test_vse import single_thread  # noqa: F401 (an autouse fixture: one thread for tiny models)
+from train_support import FEATURE_DIM, SMALL
+
+from itmatch.cli import main
+from itmatch.data.synthetic import write_synthetic
+from itmatch.errors import ItmatchError
+from itmatch.models import create_model
+from itmatch.papers import list_papers, load_paper
+from itmatch.papers.plan import recipe, scaled
+from itmatch.papers.tables import FOLDER
+
+PAPERS = ["hrem", "sgraf", "sgraf_reproduction", "tshsr"]
+TINY = [*SMALL, "data.batch_size=16"]
+
+
+def test_every_paper_loads():
+    assert list_papers() == PAPERS
+    for name in PAPERS:
+        paper = load_paper(name)
+        assert paper.tables and all(t.rows for t in paper.tables)
+        used = {run for t in paper.tables for run in t.run_ids()}
+        assert used == set(paper.runs), name  # no run is defined and left unused
+
+
+def test_numbers_as_printed():
+    """Spot checks against the seed papers' text, one row of each kind."""
+    row = load_paper("sgraf").table("3").rows[0]
+    assert row.published == {"i2t_r1": 62.4, "i2t_r10": 92.6, "t2i_r1": 46.0, "t2i_r10": 83.1}
+    assert row.runs == ("sgr_f30k_no_reasoning",)
+    bfan = load_paper("sgraf").table("1").rows[6]
+    assert bfan.method == "BFAN" and bfan.published["i2t_r10"] is None and bfan.published["i2t_r5"] == 95.2
+    split = load_paper("sgraf").table("5").rows[7]
+    assert (split.dataset, split.runs, split.published["t2i_r10"]) == ("f30k", ("saf_f30k", "sgr_f30k"), 88.8)
+    assert load_paper("tshsr").table("4").rows[2].published == {"i2t_r1": 78.3, "i2t_r10": 98.3, "t2i_r1": 62.8,
+                                                                  "t2i_r10": 95.5}
+    assert load_paper("hrem").table("3b").rows[1].published == {"i2t_r1": 81.7, "i2t_r5": 95.3, "t2i_r1": 61.9,
+                                                                  "t2i_r5": 86.5}
+    assert load_paper("sgraf_reproduction").table("2").rows[1].published["t2i_r1"] == 54.4
+
+
+def test_printed_sums_equal_the_sum_of_their_recalls():
+    """rsum / Sum columns are printed separately from the recalls: they must agree (up to rounding)."""
+    checked = 0
+    for name in PAPERS:
+        for table in load_paper(name).tables:
+            total = next((c for c in ("rsum", "sum") if c in table.columns), None)
+            if total is None:
+                continue
+            for row in table.rows:
+                recalls = [v for c, v in row.published.items() if c != total]
+                assert abs(sum(recalls) - row.published[total]) <= 0.11, (name, table.id, row.method)
+                checked += 1
+    assert checked == 24 + 18 + 6
+
+
+@pytest.mark.parametrize("name", PAPERS)
+def test_every_run_recipe_builds_its_model(name):
+    for run_id, spec in load_paper(name).runs.items():
+        config = recipe(spec.recipe, spec.overrides)
+        args = {k: v for k, v in config.model.args.items() if k != "text_encoder_path"}
+        if args.get("text_encoder") == "bert":
+            args["text_encoder"] = "bigru"  # no BERT weights here; the switches are what is checked
+            args.pop("text_lr_factor", None)
+        small = {"embed_size": 32, "word_dim": 12, "img_dim": 24, "vocab_size": 50}
+        if config.model.name == "hrem":
+            small |= {"relation_heads": 4, "instance_heads": 4}
+        else:
+            small["sim_dim"] = 16
+        model = create_model(config.model.name, **{**args, **small})
+        assert model is not None, run_id
+
+
+def test_scaled_recipe():
+    config = recipe("hrem_bigru_f30k", [])
+    quick = scaled(config, 0.1)
+    assert (quick.schedule.epochs, quick.schedule.lr_decay_epochs) == (3, [2])
+    assert quick.model.args["instance_warmup"] == 800
+    assert scaled(recipe("sgr_f30k", []), 0.02).schedule.lr_decay_epochs == []  # 1 epoch: no decay left
+    with pytest.raises(ItmatchError, match="epochs-scale"):
+        scaled(config, 0)
+
+
+def printed_rows(capsys, *args: str) -> list[str]:
+    assert main(["reproduce", *args]) == 0
+    return [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines() if line.startswith("  row ")]
+
+
+@pytest.mark.parametrize("name", PAPERS)
+def test_dry_run_lists_exactly_the_rows_of_the_published_table(name, capsys):
+    raw = tomllib.loads((FOLDER / f"{name}.toml").read_text(encoding="utf-8"))
+    for table in raw["tables"]:
+        rows = printed_rows(capsys, "--paper", name, "--table", str(table["id"]), "--dry-run")
+        assert len(rows) == len(table["rows"])
+        for printed, row in zip(rows, table["rows"]):
+            method = printed.split(" | ")[0]
+            assert method == (f"[{row['group']}] " if "group" in row else "") + row["method"]
+            assert printed.split(" | ")[2] == (" + ".join(row["runs"]) if "runs" in row else "published only")
+
+
+def test_dry_run_estimates_and_errors(capsys):
+    assert main(["reproduce", "--paper", "sgraf", "--table", "5", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    runs = [line for line in out.splitlines() if line.startswith("  ") and "GPU-h" in line]
+    assert [line.split(":")[0].strip() for line in runs] == ["saf_coco", "sgr_coco", "joint_coco", "saf_f30k",
+                                                             "sgr_f30k", "joint_f30k"]
+    hours = {line.split(":")[0].strip(): float(line.rsplit("~", 1)[1].split()[0]) for line in runs}
+    assert hours["sgr_coco"] > hours["sgr_f30k"] > hours["saf_f30k"] > 0  # COCO is 4× larger; SAF is cheaper
+    assert "total: ~" in out and "DATA/coco_precomp" in out
+    assert main(["reproduce", "--paper", "sgraf", "--table", "6", "--dry-run"]) == 2
+    assert "its tables are: 1, 2, 3, 4, 5, 7" in capsys.readouterr().err
+    assert main(["reproduce", "--paper", "clip", "--table", "1"]) == 2
+    assert main(["reproduce", "--paper", "sgraf", "--table", "3"]) == 2  # no --out
+
+
+def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_synthetic(data / "f30k_precomp", n_images={"train": 32, "dev": 8, "test": 10}, feature_dim=FEATURE_DIM)
+    out = tmp_path / "run"
+    args = ["reproduce", "--paper", "sgraf", "--table", "5", "--data", str(data), "--out", str(out),
+            "--device", "cpu", "--epochs-scale", "0.025", "--whole-split", "--no-progress"]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "3 of 8 reproducible rows measured" not in said and "4 of 8 reproducible rows measured" in said
+    doc = json.loads((out / "table.json").read_text())
+    assert doc["paper"] == "sgraf" and doc["table"] == "5" and doc["columns"] == ["i2t_r1", "i2t_r10", "t2i_r1",
+                                                                                   "t2i_r10"]
+    assert "SCALED" in doc["recipe"] and "epochs × 0.025" in doc["recipe"]
+    assert [r["status"] for r in doc["rows"]] == ["not run"] * 4 + ["measured"] * 4  # no coco_precomp here
+    for row in doc["rows"][4:]:
+        assert set(row["measured"]) == set(doc["columns"]) and row["protocol"] == "full"
+        for column in doc["columns"]:
+            assert 0 <= row["measured"][column] <= 100
+            assert row["difference"][column] == pytest.approx(row["measured"][column] - row["published"][column],
+                                                              abs=0.011)
+        assert "schedule.epochs" in row["recipe_changes"] and "model.args" in row["recipe_changes"]
+    sgr, saf, split = (json.loads((out / "results" / f"{key}.full.json").read_text())
+                       for key in ("sgr_f30k", "saf_f30k", "saf_f30k+sgr_f30k"))
+    assert split["n_images"] == 10 and split["n_captions"] == 50
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["joint_f30k", "saf_f30k", "sgr_f30k"]
+    assert json.loads((out / "runs" / "joint_f30k" / "log.jsonl").read_text().splitlines()[0])["epoch"] == 0
+    md = (out / "table.md").read_text()
+    assert "| Method | Data | Protocol | i2t R@1 | i2t R@10 | t2i R@1 | t2i R@10 | Runs |" in md
+    published, measured = 77.8, doc["rows"][7]["measured"]["i2t_r1"]
+    assert f"| SAF+SGR split | f30k | full | {published:.1f} / {measured:.1f} ({measured - published:+.1f}) |" in md
+    assert "| SAF | coco | full | 76.1 / – |" in md and "(not run)" in md
+
+    # resumable per row: a second call trains and evaluates nothing (the results are kept)
+    stamp = (out / "runs" / "sgr_f30k" / "best.pt").stat().st_mtime_ns
+    (out / "results" / "saf_f30k+sgr_f30k.full.json").unlink()
+    assert main(args) == 0
+    assert (out / "runs" / "sgr_f30k" / "best.pt").stat().st_mtime_ns == stamp
+    again = json.loads((out / "table.json").read_text())
+    assert again["rows"] == doc["rows"]
+
+    # --rows-from: the table from finished runs, without --data and without training
+    rebuilt = tmp_path / "rebuilt"
+    assert main(["reproduce", "--paper", "sgraf", "--table", "5", "--rows-from", str(out), "--out", str(rebuilt),
+                 "--whole-split"]) == 0
+    from_rows = json.loads((rebuilt / "table.json").read_text())
+    assert [r["measured"] for r in from_rows["rows"]] == [r["measured"] for r in doc["rows"]]
+    assert "CHANGED recipes" in from_rows["recipe"] or "SCALED" in from_rows["recipe"]
+    assert not (rebuilt / "runs").exists()
+    assert math.isclose(sgr["rsum"], json.loads((out / "results" / "sgr_f30k.full.json").read_text())["rsum"])
+    assert saf["protocol"] == "full"
