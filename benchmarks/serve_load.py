@@ -134,7 +134,8 @@ def main() -> None:
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="model threads of the server (default: one per core, as `itmatch serve`)")
     args = parser.parse_args()
 
     index = gallery_index(args.work, args.images, args.rerankers)

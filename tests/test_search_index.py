@@ -91,6 +91,25 @@ def test_picture_to_text_two_stage_equals_exhaustive_and_the_engine(synthetic_in
                    for h in two_stage[row].hits)
 
 
+def test_picture_queries_searched_together_equal_each_searched_alone(synthetic_index):
+    """A group of picture queries shares the encoding of its shortlisted captions; each query's scores must be
+    those of the engine for its own shortlist, across group boundaries (40 queries > PICTURE_GROUP)."""
+    out, data, models = synthetic_index
+    searcher = Searcher(out)
+    index = open_index(out)
+    split = load_split(data, "test")
+    sgr, vocab = load_models([models["sgr"]], None)
+    saf, _ = load_models([models["saf"]], None)
+    engine = score_matrix(Ensemble([sgr, saf]), ImageRows(split, np.arange(40)), vocab.encode_all(split.captions))
+    together = searcher.search_features(index.features(np.arange(40)), top=4, shortlist=9)
+    for row in (0, 31, 32, 39):
+        alone = searcher.search_features(index.features(np.array([row])), top=4, shortlist=9)[0]
+        assert together[row].candidates == alone.candidates == 9
+        assert [h["caption_id"] for h in together[row].hits] == [h["caption_id"] for h in alone.hits]
+        ids = [h["caption_id"] for h in together[row].hits]
+        np.testing.assert_allclose([h["score"] for h in together[row].hits], engine[row, ids], atol=1e-5)
+
+
 def test_add_then_search_equals_an_index_built_at_once(synthetic_index, tmp_path):
     _, data, models = synthetic_index
     split = load_split(data, "test")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+import os
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,8 +14,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     shortlist: Annotated[int, typer.Option(help="Pictures re-ranked per text query.", min=1)] = 100,
-    threads: Annotated[int, typer.Option(
-        help="Model threads: this many query batches run at once, one CPU thread each.", min=1)] = 1,
+    threads: Annotated[Optional[int], typer.Option(
+        help="Model threads: this many query batches run at once, one CPU thread each (default: one per core "
+             "this process may use).", min=1)] = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest query picture accepted, in MiB.", min=1)] = 10,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
@@ -37,7 +39,7 @@ def serve(
     torch.set_num_threads(1)  # parallel queries, not parallel small operations
     faiss.omp_set_num_threads(1)
     searcher = Searcher(index, device=device)
-    app = create_app(searcher, shortlist=shortlist, workers=threads,
+    app = create_app(searcher, shortlist=shortlist, workers=threads or len(os.sched_getaffinity(0)),
                      limits=Limits(max_upload_bytes=max_upload_mb << 20))
     typer.echo(f"serving {index} ({searcher.index.n_images} pictures) at http://{host}:{port}  (API docs: /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -92,12 +92,18 @@ def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
     context positions at or past ``context_lengths`` (A,) are left out of the softmax (none when ``None``).
     The L2 norm of the attended vector comes from the context's Gram matrix (||w·C||² = wᵀ(CCᵀ)w), so it is
     applied to the small weight matrix rather than to the d-dimensional result: the same value with one pass
-    less over it. ``minus_queries`` returns ``attended - query`` instead (what similarity vectors need), fused
+    less over it (when the query vectors are fewer than the context positions, as for one search query, the
+    Gram matrix costs more than that pass, and the result is normalised directly). ``minus_queries`` returns ``attended - query`` instead (what similarity vectors need), fused
     into the same product: the large result is written once.
     """
     n_ctx, n_pos, dim = context.shape
     n_qry, n_vec, _ = queries.shape
     weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, n_qry * n_vec, n_pos)
+    if n_qry * n_vec <= n_pos:  # few query vectors (a search query): the Gram matrix would cost more than the pass
+        attended = l2norm(torch.bmm(weights, context), eps=eps)
+        if minus_queries:
+            attended = attended - queries.reshape(1, n_qry * n_vec, dim)
+        return attended.view(n_ctx, n_qry, n_vec, dim)
     gram = context @ context.transpose(1, 2)
     norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
     weights = weights / (norm + eps)

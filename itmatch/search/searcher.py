@@ -29,6 +29,8 @@ from itmatch.search.index import Index, load_index_models, open_index
 
 #: Captions encoded at once for image→text re-ranking.
 CAPTION_BATCH = 128
+#: Picture queries re-ranked together: the captions shortlisted for any of them are encoded once.
+PICTURE_GROUP = 32
 
 
 @dataclasses.dataclass
@@ -160,28 +162,38 @@ class Searcher:
                                "dataset folder (--features DATA --split SPLIT) for picture → text search")
         start = time.perf_counter()
         feats = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
+        results = []
         with torch.inference_mode():
             vectors = self.embedder.encode_images(feats).emb.float().cpu().numpy()
             candidates = self._shortlist(self.index.caption_faiss, vectors, self.index.n_captions, top, shortlist,
                                          exhaustive)
-            results = []
-            for q, ids in enumerate(candidates):
-                first = self.index.caption_embeddings(ids) @ vectors[q]
-                scores = self._rerank_captions(feats[q:q + 1], ids) if self.rerankers else first
-                results.append((self._ranked(ids, scores, first, top, self._caption_hit), len(ids)))
+            for lo in range(0, len(feats), PICTURE_GROUP):
+                group = slice(lo, lo + PICTURE_GROUP)
+                reranked = self._rerank_captions(feats[group], candidates[group]) if self.rerankers else None
+                for q, ids in enumerate(candidates[group], lo):
+                    first = self.index.caption_embeddings(ids) @ vectors[q]
+                    scores = reranked[q - lo] if reranked is not None else first
+                    results.append((self._ranked(ids, scores, first, top, self._caption_hit), len(ids)))
         return _timed(results, self.rerankers, start)
 
-    def _rerank_captions(self, picture: torch.Tensor, ids: np.ndarray) -> np.ndarray:
-        """Mean re-ranker score (k,) of captions ``ids`` against one picture's features (1, R, D)."""
-        total = np.zeros(len(ids), dtype=np.float64)
+    def _rerank_captions(self, pictures: torch.Tensor, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Mean re-ranker score of each picture of ``pictures`` (Q, R, D) against its candidate captions; a
+        caption shortlisted for several pictures of the group is encoded once."""
+        wanted = np.unique(np.concatenate(candidates))
+        totals = [np.zeros(len(ids), dtype=np.float64) for ids in candidates]
         for k, (model, vocab) in enumerate(self.rerankers):
             if k not in self._caption_tokens:
                 self._caption_tokens[k] = caption_tokens(model, vocab, self.index.captions)
-            tokens = [self._caption_tokens[k][j] for j in ids]
-            image = model.encode_images(picture)
-            for index, chunk in encode_texts(model, tokens, self.device, CAPTION_BATCH):
-                total[index] += model.score(image, chunk)[0].float().cpu().numpy()
-        return (total / len(self.rerankers)).astype(np.float32)
+            chunks = encode_texts(model, [self._caption_tokens[k][j] for j in wanted], self.device, CAPTION_BATCH)
+            texts = type(chunks[0][1]).cat([chunk for _, chunk in chunks])
+            order = np.concatenate([index for index, _ in chunks])
+            row_of = np.empty(len(wanted), dtype=np.int64)
+            row_of[order] = np.arange(len(order))  # the row of each wanted caption in ``texts``
+            images = model.encode_images(pictures)
+            for q, ids in enumerate(candidates):
+                rows = torch.from_numpy(row_of[np.searchsorted(wanted, ids)]).to(self.device)
+                totals[q] += model.score(images.select(slice(q, q + 1)), texts.select(rows))[0].float().cpu().numpy()
+        return [(total / len(self.rerankers)).astype(np.float32) for total in totals]
 
     def _caption_hit(self, caption: int) -> dict[str, Any]:
         image = int(self.index.caption_image[caption])
