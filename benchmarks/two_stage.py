@@ -66,12 +66,11 @@ def tuxpaint_models(runs: Path) -> tuple[Path, dict[str, Path]]:
     return ROOT / "data" / "tuxpaint", {name: runs / name / "best.pt" for name in ("vse", "sgr", "saf")}
 
 
-def two_stage_scores(searcher: Searcher, split, k_images: int, k_captions: int
+def two_stage_scores(searcher: Searcher, split, first: np.ndarray, k_images: int, k_captions: int
                      ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """(t2i matrix, i2t matrix, pairs scored, seconds): re-ranked scores where shortlisted, else the embedding
-    score minus 10 (below any re-ranker score, in embedding order)."""
+    score ``first`` (pictures × captions) minus 10 (below any re-ranker score, in embedding order)."""
     index = searcher.index
-    first = index.image_embeddings(np.arange(index.n_images)) @ index.caption_embeddings(np.arange(index.n_captions)).T
     t2i, i2t = first - 10, first - 10
     start = time.perf_counter()
     by_text = searcher.search_texts(split.captions, top=k_images, shortlist=k_images)
@@ -105,14 +104,14 @@ def run_set(name: str, data: Path, models: dict[str, Path], work: Path) -> None:
     index_dir = work / f"index-{name}"
     build_index(data, index_dir, split="test", embedder=models["vse"], rerankers=rerankers)
     searcher = Searcher(index_dir)
-    loaded = [load_models([path], None)[0] for path in rerankers]
-    model = loaded[0] if len(loaded) == 1 else Ensemble(loaded)
-    _, vocab = load_models([rerankers[0]], None)
+    loaded = [load_models([path], None) for path in rerankers]
+    model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded])
+    vocab = loaded[0][1]
     start = time.perf_counter()
     exhaustive = score_matrix(model, ImageRows(split, np.arange(split.n_images)), vocab.encode_all(split.captions))
     exhaustive_s = time.perf_counter() - start
     pairs = split.n_images * split.n_captions
-    names = " + ".join(m.model_name for m in loaded)
+    names = " + ".join(m.model_name for m, _ in loaded)
     print(f"\n{name}: {split.n_images:,} pictures × {split.n_captions:,} captions; VSE shortlists, {names} re-ranks")
     print(f"  {'':<34} {'':>16} {'':>10}   i2t R@1 R@5 R@10, t2i R@1 R@5 R@10")
     base = recalls(exhaustive, exhaustive, split.caption_image)
@@ -121,7 +120,7 @@ def run_set(name: str, data: Path, models: dict[str, Path], work: Path) -> None:
         searcher.index.caption_embeddings(np.arange(split.n_captions)).T
     print(line("VSE alone (embeddings)", 0, 0.0, *recalls(first, first, split.caption_image)))
     for k_images, k_captions in SHORTLISTS[name]:
-        t2i, i2t, scored, seconds = two_stage_scores(searcher, split, k_images, k_captions)
+        t2i, i2t, scored, seconds = two_stage_scores(searcher, split, first, k_images, k_captions)
         i2t_m, t2i_m, rsum = recalls(i2t, t2i, split.caption_image)
         print(line(f"two-stage, {k_images} pictures / {k_captions} captions", scored, seconds, i2t_m, t2i_m, rsum))
         print(f"  {'':<34} -> {pairs / scored:.1f}× fewer pair scorings (text→image {split.n_images / k_images:.0f}×,"

@@ -77,9 +77,7 @@ def test_picture_to_text_two_stage_equals_exhaustive_and_the_engine(synthetic_in
     searcher = Searcher(out)
     index = open_index(out)
     split = load_split(data, "test")
-    sgr, vocab = load_models([models["sgr"]], None)
-    saf, _ = load_models([models["saf"]], None)
-    engine = score_matrix(Ensemble([sgr, saf]), ImageRows(split, np.arange(3)), vocab.encode_all(split.captions))
+    engine = engine_scores(models, data, split.captions)
     two_stage = searcher.search_features(index.features(np.arange(3)), top=7, shortlist=200)
     exhaustive = searcher.search_features(index.features(np.arange(3)), top=7, exhaustive=True)
     for row in range(3):
@@ -98,9 +96,7 @@ def test_picture_queries_searched_together_equal_each_searched_alone(synthetic_i
     searcher = Searcher(out)
     index = open_index(out)
     split = load_split(data, "test")
-    sgr, vocab = load_models([models["sgr"]], None)
-    saf, _ = load_models([models["saf"]], None)
-    engine = score_matrix(Ensemble([sgr, saf]), ImageRows(split, np.arange(40)), vocab.encode_all(split.captions))
+    engine = engine_scores(models, data, split.captions)
     together = searcher.search_features(index.features(np.arange(40)), top=4, shortlist=9)
     for row in (0, 31, 32, 39):
         alone = searcher.search_features(index.features(np.array([row])), top=4, shortlist=9)[0]

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from itmatch.demo import shrink
 from itmatch.errors import ItmatchError
 from itmatch.features.images import UnreadableImage, load_image
+from itmatch.search.gallery import check_image_id
 from itmatch.search.searcher import Searcher
 from itmatch.serve.batching import QueryBatcher
 from itmatch.serve.uploads import UploadRejected, check_upload
@@ -107,9 +108,10 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
         return q
 
     def image_id(image: int) -> int:
-        if image >= index.n_images:
-            raise ApiError(404, f"no image {image}; ids run from 0 to {index.n_images - 1}")
-        return image
+        try:
+            return check_image_id(image, index.n_images)
+        except ItmatchError as exc:
+            raise ApiError(404, str(exc)) from None
 
     def describe(hit: dict[str, Any]) -> dict[str, Any]:
         """A hit as the API shows it: the file's name, not its path on the server."""
