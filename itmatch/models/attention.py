@@ -90,28 +90,72 @@ def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
     L2-normalised. As released: a = LeakyReLU_0.1(context · query), L2-normalised across each query set's
     vectors (padding vectors are zero and add nothing), softmax over the context at temperature ``smooth``;
     context positions at or past ``context_lengths`` (A,) are left out of the softmax (none when ``None``).
-    The L2 norm of the attended vector comes from the context's Gram matrix (||w·C||² = wᵀ(CCᵀ)w), so it is
-    applied to the small weight matrix rather than to the d-dimensional result: the same value with one pass
-    less over it (when the query vectors are fewer than the context positions, as for one search query, the
-    Gram matrix costs more than that pass, and the result is normalised directly). ``minus_queries`` returns ``attended - query`` instead (what similarity vectors need), fused
-    into the same product: the large result is written once.
+    The L2 norm of the attended vector is applied to the small weight matrix (``normalised_weights``) rather
+    than to the d-dimensional result, except for few query vectors (one search query), where it is cheaper to
+    normalise the result directly. ``minus_queries`` returns ``attended - query`` instead (what similarity
+    vectors need), fused into the same product: the large result is written once.
     """
     n_ctx, n_pos, dim = context.shape
     n_qry, n_vec, _ = queries.shape
-    weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, n_qry * n_vec, n_pos)
-    if n_qry * n_vec <= n_pos:  # few query vectors (a search query): the Gram matrix would cost more than the pass
+    flat_queries = queries.reshape(1, n_qry * n_vec, dim)
+    if n_qry * n_vec <= n_pos:
+        weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
         attended = l2norm(torch.bmm(weights, context), eps=eps)
         if minus_queries:
-            attended = attended - queries.reshape(1, n_qry * n_vec, dim)
-        return attended.view(n_ctx, n_qry, n_vec, dim)
+            attended = attended - flat_queries
+    else:
+        weights = normalised_weights(context, queries, smooth, context_lengths, eps)
+        attended = (torch.baddbmm(flat_queries, weights, context, beta=-1) if minus_queries
+                    else torch.bmm(weights, context))
+    return attended.view(n_ctx, n_qry, n_vec, dim)
+
+
+def normalised_weights(context: torch.Tensor, queries: torch.Tensor, smooth: float,
+                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """``attention_weights`` (A, B·Nq, Nc) divided by the norm of the vector they attend to (plus ``eps``), so
+    that ``weights @ context`` is the L2-normalised attended vector. The norm comes from the context's Gram
+    matrix (||w·C||² = wᵀ(CCᵀ)w): no pass over the d-dimensional result."""
+    n_ctx, n_pos, _ = context.shape
+    weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
     gram = context @ context.transpose(1, 2)
     norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
-    weights = weights / (norm + eps)
-    if minus_queries:
-        attended = torch.baddbmm(queries.reshape(1, n_qry * n_vec, dim), weights, context, beta=-1)
-    else:
-        attended = torch.bmm(weights, context)
-    return attended.view(n_ctx, n_qry, n_vec, dim)
+    return weights / (norm + eps)
+
+
+def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: float, project: nn.Linear,
+                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+    """SGRAF's local similarity vectors ``l2norm(W (attended - query)²)`` for every context set × query set:
+    context (A, Nc, d), queries (B, Nq, d) -> (A, B, Nq, k), k = ``project``'s output size (attention as in
+    ``cross_attention``).
+
+    With autograd recording, one batched expression. Without (scoring), the (B·Nq, d) differences are made
+    one context set at a time in a reused buffer that stays in the CPU's caches, squared in place and
+    projected straight into the result: the largest tensor of the pair work is never written to memory in
+    full, and no large temporary is allocated (fresh pages of a large temporary cost page faults).
+    """
+    recording = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (context, queries, project.weight, project.bias))
+    n_ctx, n_pos, dim = context.shape
+    n_qry, n_vec, _ = queries.shape
+    if recording:
+        difference = cross_attention(context, queries, smooth, context_lengths, minus_queries=True, eps=eps)
+        return l2norm(project(difference.square()))
+    flat_queries = queries.reshape(n_qry * n_vec, dim)
+    direct = n_qry * n_vec <= n_pos  # few query vectors: normalise each attended vector directly
+    weights = (attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
+               if direct else normalised_weights(context, queries, smooth, context_lengths, eps))
+    out = torch.empty(n_ctx, n_qry * n_vec, project.out_features, dtype=context.dtype, device=context.device)
+    block = torch.empty(n_qry * n_vec, dim, dtype=context.dtype, device=context.device)
+    weight_t = project.weight.T
+    for index in range(n_ctx):
+        if direct:
+            torch.mm(weights[index], context[index], out=block)
+            block.div_(block.norm(dim=1, keepdim=True).add_(eps)).sub_(flat_queries)
+        else:
+            torch.addmm(flat_queries, weights[index], context[index], beta=-1, out=block)
+        torch.addmm(project.bias, block.square_(), weight_t, out=out[index])
+    out.div_(out.norm(dim=2, keepdim=True).add_(eps))
+    return out.view(n_ctx, n_qry, n_vec, -1)
 
 
 def attended_regions(regions: torch.Tensor, words: torch.Tensor, smooth: float,

@@ -33,7 +33,7 @@ from torch import nn
 
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions,
-                                      attention_weights, cross_attention)
+                                      attention_weights, cross_attention, similarity_vectors)
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
 from itmatch.models.layers import batchnorm_eval, l1norm, l2norm, length_mask, xavier_init_
@@ -256,16 +256,15 @@ class SimilarityEncoder(nn.Module):
     def _local(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         """The local alignments of every pair: (I, C, L, ...) per word, or (I, C, R, ...) per region with i2t."""
         cfg = self.cfg
+        if cfg.similarity == "vector" and cfg.attention == "t2i":
+            return similarity_vectors(images.regions, texts.words, cfg.lambda_softmax, self.sim_tranloc_w)
+        if cfg.similarity == "vector":
+            return similarity_vectors(texts.words, images.regions, cfg.lambda_softmax, self.sim_tranloc_w,
+                                      texts.lengths).transpose(0, 1)
         if cfg.attention == "t2i":
-            attended = attended_regions(images.regions, texts.words, cfg.lambda_softmax)
-            own = texts.words[None]
-        else:
-            attended = cross_attention(texts.words, images.regions, cfg.lambda_softmax,
-                                       texts.lengths).transpose(0, 1)
-            own = images.regions[:, None]
-        if cfg.similarity == "scalar":
-            return cosine(attended, own)
-        return l2norm(self.sim_tranloc_w(squared_difference(attended, own)))
+            return cosine(attended_regions(images.regions, texts.words, cfg.lambda_softmax), texts.words[None])
+        attended = cross_attention(texts.words, images.regions, cfg.lambda_softmax, texts.lengths)
+        return cosine(attended.transpose(0, 1), images.regions[:, None])
 
     def head_scores(self, images: RegionEncoding, texts: WordEncoding) -> list[torch.Tensor]:
         """The score matrix (I, C) of each head, over one shared set of similarity nodes."""

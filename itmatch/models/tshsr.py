@@ -53,8 +53,9 @@ Where the paper leaves a detail open, the choice and its reason:
    is one quantity in the paper); each stream has its own local ``W`` (``sim_tranloc_w``) and HSR weights.
 
 How it is computed fast (image × caption tiles, no loop per caption):
-- the attention of both directions is one matrix product per tile (``cross_attention``), whose weighted sum
-  writes ``attended - own`` directly (squared in place), so the large (pairs, K or L, d) tensor is written once;
+- the attention of both directions is one matrix product per tile; when scoring, ``similarity_vectors`` makes
+  ``attended - own`` one context item at a time in a cache-sized buffer, squares it in place and projects it,
+  so the large (pairs, K or L, d) tensor never goes to memory;
 - ``W_p``/``W_q`` fold into ``M = W_pᵀ W_q`` and ``W_r W_g`` into one matrix (each pair is two linear maps in a
   row); the last layer computes only the rows the global node's output needs (its own row and, with the
   convolution, the row above it);
@@ -70,7 +71,7 @@ import torch
 from torch import nn
 
 from itmatch.errors import ItmatchError
-from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, cross_attention
+from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
 from itmatch.models.layers import l2norm, length_mask, xavier_init_
 from itmatch.models.registry import register_model
 from itmatch.models.sgraf import RegionEncoding, RegionWordMatcher, WordEncoding, squared_difference
@@ -179,12 +180,6 @@ class SimilarityStream(nn.Module):
         xavier_init_(self.sim_tranloc_w)
         self.hsr = nn.ModuleList([HSRLayer(sim_dim, conv) for _ in range(hsr_layers)])
 
-    def local(self, difference: torch.Tensor) -> torch.Tensor:
-        """Similarity vectors (..., sim_dim) from differences (..., d) of attended and own vectors; squares the
-        (large) differences in place when no gradient is recorded."""
-        square = difference.square_() if not difference.requires_grad else difference.square()
-        return l2norm(self.sim_tranloc_w(square))
-
     def forward(self, nodes: torch.Tensor, n_nodes: torch.Tensor) -> torch.Tensor:
         """nodes (P, N, k), the global node at n_nodes - 1 and zeros past it -> stream vector (P, k)."""
         if not len(self.hsr):
@@ -224,8 +219,8 @@ class TwoStreamSimilarity(nn.Module):
     def _image_to_text(self, images: RegionEncoding, texts: WordEncoding, glob: torch.Tensor) -> torch.Tensor:
         """Words attend to regions; nodes [word nodes, global] per caption, zero past the global node."""
         n_img, n_cap = len(images), len(texts)
-        difference = cross_attention(images.regions, texts.words, self.cfg.lambda_softmax, minus_queries=True)
-        local = nn.functional.pad(self.i2t.local(difference), (0, 0, 0, 1))                    # (I, C, L+1, k)
+        local = similarity_vectors(images.regions, texts.words, self.cfg.lambda_softmax, self.i2t.sim_tranloc_w)
+        local = nn.functional.pad(local, (0, 0, 0, 1))                                          # (I, C, L+1, k)
         position = torch.arange(local.shape[2], device=local.device)
         local = local.masked_fill((position >= texts.lengths[:, None])[None, :, :, None], 0)
         nodes = torch.where((position == texts.lengths[:, None])[None, :, :, None], glob[:, :, None], local)
@@ -235,9 +230,8 @@ class TwoStreamSimilarity(nn.Module):
     def _text_to_image(self, images: RegionEncoding, texts: WordEncoding, glob: torch.Tensor) -> torch.Tensor:
         """Regions attend to words; nodes [region nodes, global], computed caption-major and transposed."""
         n_img, n_cap = len(images), len(texts)
-        difference = cross_attention(texts.words, images.regions, self.cfg.lambda_softmax, texts.lengths,
-                                     minus_queries=True)                                    # (C, I, K, d)
-        local = self.t2i.local(difference)                                                     # (C, I, K, k)
+        local = similarity_vectors(texts.words, images.regions, self.cfg.lambda_softmax, self.t2i.sim_tranloc_w,
+                                   texts.lengths)                                               # (C, I, K, k)
         nodes = torch.cat([local, glob.transpose(0, 1)[:, :, None]], 2)
         n_nodes = torch.full((n_cap * n_img,), nodes.shape[2], device=nodes.device)
         return self.t2i(nodes.flatten(0, 1), n_nodes).view(n_cap, n_img, -1).transpose(0, 1)
