@@ -19,6 +19,9 @@ from itmatch.models.base import Encoding, Matcher
 from itmatch.models.ensemble import Ensemble
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+#: Captions per text-encoder call of the engine: the Bi-GRU's matrix products are efficient only over many
+#: captions at once, so captions are encoded in large batches and then cut into the (small) scoring tiles.
+TEXT_BATCH = 128
 
 
 def default_tiling(device: torch.device) -> tuple[int, int]:
@@ -124,12 +127,20 @@ def score_matrix(model: Matcher, features: np.ndarray | torch.Tensor, token_list
 def _score_member(model: Matcher, features, token_lists, dev: torch.device, budget: int, caption_chunk: int,
                   image_chunk: int | None, progress: bool) -> np.ndarray:
     images = encode_images(model, features, dev, progress=progress)
-    texts = encode_texts(model, token_lists, dev, caption_chunk, progress)
-    out = np.empty((len(images), len(token_lists)), dtype=np.float32)
+    texts = encode_texts(model, token_lists, dev, max(caption_chunk, TEXT_BATCH), progress)
+    return score_encoded(model, images, texts, budget, caption_chunk, image_chunk, progress)
+
+
+def score_encoded(model: Matcher, images: Encoding, texts: list[tuple[np.ndarray, Encoding]], budget: int,
+                  caption_chunk: int, image_chunk: int | None = None, progress: bool = False) -> np.ndarray:
+    """The pair work of ``score_matrix`` alone: scores (n_images, n_captions) of encoded images and caption
+    chunks (``encode_texts``'s output), in tiles of ``caption_chunk`` captions × images under ``budget`` bytes."""
+    n_captions = sum(len(index) for index, _ in texts)
+    out = np.empty((len(images), n_captions), dtype=np.float32)
     per_word = model.pair_bytes_per_word()
-    bar = tqdm(total=len(images) * len(token_lists), desc=f"score {model.model_name or 'pairs'}", unit="pair",
+    bar = tqdm(total=len(images) * n_captions, desc=f"score {model.model_name or 'pairs'}", unit="pair",
                unit_scale=True, disable=not progress, leave=False)
-    for index, chunk in texts:
+    for index, chunk in _caption_tiles(texts, caption_chunk):
         words = int(chunk.lengths.max()) + 1 if hasattr(chunk, "lengths") else 1
         step = image_chunk or (max(1, budget // (len(index) * words * per_word)) if per_word else len(images))
         for start in range(0, len(images), step):
@@ -138,3 +149,11 @@ def _score_member(model: Matcher, features, token_lists, dev: torch.device, budg
             bar.update(block.numel())
     bar.close()
     return out
+
+
+def _caption_tiles(chunks: list[tuple[np.ndarray, Encoding]], size: int) -> Iterator[tuple[np.ndarray, Encoding]]:
+    """The encoded caption chunks cut into tiles of ``size`` captions (trimmed to their longest caption)."""
+    for index, chunk in chunks:
+        for start in range(0, len(index), size):
+            tile = chunk.select(slice(start, start + size))
+            yield index[start:start + size], tile.trimmed() if hasattr(tile, "trimmed") else tile

@@ -84,27 +84,29 @@ def attention_filtration(saf, sim_emb):
     return _l2(torch.matmul(attn, sim_emb).squeeze(1), dim=-1)
 
 
+def caption_column(model, img_emb: torch.Tensor, img_glo: torch.Tensor, cap_i: torch.Tensor) -> torch.Tensor:
+    """One caption's scores (n_images, 1) against images (regions ``img_emb``, global vectors ``img_glo``):
+    the body of the released ``EncoderSimilarity.forward`` loop; ``cap_i`` (1, L, d) unpadded."""
+    sim = model.sim_enc
+    n_image = img_emb.size(0)
+    cap_i_expand = cap_i.repeat(n_image, 1, 1)
+    cap_glo_i = text_sa(sim.t_global_w, cap_i)
+    context_img = scan_attention(cap_i_expand, img_emb, model.config.lambda_softmax)
+    sim_loc = _l2(sim.sim_tranloc_w(torch.pow(torch.sub(context_img, cap_i_expand), 2)), dim=-1)
+    sim_glo = _l2(sim.sim_tranglo_w(torch.pow(torch.sub(img_glo, cap_glo_i), 2)), dim=-1)
+    sim_emb = torch.cat([sim_glo.unsqueeze(1), sim_loc], 1)
+    if model.config.module == "SGR":
+        for step in sim.SGR_module:
+            sim_emb = graph_step(step, sim_emb)
+        sim_vec = sim_emb[:, 0, :]
+    else:
+        sim_vec = attention_filtration(sim.SAF_module, sim_emb)
+    return torch.sigmoid(sim.sim_eval_w(sim_vec))
+
+
 @torch.no_grad()
 def reference_scores(model, feats: torch.Tensor, captions: list[list[int]]) -> torch.Tensor:
     """Scores (n_images, n_captions) of ``model`` (eval semantics) computed caption by caption."""
-    sim = model.sim_enc
     img_emb = encode_image(model, feats)
-    img_glo = visual_sa(sim.v_global_w, img_emb)
-    n_image = img_emb.size(0)
-    columns = []
-    for ids in captions:
-        cap_i = encode_caption(model, ids)
-        cap_i_expand = cap_i.repeat(n_image, 1, 1)
-        cap_glo_i = text_sa(sim.t_global_w, cap_i)
-        context_img = scan_attention(cap_i_expand, img_emb, model.config.lambda_softmax)
-        sim_loc = _l2(sim.sim_tranloc_w(torch.pow(torch.sub(context_img, cap_i_expand), 2)), dim=-1)
-        sim_glo = _l2(sim.sim_tranglo_w(torch.pow(torch.sub(img_glo, cap_glo_i), 2)), dim=-1)
-        sim_emb = torch.cat([sim_glo.unsqueeze(1), sim_loc], 1)
-        if model.config.module == "SGR":
-            for step in sim.SGR_module:
-                sim_emb = graph_step(step, sim_emb)
-            sim_vec = sim_emb[:, 0, :]
-        else:
-            sim_vec = attention_filtration(sim.SAF_module, sim_emb)
-        columns.append(torch.sigmoid(sim.sim_eval_w(sim_vec)))
-    return torch.cat(columns, 1)
+    img_glo = visual_sa(model.sim_enc.v_global_w, img_emb)
+    return torch.cat([caption_column(model, img_emb, img_glo, encode_caption(model, ids)) for ids in captions], 1)

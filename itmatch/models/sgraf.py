@@ -145,14 +145,17 @@ class GraphReasoning(nn.Module):
         bias = q_w.bias @ k_w.weight
         blocked = ~node_mask[:, None, :]
         if first_only:
-            logits = torch.bmm(nodes, (nodes[:, 0] @ fold + bias)[:, :, None]).transpose(1, 2)
-            edges = torch.softmax(logits.masked_fill(blocked, float("-inf")), dim=2)
-            return torch.relu(self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)))
-        projected = nodes @ torch.cat([fold, self.sim_graph_w.weight.T], 1)
+            logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
+            edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
+            return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
+        # one matrix product gives the query (bias included) and the value of every node
+        n_pair, n_node, dim = nodes.shape
+        projected = torch.addmm(torch.cat([bias, torch.zeros_like(bias)]), nodes.reshape(-1, dim),
+                                torch.cat([fold, self.sim_graph_w.weight.T], 1)).view(n_pair, n_node, -1)
         query, value = projected.split(fold.shape[1], dim=2)
-        logits = torch.bmm(query + bias, nodes.transpose(1, 2))
-        edges = torch.softmax(logits.masked_fill(blocked, float("-inf")), dim=2)
-        return torch.relu(torch.baddbmm(self.sim_graph_w.bias, edges, value))
+        logits = torch.bmm(query, nodes.transpose(1, 2))
+        edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
+        return torch.baddbmm(self.sim_graph_w.bias, edges, value).relu_()
 
 
 class AttentionFiltration(nn.Module):
