@@ -10,6 +10,9 @@ from torch import nn
 
 from itmatch.models.layers import l2norm, length_mask, xavier_init_
 
+#: Elements of one block of differences in ``similarity_vectors`` (512 KiB of float32: inside a core's L2 cache).
+BLOCK_ELEMENTS = 128 * 1024
+
 
 class VisualSelfAttention(nn.Module):
     """Global image vector (B, d) from regions (B, R, d): the region mean guides a softmax over regions.
@@ -128,10 +131,10 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     context (A, Nc, d), queries (B, Nq, d) -> (A, B, Nq, k), k = ``project``'s output size (attention as in
     ``cross_attention``).
 
-    With autograd recording, one batched expression. Without (scoring), the (B·Nq, d) differences are made
-    one context set at a time in a reused buffer that stays in the CPU's caches, squared in place and
-    projected straight into the result: the largest tensor of the pair work is never written to memory in
-    full, and no large temporary is allocated (fresh pages of a large temporary cost page faults).
+    With autograd recording, one batched expression. Without (scoring), the (B·Nq, d) differences are made a
+    block of rows of one context set at a time in a reused buffer that stays in the CPU's L2 cache, squared in
+    place and projected straight into the result: the largest tensor of the pair work is never written to
+    memory in full, and no large temporary is allocated (fresh pages of a large temporary cost page faults).
     """
     recording = torch.is_grad_enabled() and any(
         t.requires_grad for t in (context, queries, project.weight, project.bias))
@@ -140,20 +143,26 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     if recording:
         difference = cross_attention(context, queries, smooth, context_lengths, minus_queries=True, eps=eps)
         return l2norm(project(difference.square()))
-    flat_queries = queries.reshape(n_qry * n_vec, dim)
-    direct = n_qry * n_vec <= n_pos  # few query vectors: normalise each attended vector directly
+    rows = n_qry * n_vec
+    flat_queries = queries.reshape(rows, dim)
+    direct = rows <= n_pos  # few query vectors: normalise each attended vector directly
     weights = (attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
                if direct else normalised_weights(context, queries, smooth, context_lengths, eps))
-    out = torch.empty(n_ctx, n_qry * n_vec, project.out_features, dtype=context.dtype, device=context.device)
-    block = torch.empty(n_qry * n_vec, dim, dtype=context.dtype, device=context.device)
+    out = torch.empty(n_ctx, rows, project.out_features, dtype=context.dtype, device=context.device)
+    n_blocks = -(-rows * dim // BLOCK_ELEMENTS)
+    step = -(-rows // n_blocks)  # equal blocks, no small remainder
+    block = torch.empty(step, dim, dtype=context.dtype, device=context.device)
     weight_t = project.weight.T
     for index in range(n_ctx):
-        if direct:
-            torch.mm(weights[index], context[index], out=block)
-            block.div_(block.norm(dim=1, keepdim=True).add_(eps)).sub_(flat_queries)
-        else:
-            torch.addmm(flat_queries, weights[index], context[index], beta=-1, out=block)
-        torch.addmm(project.bias, block.square_(), weight_t, out=out[index])
+        for start in range(0, rows, step):
+            part = block[:min(step, rows - start)]
+            stop = start + len(part)
+            if direct:
+                torch.mm(weights[index, start:stop], context[index], out=part)
+                part.div_(part.norm(dim=1, keepdim=True).add_(eps)).sub_(flat_queries[start:stop])
+            else:
+                torch.addmm(flat_queries[start:stop], weights[index, start:stop], context[index], beta=-1, out=part)
+            torch.addmm(project.bias, part.square_(), weight_t, out=out[index, start:stop])
     out.div_(out.norm(dim=2, keepdim=True).add_(eps))
     return out.view(n_ctx, n_qry, n_vec, -1)
 

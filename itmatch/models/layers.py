@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
@@ -43,3 +46,17 @@ def batchnorm_eval(x: torch.Tensor, bn: nn.BatchNorm1d, channel_dim: int) -> tor
     shape[channel_dim] = -1
     scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(shape)
     return (x - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
+
+
+def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
+    """``compute()`` (products of ``module``'s parameters, e.g. two linear maps folded into one), computed once
+    and reused while no gradient is recorded and no parameter has changed (same storage, same version): scoring
+    calls it once per tile, and the products cost as much as the pair work of a few pairs."""
+    if torch.is_grad_enabled():
+        return compute()
+    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    cached = module.__dict__.get("_cached_weights")
+    if cached is None or cached[0] != key:
+        cached = (key, compute())
+        module.__dict__["_cached_weights"] = cached
+    return cached[1]

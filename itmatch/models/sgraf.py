@@ -36,7 +36,7 @@ from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, at
                                       attention_weights, cross_attention, similarity_vectors)
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
-from itmatch.models.layers import batchnorm_eval, l1norm, l2norm, length_mask, xavier_init_
+from itmatch.models.layers import batchnorm_eval, cached_weights, l1norm, l2norm, length_mask, xavier_init_
 from itmatch.models.registry import register_model
 
 MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
@@ -134,15 +134,18 @@ class GraphReasoning(nn.Module):
         self.sim_graph_w = nn.Linear(sim_dim, sim_dim)
         xavier_init_(self)
 
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(M, u, [M, Wgᵀ])``: the folded query-key matrix and bias, and M beside the value projection."""
+        fold = self.graph_query_w.weight.T @ self.graph_key_w.weight
+        return fold, self.graph_query_w.bias @ self.graph_key_w.weight, torch.cat([fold, self.sim_graph_w.weight.T], 1)
+
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """nodes (P, N, k), node_mask (P, N) bool -> updated nodes (P, N, k), or node 0 (P, k) if ``first_only``.
 
         Logits ``(Wq s_i + bq)·(Wk s_j + bk)`` equal ``(s_i M + u)·s_j`` plus terms constant in j, with
         ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax.
         """
-        q_w, k_w = self.graph_query_w, self.graph_key_w
-        fold = q_w.weight.T @ k_w.weight
-        bias = q_w.bias @ k_w.weight
+        fold, bias, project = cached_weights(self, self._folded)
         blocked = ~node_mask[:, None, :]
         if first_only:
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
@@ -151,7 +154,7 @@ class GraphReasoning(nn.Module):
         # one matrix product gives the query (bias included) and the value of every node
         n_pair, n_node, dim = nodes.shape
         projected = torch.addmm(torch.cat([bias, torch.zeros_like(bias)]), nodes.reshape(-1, dim),
-                                torch.cat([fold, self.sim_graph_w.weight.T], 1)).view(n_pair, n_node, -1)
+                                project).view(n_pair, n_node, -1)
         query, value = projected.split(fold.shape[1], dim=2)
         logits = torch.bmm(query, nodes.transpose(1, 2))
         edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)

@@ -72,7 +72,7 @@ from torch import nn
 
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
-from itmatch.models.layers import l2norm, length_mask, xavier_init_
+from itmatch.models.layers import cached_weights, l2norm, length_mask, xavier_init_
 from itmatch.models.registry import register_model
 from itmatch.models.sgraf import RegionEncoding, RegionWordMatcher, WordEncoding, squared_difference
 
@@ -142,7 +142,7 @@ class HSRLayer(nn.Module):
     def forward(self, nodes: torch.Tensor, n_nodes: torch.Tensor, readout: bool = False) -> torch.Tensor:
         """nodes (P, N, k) valid up to n_nodes (P,) -> updated nodes (P, N, k), or only the last valid node
         (the global node) (P, k) when ``readout``. Positions past n_nodes are ignored (they may hold anything)."""
-        fold, bias, mix, mix_bias = self._folded()
+        fold, bias, mix, mix_bias = cached_weights(self, self._folded)
         valid = length_mask(n_nodes, nodes.shape[1])
         if readout:
             return self._readout(nodes, n_nodes, valid, fold, bias, mix, mix_bias)

@@ -1,0 +1,48 @@
+"""The scoring path of the similarity vectors (blocked, in-place, cached folded weights) against the batched
+autograd expression, and the cache's invalidation when a parameter changes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from itmatch.models import attention
+from itmatch.models.attention import cross_attention, similarity_vectors
+from itmatch.models.layers import cached_weights, l2norm
+
+
+@pytest.mark.parametrize("queries_per_set", [3, 20])  # fewer / more query vectors than context positions
+@pytest.mark.parametrize("lengths", [None, [6, 4, 1]])
+def test_blocked_scoring_path_equals_the_batched_expression(monkeypatch, queries_per_set, lengths):
+    torch.manual_seed(0)
+    context = l2norm(torch.randn(3, 6, 16))
+    queries = l2norm(torch.randn(2, queries_per_set, 16))
+    project = nn.Linear(16, 8)
+    context_lengths = None if lengths is None else torch.tensor(lengths)
+    expected = l2norm(project(cross_attention(context, queries, 9.0, context_lengths, minus_queries=True)
+                              .square()))
+    assert expected.requires_grad  # the batched expression (autograd recording)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 5 * 16)  # several blocks per context set
+    with torch.inference_mode():
+        blocked = similarity_vectors(context, queries, 9.0, project, context_lengths)
+    assert blocked.shape == (3, 2, queries_per_set, 8)
+    torch.testing.assert_close(blocked, expected.detach(), rtol=0, atol=1e-6)
+
+
+def test_cached_weights_are_recomputed_when_a_parameter_changes():
+    layer = nn.Linear(4, 4)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return layer.weight.T @ layer.weight
+
+    with torch.no_grad():
+        first = cached_weights(layer, compute)
+        assert cached_weights(layer, compute) is first and len(calls) == 1
+        layer.weight.add_(1.0)  # an optimizer step changes the parameter in place
+        torch.testing.assert_close(cached_weights(layer, compute), layer.weight.T @ layer.weight)
+    assert len(calls) == 2
+    cached_weights(layer, compute)  # recording autograd: never cached
+    assert len(calls) == 3
