@@ -14,7 +14,8 @@ from itmatch.models.layers import cached_weights, l2norm
 
 @pytest.mark.parametrize("queries_per_set", [3, 20])  # fewer / more query vectors than context positions
 @pytest.mark.parametrize("lengths", [None, [6, 4, 1]])
-def test_blocked_scoring_path_equals_the_batched_expression(monkeypatch, queries_per_set, lengths):
+@pytest.mark.parametrize("block", [5 * 16, 80 * 16])  # rows of one set split / 2 of 3 sets grouped
+def test_blocked_scoring_path_equals_the_batched_expression(monkeypatch, queries_per_set, lengths, block):
     torch.manual_seed(0)
     context = l2norm(torch.randn(3, 6, 16))
     queries = l2norm(torch.randn(2, queries_per_set, 16))
@@ -23,7 +24,7 @@ def test_blocked_scoring_path_equals_the_batched_expression(monkeypatch, queries
     expected = l2norm(project(cross_attention(context, queries, 9.0, context_lengths, minus_queries=True)
                               .square()))
     assert expected.requires_grad  # the batched expression (autograd recording)
-    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 5 * 16)  # several blocks per context set
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", block)
     with torch.inference_mode():
         blocked = similarity_vectors(context, queries, 9.0, project, context_lengths)
     assert blocked.shape == (3, 2, queries_per_set, 8)

@@ -132,9 +132,10 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     ``cross_attention``).
 
     With autograd recording, one batched expression. Without (scoring), the (B·Nq, d) differences are made a
-    block of rows of one context set at a time in a reused buffer that stays in the CPU's L2 cache, squared in
-    place and projected straight into the result: the largest tensor of the pair work is never written to
-    memory in full, and no large temporary is allocated (fresh pages of a large temporary cost page faults).
+    block at a time (rows of one context set, or a few whole sets: ``_block_shape``) in a reused buffer that
+    stays in the CPU's L2 cache, squared in place and projected straight into the result: the largest tensor
+    of the pair work is never written to memory in full, and no large temporary is allocated (fresh pages of a
+    large temporary cost page faults).
     """
     recording = torch.is_grad_enabled() and any(
         t.requires_grad for t in (context, queries, project.weight, project.bias))
@@ -149,22 +150,34 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     weights = (attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
                if direct else normalised_weights(context, queries, smooth, context_lengths, eps))
     out = torch.empty(n_ctx, rows, project.out_features, dtype=context.dtype, device=context.device)
-    n_blocks = -(-rows * dim // BLOCK_ELEMENTS)
-    step = -(-rows // n_blocks)  # equal blocks, no small remainder
-    block = torch.empty(step, dim, dtype=context.dtype, device=context.device)
+    sets, step = _block_shape(rows, dim)
+    block = torch.empty(sets, step, dim, dtype=context.dtype, device=context.device)
     weight_t = project.weight.T
-    for index in range(n_ctx):
+    for first in range(0, n_ctx, sets):
+        last = min(first + sets, n_ctx)
         for start in range(0, rows, step):
-            part = block[:min(step, rows - start)]
-            stop = start + len(part)
+            part = block[:last - first, :min(step, rows - start)]
+            stop = start + part.shape[1]
+            attention, own = weights[first:last, start:stop], flat_queries[start:stop]
             if direct:
-                torch.mm(weights[index, start:stop], context[index], out=part)
-                part.div_(part.norm(dim=1, keepdim=True).add_(eps)).sub_(flat_queries[start:stop])
+                torch.bmm(attention, context[first:last], out=part)
+                part.div_(part.norm(dim=2, keepdim=True).add_(eps)).sub_(own)
             else:
-                torch.addmm(flat_queries[start:stop], weights[index, start:stop], context[index], beta=-1, out=part)
-            torch.addmm(project.bias, part.square_(), weight_t, out=out[index, start:stop])
+                torch.baddbmm(own, attention, context[first:last], beta=-1, out=part)
+            torch.addmm(project.bias, part.square_().view(-1, dim), weight_t,
+                        out=out[first:last, start:stop].view(-1, project.out_features))
     out.div_(out.norm(dim=2, keepdim=True).add_(eps))
     return out.view(n_ctx, n_qry, n_vec, -1)
+
+
+def _block_shape(rows: int, dim: int) -> tuple[int, int]:
+    """(context sets, rows) of one block of ``similarity_vectors``: about ``BLOCK_ELEMENTS`` elements; rows split
+    into equal parts when one set's rows are more, several whole sets at once when they are fewer (one search
+    query's few words: a small product per picture would cost more in calls than in arithmetic)."""
+    if rows * dim >= BLOCK_ELEMENTS:
+        parts = -(-rows * dim // BLOCK_ELEMENTS)
+        return 1, -(-rows // parts)
+    return BLOCK_ELEMENTS // (rows * dim), rows
 
 
 def attended_regions(regions: torch.Tensor, words: torch.Tensor, smooth: float,
