@@ -151,12 +151,11 @@ class GraphReasoning(nn.Module):
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
             edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
             return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
-        # one matrix product gives the query (bias included) and the value of every node
+        # one matrix product gives the query and the value of every node; the query bias's term u·s_j is added
+        # to the (small) logits rather than to the queries
         n_pair, n_node, dim = nodes.shape
-        projected = torch.addmm(torch.cat([bias, torch.zeros_like(bias)]), nodes.reshape(-1, dim),
-                                project).view(n_pair, n_node, -1)
-        query, value = projected.split(fold.shape[1], dim=2)
-        logits = torch.bmm(query, nodes.transpose(1, 2))
+        query, value = (nodes.reshape(-1, dim) @ project).view(n_pair, n_node, -1).split(fold.shape[1], dim=2)
+        logits = torch.baddbmm((nodes @ bias)[:, None, :], query, nodes.transpose(1, 2))
         edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
         return torch.baddbmm(self.sim_graph_w.bias, edges, value).relu_()
 
