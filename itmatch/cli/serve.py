@@ -15,8 +15,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     shortlist: Annotated[int, typer.Option(help="Pictures re-ranked per text query.", min=1)] = 100,
     threads: Annotated[Optional[int], typer.Option(
-        help="Model threads: this many query batches run at once, one CPU thread each (default: one per core "
-             "this process may use).", min=1)] = None,
+        help="Model threads: this many query batches run at once, one CPU thread each (default and most: one "
+             "per core this process may use).", min=1)] = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest query picture accepted, in MiB.", min=1)] = 10,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
@@ -36,10 +36,14 @@ def serve(
     from itmatch.search import Searcher
     from itmatch.serve.app import Limits, create_app
 
-    torch.set_num_threads(1)  # parallel queries, not parallel small operations
+    cores = len(os.sched_getaffinity(0))
+    if threads is not None and threads > cores:
+        typer.echo(f"--threads {threads} is more than the {cores} cores this process may use: serving with "
+                   f"{cores} model threads (more would oversubscribe the cores and slow every query)", err=True)
+    torch.set_num_threads(1)  # parallel queries, not parallel small operations: model threads x 1 <= cores
     faiss.omp_set_num_threads(1)
     searcher = Searcher(index, device=device)
-    app = create_app(searcher, shortlist=shortlist, workers=threads or len(os.sched_getaffinity(0)),
+    app = create_app(searcher, shortlist=shortlist, workers=min(threads or cores, cores),
                      limits=Limits(max_upload_bytes=max_upload_mb << 20))
     typer.echo(f"serving {index} ({searcher.index.n_images} pictures) at http://{host}:{port}  (API docs: /docs)")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
