@@ -47,3 +47,25 @@ def test_cached_weights_are_recomputed_when_a_parameter_changes():
     assert len(calls) == 2
     cached_weights(layer, compute)  # recording autograd: never cached
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("block", [5 * 16, 80 * 16, 1 << 20])
+def test_blocked_backward_equals_autograd_of_the_batched_expression(monkeypatch, block):
+    """Training's blocked forward and backward (ProjectedSquares) give the batched expression's values and the
+    gradients of every input (context, queries, the projection), float64."""
+    torch.manual_seed(1)
+    context = l2norm(torch.randn(3, 6, 16, dtype=torch.float64)).requires_grad_()
+    queries = l2norm(torch.randn(2, 20, 16, dtype=torch.float64)).requires_grad_()
+    project = nn.Linear(16, 8).double()
+    lengths = torch.tensor([6, 4, 1])
+    upstream = torch.randn(3, 2, 20, 8, dtype=torch.float64)
+    params = [context, queries, project.weight, project.bias]
+
+    expected = l2norm(project(cross_attention(context, queries, 9.0, lengths, minus_queries=True).square()))
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), params)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", block)
+    blocked = similarity_vectors(context, queries, 9.0, project, lengths)
+    grads = torch.autograd.grad((blocked * upstream).sum(), params)
+    torch.testing.assert_close(blocked, expected, rtol=0, atol=1e-12)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)

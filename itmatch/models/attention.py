@@ -5,6 +5,8 @@ Module and parameter names follow the SGRAF release so the authors' state dicts 
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -131,53 +133,104 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     context (A, Nc, d), queries (B, Nq, d) -> (A, B, Nq, k), k = ``project``'s output size (attention as in
     ``cross_attention``).
 
-    With autograd recording, one batched expression. Without (scoring), the (B·Nq, d) differences are made a
-    block at a time (rows of one context set, or a few whole sets: ``_block_shape``) in a reused buffer that
-    stays in the CPU's L2 cache, squared in place and projected straight into the result: the largest tensor
-    of the pair work is never written to memory in full, and no large temporary is allocated (fresh pages of a
-    large temporary cost page faults).
+    The (B·Nq, d) differences are made a block at a time (rows of one context set, or a few whole sets:
+    ``_blocks``) in a reused buffer that stays in the CPU's L2 cache, squared in place and projected
+    straight into the result: the largest tensor of the pair work is never written to memory in full, and no
+    large temporary is allocated (fresh pages of a large temporary cost page faults). Training goes the same
+    way (``ProjectedSquares`` recomputes each block in its backward pass). Autocast (bf16: the products pick
+    their own dtypes) and a few query vectors with autograd recording (never the case in training) take the
+    batched expression.
     """
-    recording = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (context, queries, project.weight, project.bias))
     n_ctx, n_pos, dim = context.shape
     n_qry, n_vec, _ = queries.shape
-    if recording:
+    rows = n_qry * n_vec
+    direct = rows <= n_pos  # few query vectors: normalise each attended vector directly
+    if (direct and torch.is_grad_enabled()) or torch.is_autocast_enabled(context.device.type):
         difference = cross_attention(context, queries, smooth, context_lengths, minus_queries=True, eps=eps)
         return l2norm(project(difference.square()))
-    rows = n_qry * n_vec
     flat_queries = queries.reshape(rows, dim)
-    direct = rows <= n_pos  # few query vectors: normalise each attended vector directly
-    weights = (attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
-               if direct else normalised_weights(context, queries, smooth, context_lengths, eps))
-    out = torch.empty(n_ctx, rows, project.out_features, dtype=context.dtype, device=context.device)
-    sets, step = _block_shape(rows, dim)
-    block = torch.empty(sets, step, dim, dtype=context.dtype, device=context.device)
-    weight_t = project.weight.T
-    for first in range(0, n_ctx, sets):
-        last = min(first + sets, n_ctx)
-        for start in range(0, rows, step):
-            part = block[:last - first, :min(step, rows - start)]
-            stop = start + part.shape[1]
-            attention, own = weights[first:last, start:stop], flat_queries[start:stop]
-            if direct:
-                torch.bmm(attention, context[first:last], out=part)
-                part.div_(part.norm(dim=2, keepdim=True).add_(eps)).sub_(own)
-            else:
-                torch.baddbmm(own, attention, context[first:last], beta=-1, out=part)
-            torch.addmm(project.bias, part.square_().view(-1, dim), weight_t,
-                        out=out[first:last, start:stop].view(-1, project.out_features))
-    out.div_(out.norm(dim=2, keepdim=True).add_(eps))
-    return out.view(n_ctx, n_qry, n_vec, -1)
+    if direct:
+        weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
+        out = _projected_squares(weights, context, flat_queries, project.weight, project.bias, eps)
+    else:
+        weights = normalised_weights(context, queries, smooth, context_lengths, eps)
+        inputs = (weights, context, flat_queries, project.weight, project.bias)
+        out = ProjectedSquares.apply(*inputs) if torch.is_grad_enabled() else _projected_squares(*inputs)
+    if torch.is_grad_enabled():
+        return l2norm(out).view(n_ctx, n_qry, n_vec, -1)
+    return out.div_(out.norm(dim=2, keepdim=True).add_(eps)).view(n_ctx, n_qry, n_vec, -1)
 
 
-def _block_shape(rows: int, dim: int) -> tuple[int, int]:
-    """(context sets, rows) of one block of ``similarity_vectors``: about ``BLOCK_ELEMENTS`` elements; rows split
-    into equal parts when one set's rows are more, several whole sets at once when they are fewer (one search
-    query's few words: a small product per picture would cost more in calls than in arithmetic)."""
+def _blocks(n_ctx: int, rows: int, dim: int) -> Iterator[tuple[slice, slice]]:
+    """(context sets, rows) slices of the blocks of ``similarity_vectors``: about ``BLOCK_ELEMENTS`` elements
+    each; rows split into equal parts when one set's rows are more, several whole sets at once when they are
+    fewer (one search query's few words: a small product per picture would cost more in calls than in
+    arithmetic)."""
     if rows * dim >= BLOCK_ELEMENTS:
-        parts = -(-rows * dim // BLOCK_ELEMENTS)
-        return 1, -(-rows // parts)
-    return BLOCK_ELEMENTS // (rows * dim), rows
+        sets, parts = 1, -(-rows * dim // BLOCK_ELEMENTS)
+        step = -(-rows // parts)
+    else:
+        sets, step = BLOCK_ELEMENTS // (rows * dim), rows
+    for first in range(0, n_ctx, sets):
+        for start in range(0, rows, step):
+            yield slice(first, min(first + sets, n_ctx)), slice(start, min(start + step, rows))
+
+
+def _projected_squares(weights: torch.Tensor, context: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """``((weights @ context) - queries)² Wᵀ + b`` per context set, block by block: weights (A, n, Nc), context
+    (A, Nc, d), queries (n, d) -> (A, n, k). With ``eps``, each ``weights @ context`` row is first
+    L2-normalised (the direct normalisation); without, ``weights`` already carry it."""
+    n_ctx, rows, _ = weights.shape
+    dim, k = context.shape[2], weight.shape[0]
+    out = torch.empty(n_ctx, rows, k, dtype=context.dtype, device=context.device)
+    buffer = torch.empty(BLOCK_ELEMENTS + dim, dtype=context.dtype, device=context.device)  # any block fits
+    for sets, part in _blocks(n_ctx, rows, dim):
+        block = _difference(weights, context, queries, sets, part, buffer, eps)
+        torch.addmm(bias, block.square_().view(-1, dim), weight.T, out=out[sets, part].view(-1, k))
+    return out
+
+
+def _difference(weights: torch.Tensor, context: torch.Tensor, queries: torch.Tensor, sets: slice, part: slice,
+                buffer: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """``weights @ context - queries`` of one block (sets, rows, d), written into ``buffer``'s storage."""
+    n_sets, n_rows = sets.stop - sets.start, part.stop - part.start
+    block = buffer[:n_sets * n_rows * context.shape[2]].view(n_sets, n_rows, -1)
+    if eps is None:
+        return torch.baddbmm(queries[part], weights[sets, part], context[sets], beta=-1, out=block)
+    torch.bmm(weights[sets, part], context[sets], out=block)
+    return block.div_(block.norm(dim=2, keepdim=True).add_(eps)).sub_(queries[part])
+
+
+class ProjectedSquares(torch.autograd.Function):
+    """``_projected_squares`` (attention weights normalised in advance) with a blocked backward pass: each block's
+    difference is recomputed in a cache-sized buffer instead of being kept, so neither pass writes or keeps a
+    (pairs × words × d) tensor. Gradients: with ``D = wC - q``, ``S = D²``, ``Y = S Wᵀ + b`` and ``G = dL/dY``:
+    ``dW = Gᵀ S``, ``db = Σ G``, ``dD = 2 D ⊙ (G W)``, ``dw = dD Cᵀ``, ``dC = wᵀ dD``, ``dq = -Σ_sets dD``."""
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, context: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weights, context, queries, weight)
+        return _projected_squares(weights, context, queries, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        weights, context, queries, weight = ctx.saved_tensors
+        n_ctx, rows, _ = weights.shape
+        dim, k = context.shape[2], weight.shape[0]
+        grad_weights, grad_context = torch.empty_like(weights), torch.zeros_like(context)
+        grad_queries, grad_weight = torch.zeros_like(queries), torch.zeros_like(weight)
+        buffer = torch.empty(BLOCK_ELEMENTS + dim, dtype=context.dtype, device=context.device)  # any block fits
+        for sets, part in _blocks(n_ctx, rows, dim):
+            difference = _difference(weights, context, queries, sets, part, buffer)
+            grad_block = grad[sets, part].reshape(-1, k)
+            grad_weight.addmm_(grad_block.T, difference.square().view(-1, dim))
+            grad_difference = (grad_block @ weight).view_as(difference).mul_(difference).mul_(2)
+            torch.bmm(grad_difference, context[sets].transpose(1, 2), out=grad_weights[sets, part])
+            grad_context[sets].baddbmm_(weights[sets, part].transpose(1, 2), grad_difference)
+            grad_queries[part] -= grad_difference.sum(0)
+        return grad_weights, grad_context, grad_queries, grad_weight, grad.sum((0, 1))
 
 
 def attended_regions(regions: torch.Tensor, words: torch.Tensor, smooth: float,
