@@ -7,6 +7,8 @@ SGR step over all nodes, node 0 read at the end). It is the oracle for the fast 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -84,13 +86,15 @@ def attention_filtration(saf, sim_emb):
     return _l2(torch.matmul(attn, sim_emb).squeeze(1), dim=-1)
 
 
-def caption_column(model, img_emb: torch.Tensor, img_glo: torch.Tensor, cap_i: torch.Tensor) -> torch.Tensor:
+def caption_column(model, img_emb: torch.Tensor, img_glo: torch.Tensor, cap_i: torch.Tensor,
+                   text_global: Callable | None = None, filtration: Callable | None = None) -> torch.Tensor:
     """One caption's scores (n_images, 1) against images (regions ``img_emb``, global vectors ``img_glo``):
-    the body of the released ``EncoderSimilarity.forward`` loop; ``cap_i`` (1, L, d) unpadded."""
+    the body of the released ``EncoderSimilarity.forward`` loop; ``cap_i`` (1, L, d) unpadded. ``text_global``
+    (caption -> global vector) and ``filtration`` (SAF: nodes -> vector) default to eval semantics."""
     sim = model.sim_enc
     n_image = img_emb.size(0)
     cap_i_expand = cap_i.repeat(n_image, 1, 1)
-    cap_glo_i = text_sa(sim.t_global_w, cap_i)
+    cap_glo_i = (text_global or (lambda cap: text_sa(sim.t_global_w, cap)))(cap_i)
     context_img = scan_attention(cap_i_expand, img_emb, model.config.lambda_softmax)
     sim_loc = _l2(sim.sim_tranloc_w(torch.pow(torch.sub(context_img, cap_i_expand), 2)), dim=-1)
     sim_glo = _l2(sim.sim_tranglo_w(torch.pow(torch.sub(img_glo, cap_glo_i), 2)), dim=-1)
@@ -100,7 +104,7 @@ def caption_column(model, img_emb: torch.Tensor, img_glo: torch.Tensor, cap_i: t
             sim_emb = graph_step(step, sim_emb)
         sim_vec = sim_emb[:, 0, :]
     else:
-        sim_vec = attention_filtration(sim.SAF_module, sim_emb)
+        sim_vec = (filtration or (lambda nodes: attention_filtration(sim.SAF_module, nodes)))(sim_emb)
     return torch.sigmoid(sim.sim_eval_w(sim_vec))
 
 

@@ -11,7 +11,7 @@ of the batched training step (tests) and its baseline (benchmarks/train_step.py)
 from __future__ import annotations
 
 import torch
-from reference_sgraf import _l1, _l2, graph_step, scan_attention
+from reference_sgraf import _l1, _l2, caption_column
 from torch.nn.utils import clip_grad_norm_
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -47,24 +47,13 @@ def attention_filtration(saf, sim_emb: torch.Tensor) -> torch.Tensor:
 def forward_sim(model, img_emb: torch.Tensor, cap_emb: torch.Tensor, cap_lens: list[int]) -> torch.Tensor:
     """The authors' ``EncoderSimilarity.forward``: scores (n_image, n_caption), one caption per iteration."""
     sim = model.sim_enc
-    n_image = img_emb.size(0)
     img_glo = self_attention(sim.v_global_w, img_emb, torch.mean(img_emb, 1))
     sim_all = []
     for i, n_word in enumerate(cap_lens):
-        cap_i = cap_emb[i, :n_word, :].unsqueeze(0)
-        cap_i_expand = cap_i.repeat(n_image, 1, 1)
-        cap_glo_i = self_attention(sim.t_global_w, cap_i, torch.mean(cap_i, 1))
-        context_img = scan_attention(cap_i_expand, img_emb, model.config.lambda_softmax)
-        sim_loc = _l2(sim.sim_tranloc_w(torch.pow(torch.sub(context_img, cap_i_expand), 2)), dim=-1)
-        sim_glo = _l2(sim.sim_tranglo_w(torch.pow(torch.sub(img_glo, cap_glo_i), 2)), dim=-1)
-        sim_emb = torch.cat([sim_glo.unsqueeze(1), sim_loc], 1)
-        if model.config.module == "SGR":
-            for module in sim.SGR_module:
-                sim_emb = graph_step(module, sim_emb)
-            sim_vec = sim_emb[:, 0, :]
-        else:
-            sim_vec = attention_filtration(sim.SAF_module, sim_emb)
-        sim_all.append(torch.sigmoid(sim.sim_eval_w(sim_vec)))
+        sim_all.append(caption_column(
+            model, img_emb, img_glo, cap_emb[i, :n_word, :].unsqueeze(0),
+            text_global=lambda cap: self_attention(sim.t_global_w, cap, torch.mean(cap, 1)),
+            filtration=lambda nodes: attention_filtration(sim.SAF_module, nodes)))
     return torch.cat(sim_all, 1)
 
 
