@@ -159,6 +159,9 @@ def main() -> None:
           f"latency p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
           f"p99 {np.percentile(ms, 99):.0f} ms, max {ms.max():.0f} ms; CPU per request: server "
           f"{1000 * server_cpu / len(ms):.1f} ms, client {1000 * client_cpu / len(ms):.1f} ms")
+    p50, p95 = np.percentile(ms, 50), np.percentile(ms, 95)
+    print(f"targets: p50 {p50:.0f} ms (<= 150: {'met' if p50 <= 150 else 'missed'}), p95 {p95:.0f} ms (<= 250: "
+          f"{'met' if p95 <= 250 else 'missed'}), {errors} errors (0: {'met' if not errors else 'missed'})")
 
 
 if __name__ == "__main__":
