@@ -53,9 +53,9 @@ Where the paper leaves a detail open, the choice and its reason:
    is one quantity in the paper); each stream has its own local ``W`` (``sim_tranloc_w``) and HSR weights.
 
 How it is computed fast (image × caption tiles, no loop per caption):
-- the attention of both directions is one matrix product per tile; when scoring, ``similarity_vectors`` makes
-  ``attended - own`` one context item at a time in a cache-sized buffer, squares it in place and projects it,
-  so the large (pairs, K or L, d) tensor never goes to memory;
+- the attention of both directions is one matrix product per tile; ``similarity_vectors`` makes
+  ``attended - own`` in cache-sized blocks, squares each in place and projects it (in training its backward
+  recomputes the blocks), so the large (pairs, K or L, d) tensor never goes to memory;
 - ``W_p``/``W_q`` fold into ``M = W_pᵀ W_q`` and ``W_r W_g`` into one matrix (each pair is two linear maps in a
   row); the last layer computes only the rows the global node's output needs (its own row and, with the
   convolution, the row above it);
