@@ -56,7 +56,7 @@ def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None
         stored = next((item.vocab for item in loaded if item.vocab is not None), None)
         vocab = vocab_from_json(stored, checkpoints[0]) if stored is not None else None
     for path, item in zip(checkpoints, loaded):
-        size = getattr(item.model.config, "vocab_size", None)
+        size = item.model.vocab_size
         if size is None:
             continue
         if vocab is None:
@@ -71,9 +71,8 @@ def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None
 def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]) -> list[list[int]]:
     """Token ids of ``captions`` for ``model``: its own tokenizer when it has one (``model.tokenize``, e.g. a
     BERT-family text encoder), else the vocabulary's word ids."""
-    tokenize = getattr(model, "tokenize", None)
-    if tokenize is not None:
-        return tokenize(captions)
+    if model.tokenize is not None:
+        return model.tokenize(captions)
     if vocab is None:
         raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
     return vocab.encode_all(captions)
@@ -89,7 +88,7 @@ def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
     matrix product unless ``caption_chunk`` is given.
     """
     members = list(model.members) if isinstance(model, Ensemble) else [model]
-    if len(members) == 1 or all(getattr(m, "tokenize", None) is None and m.pair_bytes_per_word() for m in members):
+    if len(members) == 1 or all(m.tokenize is None and not m.is_embedding for m in members):
         tokens = caption_tokens(model, vocab, split.captions)
         options = _engine_options(model, engine)
         return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **options)

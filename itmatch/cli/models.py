@@ -81,7 +81,7 @@ def convert(
 
     loaded = load_checkpoint(source, trust=trust_checkpoint)
     words = load_vocab(vocab).to_json() if vocab is not None else loaded.vocab
-    size = getattr(loaded.model.config, "vocab_size", None)
+    size = loaded.model.vocab_size
     if words is not None and size is not None and len(words["word2idx"]) != size:
         raise ItmatchError(f"{vocab}: {len(words['word2idx'])} words, but {source} was trained with {size}")
     if target.suffix != ".safetensors":

@@ -72,6 +72,7 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, cross_attention
 from itmatch.models.layers import l2norm, length_mask, xavier_init_
+from itmatch.models.region_word_config import RegionWordConfig
 from itmatch.models.registry import register_model
 from itmatch.models.sgraf import RegionEncoding, RegionWordMatcher, WordEncoding, squared_difference
 
@@ -80,21 +81,10 @@ T2I_WORDS = 8  # words over which pair_bytes_per_word spreads the text-to-image 
 
 
 @dataclasses.dataclass
-class TSHSRConfig:
-    """Hyper-parameters of TSHSR: SGR's encoder and similarity sizes plus the HSR/stream ablation switches."""
+class TSHSRConfig(RegionWordConfig):
+    """Hyper-parameters of TSHSR: SGR's encoder and similarity sizes (``RegionWordConfig``, GloVe and frozen word
+    tables included) plus the HSR/stream ablation switches."""
 
-    vocab_size: int = 8481         # the authors' (SGRAF) Flickr30K vocabulary
-    img_dim: int = 2048
-    word_dim: int = 300
-    embed_size: int = 1024
-    sim_dim: int = 256
-    num_layers: int = 1
-    bi_gru: bool = True
-    lambda_softmax: float = 9.0
-    num_regions: int = 36
-    img_norm: bool = True
-    txt_norm: bool = True
-    dropout: float = 0.4
     hsr_layers: int = 3            # M; 0 = no reasoning, the stream is average-pooled
     hsr_conv: bool = True          # the 3×3 convolution re-weighting of R (Eq. 5); off: R' = R
     streams: str = "both"          # "both" (TSHSR), "i2t" (the paper's "HSR"), "t2i"

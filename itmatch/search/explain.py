@@ -22,7 +22,7 @@ from itmatch.scoring import pad_tokens
 
 def explainable(models: Sequence[tuple[Matcher, Vocabulary | None]]) -> list[tuple[Matcher, Vocabulary | None]]:
     """The models (with their vocabularies) that can explain a pair: the cross-attention ones."""
-    return [(model, vocab) for model, vocab in models if callable(getattr(model, "explain", None))]
+    return [(model, vocab) for model, vocab in models if model.can_explain]
 
 
 def explain_pair(models: Sequence[tuple[Matcher, Vocabulary | None]], features: np.ndarray, text: str,

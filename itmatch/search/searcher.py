@@ -106,7 +106,7 @@ class Searcher:
                             tokens: dict[int, list[list[int]]]) -> list[Encoding]:
         """One encoding per query (encoded in batches of similar length); ``tokens`` caches token ids by
         tokenizer (the vocabulary, or a model's own tokenizer)."""
-        key = id(model if getattr(model, "tokenize", None) is not None else vocab)
+        key = id(model if model.tokenize is not None else vocab)
         if key not in tokens:
             tokens[key] = caption_tokens(model, vocab, list(queries))
         out: list[Encoding] = [None] * len(queries)  # type: ignore[list-item]

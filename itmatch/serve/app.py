@@ -130,7 +130,7 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
     async def health() -> dict[str, Any]:
         return {"status": "ok", "images": index.n_images, "captions": index.n_captions,
                 "models": searcher.model_names, "shortlist": shortlist,
-                "explain": any(callable(getattr(m, "explain", None)) for m, _ in searcher.rerankers),
+                "explain": any(m.can_explain for m, _ in searcher.rerankers),
                 "picture_queries": bool(index.meta.get("extractor")) and index.n_captions > 0}
 
     @app.get("/search", summary="Pictures for a text query (two-stage: shortlist by embedding, then re-rank)")

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from itmatch.errors import ItmatchError
+from itmatch.models.base import Matcher
 
 
 @dataclasses.dataclass
@@ -180,7 +181,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         return out
 
 
-def synchronize_batch_statistics(model: nn.Module, group: Any) -> None:
+def synchronize_batch_statistics(model: Matcher, group: Any) -> None:
     """Make ``model``'s BatchNorms use global-batch statistics: every ``BatchNorm1d`` becomes a
     ``GlobalBatchNorm1d`` (same parameters and buffers, so state dicts are unchanged), and modules that keep
     per-caption statistics (``gather_caption_stats``, SAF) see all ranks' captions. Call before building the
@@ -197,6 +198,4 @@ def synchronize_batch_statistics(model: nn.Module, group: Any) -> None:
             elif isinstance(child, nn.modules.batchnorm._BatchNorm) and type(child) is not GlobalBatchNorm1d:
                 raise ItmatchError(f"distributed training synchronises BatchNorm1d only; {name} is a "
                                    f"{type(child).__name__}")
-    for module in model.modules():
-        if hasattr(module, "gather_caption_stats"):
-            module.gather_caption_stats = lambda stats: gather_rows(stats, group)
+    model.set_caption_stats_gather(lambda stats: gather_rows(stats, group))

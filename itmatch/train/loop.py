@@ -86,7 +86,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Matcher:
             raise ItmatchError(f"config [model]: {exc}") from None
 
     model = create()
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    size = model.vocab_size
     if size is not None and size != vocab_size:
         if "vocab_size" in args:
             raise ItmatchError(f"config model.args.vocab_size = {size}, but the vocabulary has {vocab_size} words; "
@@ -96,11 +96,10 @@ def build_model(config: TrainConfig, vocab_size: int) -> Matcher:
 
 
 def make_optimizer(config: TrainConfig, model: Matcher) -> torch.optim.Optimizer:
-    """Adam (the SGRAF authors') or AdamW over all parameters, or over the model's ``parameter_groups(lr)``
-    (each group's ``lr_factor`` scales the scheduled rate, e.g. BERT weights at 0.1×)."""
+    """Adam (the SGRAF authors') or AdamW over the model's ``parameter_groups(lr)`` (each group's ``lr_factor``
+    scales the scheduled rate, e.g. BERT weights at 0.1×; by default one group of all parameters)."""
     kind = torch.optim.Adam if config.optim.name == "adam" else torch.optim.AdamW
-    groups = model.parameter_groups(config.optim.lr) if hasattr(model, "parameter_groups") else model.parameters()
-    return kind(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    return kind(model.parameter_groups(config.optim.lr), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int) -> None:
@@ -167,8 +166,7 @@ class _Trainer:
             self._check_same_run(checkpoint, vocab)
             self.model.load_state_dict(checkpoint["state_dict"])
         else:
-            if hasattr(self.model, "init_word_embeddings"):  # e.g. GloVe vectors for a Bi-GRU's word table
-                self.model.init_word_embeddings(self.vocab)
+            self.model.init_word_embeddings(self.vocab)  # e.g. GloVe vectors for a Bi-GRU's word table
             if info.rank:  # dropout draws differ between processes; rank 0 continues the seed's stream
                 torch.manual_seed(int(np.random.SeedSequence([config.run.seed, info.rank]).generate_state(1)[0]))
         if info.world_size > 1:
@@ -182,7 +180,7 @@ class _Trainer:
                                                 if info.device.type == "cuda" else None,
                                                 find_unused_parameters=True, broadcast_buffers=False)
         self.objective = objective
-        tokenize = getattr(self.model, "tokenize", None) or self.vocab.encode_all
+        tokenize = self.model.tokenize or self.vocab.encode_all
         clusters = None
         if config.data.neighbour_clusters:  # deterministic, so every rank and every resume gets the same ones
             clusters = image_clusters(self.train_split.features, config.data.neighbour_clusters,
