@@ -120,6 +120,9 @@ class GraphReasoning(nn.Module):
         self.graph_key_w = nn.Linear(sim_dim, sim_dim)
         self.sim_graph_w = nn.Linear(sim_dim, sim_dim)
         xavier_init_(self)
+        # The key bias adds a term constant along each softmax row: it cannot change a score, gets no gradient,
+        # and is kept (frozen) only so that the released state dicts load.
+        self.graph_key_w.bias.requires_grad_(False)
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """nodes (P, N, k), node_mask (P, N) bool -> updated nodes (P, N, k), or node 0 (P, k) if ``first_only``.
