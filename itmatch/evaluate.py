@@ -6,17 +6,16 @@ COCO-1K never computes the full 5,000 × 25,000 matrix. Results are the JSON of 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from itmatch.checkpoint import load_checkpoint
-from itmatch.data.precomp import PrecompSplit, load_split
-from itmatch.data.vocab import Vocabulary, load_vocab, vocab_from_json
+from itmatch.data.precomp import ImageRows, PrecompSplit, load_split
+from itmatch.data.vocab import Vocabulary
 from itmatch.errors import ItmatchError
 from itmatch.fileio import write_npy
+from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
 from itmatch.models.ensemble import Ensemble
 from itmatch.protocols import check_protocol, evaluate_blocks, protocol_blocks
@@ -25,57 +24,6 @@ from itmatch.scoring import score_matrix
 
 #: Captions per tile for embedding models: one (images × 1,024) matrix product instead of many thin ones.
 EMBEDDING_CAPTION_CHUNK = 1024
-
-
-@dataclasses.dataclass
-class ImageRows:
-    """Lazy (n, R, D) view of chosen images of a split: slicing reads only those rows of the memmap."""
-
-    split: PrecompSplit
-    images: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        return self.split.image_features(self.images[index])
-
-
-def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None, *, trust: bool = False,
-                device: str = "cpu") -> tuple[Matcher, Vocabulary | None]:
-    """The model of one checkpoint, or the ensemble of several, and the vocabulary their captions use.
-
-    The vocabulary comes from ``vocab_path`` or else from the first checkpoint that stores one; its size
-    must equal every model's word embedding (a model trained with another vocabulary is an error). Models with
-    their own tokenizer (``config.vocab_size`` None, e.g. a BERT-family text encoder) need no vocabulary.
-    """
-    loaded = [load_checkpoint(p, trust=trust, device=device) for p in checkpoints]
-    if vocab_path is not None:
-        vocab = load_vocab(vocab_path)
-    else:
-        stored = next((item.vocab for item in loaded if item.vocab is not None), None)
-        vocab = vocab_from_json(stored, checkpoints[0]) if stored is not None else None
-    for path, item in zip(checkpoints, loaded):
-        size = item.model.vocab_size
-        if size is None:
-            continue
-        if vocab is None:
-            raise ItmatchError(f"{path}: this model reads word ids; give its vocabulary with --vocab VOCAB.json")
-        if len(vocab) != size:
-            raise ItmatchError(f"{vocab_path or path}: the vocabulary has {len(vocab)} words but {path} was "
-                               f"trained with {size}; use the vocabulary the model was trained with")
-    models = [item.model for item in loaded]
-    return (models[0] if len(models) == 1 else Ensemble(models)), vocab
-
-
-def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]) -> list[list[int]]:
-    """Token ids of ``captions`` for ``model``: its own tokenizer when it has one (``model.tokenize``, e.g. a
-    BERT-family text encoder), else the vocabulary's word ids."""
-    if model.tokenize is not None:
-        return model.tokenize(captions)
-    if vocab is None:
-        raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
-    return vocab.encode_all(captions)
 
 
 def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,

@@ -12,9 +12,9 @@ import torch
 
 from search_support import picture_dataset, picture_models, save_models, synthetic_data
 from itmatch.cli import main
-from itmatch.data.precomp import load_split, write_split
+from itmatch.data.precomp import ImageRows, load_split, write_split
 from itmatch.errors import ItmatchError
-from itmatch.evaluate import ImageRows, load_models
+from itmatch.loading import load_models
 from itmatch.models.ensemble import Ensemble
 from itmatch.scoring import score_matrix
 from itmatch.search import Searcher, add_to_index, build_index, open_index

@@ -15,7 +15,7 @@ import torch
 from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import SPECIAL_TOKENS, UNK, Vocabulary
 from itmatch.errors import ItmatchError
-from itmatch.evaluate import caption_tokens
+from itmatch.loading import caption_tokens
 from itmatch.models.base import Matcher
 from itmatch.scoring import pad_tokens
 

@@ -8,12 +8,12 @@ search returns, and the extractor settings that made the features (so a query pi
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from itmatch.data.folder import read_boxes, read_info, read_pictures
 from itmatch.data.precomp import SPLITS, load_split
 from itmatch.errors import ItmatchError
 
@@ -37,6 +37,13 @@ class Gallery:
     caption_image: np.ndarray
     extractor: dict[str, Any] | None
     source: dict[str, Any]
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Features (k, R, D) float32 of a slice of the pictures: a gallery reads like an (n, R, D) array."""
+        return self.read_features(np.arange(self.n_images)[rows])
 
 
 def check_image_id(image: int, n_images: int) -> int:
@@ -78,20 +85,9 @@ def _features_folder(directory: Path) -> Gallery:
 def _dataset_split(directory: Path, split: str) -> Gallery:
     data = load_split(directory, split)
     rows = data.image_rows
-    boxes_path = directory / f"{split}_boxes.npy"
-    boxes = np.load(boxes_path, mmap_mode="r")[rows] if boxes_path.is_file() else None
-    if boxes is not None and boxes.shape != (len(rows), data.n_regions, 4):
-        raise ItmatchError(f"{boxes_path}: shape {boxes.shape}, expected ({len(rows)}, {data.n_regions}, 4); "
-                           "build the dataset again")
-    listing = directory / f"{split}_images.jsonl"
-    by_row: dict[int, dict[str, Any]] = {}
-    if listing.is_file():
-        for line in listing.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                by_row[int(entry["row"])] = _picture(entry, directory)
-    info_path = directory / "dataset.json"
-    extractor = json.loads(info_path.read_text(encoding="utf-8")).get("extractor") if info_path.is_file() else None
+    boxes = read_boxes(directory, split, rows, data.n_regions)
+    by_row = {row: _picture(entry, directory) for row, entry in (read_pictures(directory, split) or {}).items()}
+    extractor = (read_info(directory) or {}).get("extractor")
     return Gallery(data.n_images, data.n_regions, data.feature_dim, data.image_features, boxes,
                    [by_row.get(int(row), {}) for row in rows], list(data.captions), data.caption_image,
                    extractor, {"kind": "dataset", "path": str(directory.absolute()), "split": split})

@@ -122,13 +122,6 @@ class Index:
     def n_captions(self) -> int:
         return len(self.captions)
 
-    def model_file(self, entry: dict[str, Any]) -> Path:
-        """The path of a stored model (an ``embedder``/``rerankers`` entry of the metadata)."""
-        return self.directory / entry["file"]
-
-    def vocab_file(self) -> Path | None:
-        return self.directory / self.meta["vocab"] if self.meta.get("vocab") else None
-
     def features(self, ids: np.ndarray) -> np.ndarray:
         """Region features (k, R, D) float32 of pictures ``ids``."""
         return self._arrays["features"].take(ids)
@@ -286,13 +279,12 @@ class IndexModels:
 def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -> IndexModels:
     """The models stored in the index ``folder`` whose metadata is ``meta`` (their ``model_name`` is noted in
     ``meta``); the first stage must be an embedding model."""
-    from itmatch.evaluate import load_models
-    from itmatch.models.vse import VSE
+    from itmatch.loading import load_models
 
     vocab = folder / meta["vocab"] if meta.get("vocab") else None
     embedder, embedder_vocab = load_models([folder / meta["embedder"]["file"]], vocab, device=device)
     source = meta["embedder"].get("source", meta["embedder"]["file"])
-    if not isinstance(embedder, VSE):
+    if not embedder.is_embedding:
         raise ItmatchError(f"{source}: the first stage needs an embedding model (vse, hrem), not "
                            f"{embedder.model_name or type(embedder).__name__}; pass it as --reranker instead")
     meta["embedder"]["model_name"] = embedder.model_name
@@ -309,10 +301,9 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
     """Write one segment (see the module docstring) into the new folder ``folder``; its metadata entry, with
     ``fields``: each re-ranker's encoding field names."""
     import torch
-    from tqdm import tqdm
 
-    from itmatch.evaluate import caption_tokens
-    from itmatch.scoring import encode_texts
+    from itmatch.loading import caption_tokens
+    from itmatch.scoring import feature_batches, text_batches
 
     folder.mkdir(parents=True, exist_ok=True)
     n = gallery.n_images
@@ -322,17 +313,15 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
     image_emb = np.lib.format.open_memmap(folder / "image_emb.npy", mode="w+", dtype=np.float32, shape=(n, dim))
     encodings: list[dict[str, np.ndarray]] = [{} for _ in models.rerankers]
     with torch.inference_mode():
-        for start in tqdm(range(0, n, BLOCK), desc="index pictures", disable=not progress, leave=False):
-            ids = np.arange(start, min(start + BLOCK, n))
-            block = gallery.read_features(ids)
-            features[ids] = block
-            feats = torch.from_numpy(block).to(device)
+        for ids, block in feature_batches(gallery, BLOCK, progress, desc="index pictures"):
+            features[ids] = block.numpy()
+            feats = block.to(device)
             image_emb[ids] = models.embedder.encode_images(feats).emb.float().cpu().numpy()
             for k, (model, _) in enumerate(models.rerankers):
                 _store_encoding(folder / f"reranker-{k}", encodings[k], model.encode_images(feats), ids, n)
         caption_emb = np.zeros((len(gallery.captions), dim), dtype=np.float32)
         tokens = caption_tokens(models.embedder, models.embedder_vocab, gallery.captions)
-        for index, chunk in encode_texts(models.embedder, tokens, torch.device(device), progress=progress):
+        for index, chunk in text_batches(models.embedder, tokens, torch.device(device), progress=progress):
             caption_emb[index] = chunk.emb.float().cpu().numpy()
     for array in [features, image_emb, *(a for group in encodings for a in group.values())]:
         array.flush()

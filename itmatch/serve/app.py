@@ -27,9 +27,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from itmatch.demo import shrink
 from itmatch.errors import ItmatchError
 from itmatch.features.images import UnreadableImage, load_image
+from itmatch.features.thumbnail import shrink
 from itmatch.search.gallery import check_image_id
 from itmatch.search.searcher import Searcher
 from itmatch.serve.batching import QueryBatcher

@@ -7,14 +7,9 @@ A manifest lists pictures and their captions, paths relative to the manifest's f
 
 :func:`build_from_manifest` checks every line first (missing picture, undecodable picture, empty caption, picture
 listed twice, malformed line) and reports all problems at once as ``file:line: reason``; then splits the pictures
-deterministically, extracts region features (cached and resumable, see :mod:`itmatch.features`), and writes a precomp
-directory (built in a temporary folder beside ``out`` and renamed at the end, so ``out`` is never half-written)::
-
-    {split}_ims.npy  {split}_caps.txt  {split}_cap2img.npy   the precomp split (see itmatch.data.precomp)
-    {split}_boxes.npy      (images, R, 4) region boxes, x1 y1 x2 y2 in [0, 1]
-    {split}_images.jsonl   per feature row: {"row", "path", "width", "height", "source"}
-    vocab.json             built from the train captions, threshold 1
-    dataset.json           what was built from what (source, extractor, split sizes, skipped lines)
+deterministically, extracts region features (cached and resumable, see :mod:`itmatch.features`), and writes a
+dataset folder (:mod:`itmatch.data.folder`; built in a temporary folder beside ``out`` and renamed at the end, so
+``out`` is never half-written).
 """
 
 from __future__ import annotations
@@ -35,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from itmatch.data.folder import DATASET_FILE, VOCAB_FILE, write_info, write_pictures
 from itmatch.data.precomp import features_writer, write_captions
 from itmatch.data.sources.debian import cache_dir
 from itmatch.data.vocab import build_vocab, save_vocab
@@ -48,10 +44,8 @@ from itmatch.features import (
     get_extractor,
     load_image,
 )
-from itmatch.fileio import write_json, write_npy, write_text
 
 SPLIT_NAMES = ("train", "dev", "test")
-DATASET_FILE = "dataset.json"
 
 
 @dataclass(frozen=True)
@@ -316,9 +310,9 @@ def write_dataset(
             if items:
                 counts[split] = _write_split(tmp, split, items, locate)
         vocab = build_vocab((c for item in splits["train"] for c in item.captions), threshold=1)
-        save_vocab(vocab, tmp / "vocab.json")
+        save_vocab(vocab, tmp / VOCAB_FILE)
         any_set = next(iter(locate.values()))[0]
-        write_json(tmp / DATASET_FILE, {
+        write_info(tmp, {
             **info,
             "extractor": any_set.info["extractor"],
             "regions": any_set.info["regions"],
@@ -349,8 +343,7 @@ def _write_split(folder: Path, split: str, items: Sequence[Item], locate: Mappin
     captions = [caption for item in items for caption in item.captions]
     caption_image = np.repeat(np.arange(len(items), dtype=np.int64), [len(item.captions) for item in items])
     write_captions(folder, split, captions, caption_image)
-    write_npy(folder / f"{split}_boxes.npy", boxes)
-    write_text(folder / f"{split}_images.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_pictures(folder, split, boxes, rows)
     return {"images": len(items), "captions": len(captions)}
 
 
