@@ -18,7 +18,7 @@ from itmatch.fileio import write_npy
 from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
 from itmatch.models.ensemble import Ensemble
-from itmatch.protocols import check_protocol, evaluate_blocks, protocol_blocks
+from itmatch.protocols import CAPTIONS_PER_IMAGE, check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
 
 
@@ -70,23 +70,57 @@ def load_sims(paths: Sequence[str | Path], blocks: list[tuple[np.ndarray, np.nda
 
 
 def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.ndarray]:
-    folds = [path.with_suffix(f".fold{k}.npy") for k in range(len(blocks))]
-    if not path.exists() and len(blocks) > 1 and all(f.exists() for f in folds):
-        parts = [np.load(f, mmap_mode="r") for f in folds]
+    folds = _fold_files(path)
+    if not path.exists() and len(blocks) > 1 and len(folds) >= len(blocks):
+        parts = [np.load(f, mmap_mode="r") for f in folds[:len(blocks)]]
         for f, part, (imgs, caps) in zip(folds, parts, blocks):
             if part.shape != (len(imgs), len(caps)):
                 raise ItmatchError(f"{f}: shape {part.shape}, expected {(len(imgs), len(caps))}")
         return parts
+    sims = _open_sims(path)
+    if sims.shape != (n_images, n_captions):
+        raise ItmatchError(f"{path}: shape {sims.shape}, but the split has {n_images} images × {n_captions} "
+                           "captions; save it with --save-sims on the same split")
+    return [np.asarray(sims[np.ix_(imgs, caps)]) for imgs, caps in blocks]
+
+
+def _fold_files(path: Path) -> list[Path]:
+    """``STEM.fold0.npy``, ``STEM.fold1.npy``, ... as far as they exist (``save_sims``'s files of a protocol with
+    folds)."""
+    folds = []
+    while path.with_suffix(f".fold{len(folds)}.npy").exists():
+        folds.append(path.with_suffix(f".fold{len(folds)}.npy"))
+    return folds
+
+
+def _open_sims(path: Path) -> np.ndarray:
+    """A saved score matrix, memory-mapped, with a one-line error when it is missing or not a 2-D ``.npy``."""
     if not path.exists():
         raise ItmatchError(f"{path}: no such score matrix (.npy of shape images × captions)")
     try:
         sims = np.load(path, mmap_mode="r")
     except ValueError as exc:
         raise ItmatchError(f"{path}: not a .npy score matrix ({exc})") from None
-    if sims.shape != (n_images, n_captions):
-        raise ItmatchError(f"{path}: shape {sims.shape}, but the split has {n_images} images × {n_captions} "
-                           "captions; save it with --save-sims on the same split")
-    return [np.asarray(sims[np.ix_(imgs, caps)]) for imgs, caps in blocks]
+    if sims.ndim != 2:
+        raise ItmatchError(f"{path}: shape {sims.shape}; a score matrix is 2-D (images × captions)")
+    return sims
+
+
+def sims_caption_image(path: str | Path, captions_per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    """The caption → image layout of a saved score matrix evaluated without its dataset: image i owns captions
+    ``k·i … k·i + k − 1`` (the authors' layout, k = 5), so an n × kn matrix (or its ``STEM.fold{j}.npy`` files)
+    says everything. Another shape is an error that names ``--captions-per-image`` and ``--data``."""
+    path = Path(path)
+    if captions_per_image < 1:
+        raise ItmatchError(f"--captions-per-image must be >= 1, got {captions_per_image}")
+    folds = [] if path.exists() else _fold_files(path)
+    shapes = [_open_sims(f).shape for f in folds or [path]]
+    n_images, n_captions = sum(s[0] for s in shapes), sum(s[1] for s in shapes)
+    if n_captions != n_images * captions_per_image:
+        raise ItmatchError(f"{path}: {n_images} images × {n_captions} captions is not {captions_per_image} captions "
+                           "per image in image order; pass --captions-per-image K, or --data DIR (with --split) "
+                           "for the split's own layout")
+    return np.arange(n_captions, dtype=np.int64) // captions_per_image
 
 
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
@@ -99,24 +133,41 @@ def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     return targets
 
 
-def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | Path] = (),
+def evaluate_split(data: str | Path | None, split: str, *, checkpoints: Sequence[str | Path] = (),
                    sims: Sequence[str | Path] = (), vocab: str | Path | None = None, protocol: str | None = None,
                    dev_subset: bool = False, trust: bool = False, save_sims_to: str | Path | None = None,
-                   **engine) -> dict:
-    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``."""
+                   captions_per_image: int | None = None, **engine) -> dict:
+    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``.
+
+    Saved matrices need no ``data`` when captions come in image order, ``captions_per_image`` (default 5) per
+    image (``sims_caption_image``); the result then has no ``split``.
+    """
     if bool(checkpoints) == bool(sims):
         raise ItmatchError("give either --checkpoint (one or more) or --sims (one or more), not both or neither")
-    split_data = load_split(data, split, dev_subset=dev_subset)
-    check_protocol(protocol, split_data.n_images, split_data.caption_image)
-    blocks = protocol_blocks(protocol, split_data.caption_image)
+    split_data = None
+    if data is None:
+        if checkpoints:
+            raise ItmatchError("scoring a model needs the split's features and captions: pass --data DIR")
+        caption_image = sims_caption_image(sims[0], captions_per_image or CAPTIONS_PER_IMAGE)
+        n_images = len(caption_image) // (captions_per_image or CAPTIONS_PER_IMAGE)
+    elif captions_per_image is not None:
+        raise ItmatchError("--captions-per-image describes score matrices read without --data; with --data the "
+                           "split says which image each caption belongs to")
+    else:
+        split_data = load_split(data, split, dev_subset=dev_subset)
+        caption_image, n_images = split_data.caption_image, split_data.n_images
+    n_captions = len(caption_image)
+    check_protocol(protocol, n_images, caption_image)
+    blocks = protocol_blocks(protocol, caption_image)
     if checkpoints:
         model, words = load_models(checkpoints, vocab, trust=trust, device=str(engine.get("device") or "cpu"))
         block_sims = score_blocks(model, words, split_data, blocks, **engine)
     else:
-        block_sims = load_sims(sims, blocks, split_data.n_images, split_data.n_captions)
+        block_sims = load_sims(sims, blocks, n_images, n_captions)
     if save_sims_to is not None:
         save_sims(save_sims_to, block_sims)
-    result = evaluate_blocks(protocol, split_data.caption_image, block_sims)
-    result["split"] = split
+    result = evaluate_blocks(protocol, caption_image, block_sims)
+    if split_data is not None:
+        result["split"] = split
     result["sources"] = [str(p) for p in (checkpoints or sims)]
     return result

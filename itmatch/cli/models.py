@@ -15,10 +15,14 @@ Checkpoints = Annotated[Optional[list[Path]], typer.Option(
 
 
 def evaluate(
-    data: Annotated[Path, typer.Option(help="Precomp folder ({split}_ims.npy, {split}_caps.txt).")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="Precomp folder ({split}_ims.npy, {split}_caps.txt); optional with --sims in the n × 5n layout.")] = None,
     checkpoint: Checkpoints = None,
     sims: Annotated[Optional[list[Path]], typer.Option(
         help="Saved score matrix .npy (images × captions) instead of a model; repeat to average.")] = None,
+    captions_per_image: Annotated[Optional[int], typer.Option(
+        help="With --sims and no --data: captions per image, in image order (default 5, the authors' layout).")
+    ] = None,
     split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",
     vocab: Annotated[Optional[Path], typer.Option(
         help="The authors' vocabulary JSON (default: the one stored in the checkpoint).")] = None,
@@ -46,6 +50,8 @@ def evaluate(
         --checkpoint SGR/model_best.pth.tar --checkpoint SAF/model_best.pth.tar --protocol f30k
 
       itmatch evaluate --data data/coco_precomp --split testall --protocol coco1k --sims sgr.npy --sims saf.npy
+
+      itmatch evaluate --sims sims_f30k_test.npy --protocol f30k        # a 1,000 × 5,000 matrix needs no --data
     """
     from itmatch.evaluate import evaluate_split
     from itmatch.fileio import write_json
@@ -53,7 +59,8 @@ def evaluate(
 
     result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
                             protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
-                            save_sims_to=save_sims, device=device, precision=precision,
+                            save_sims_to=save_sims, captions_per_image=captions_per_image, device=device,
+                            precision=precision,
                             max_memory=max_memory << 20 if max_memory else None, progress=progress)
     typer.echo(format_table(result))
     if output is None and checkpoint:
