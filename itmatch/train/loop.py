@@ -128,6 +128,12 @@ def training_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return logs
 
 
+def epoch_line(record: dict, epochs: int) -> str:
+    """The one line printed after each epoch: mean loss, dev rsum, training seconds (``record``: a log entry)."""
+    return (f"epoch {record['epoch']} of {epochs}: loss {record['loss']:.4f}, dev rsum {record['dev']['rsum']:.1f}, "
+            f"{record['time']:.1f} s")
+
+
 def validate(model: Matcher, vocab: Vocabulary, split: PrecompSplit, device: torch.device,
              precision: str) -> dict:
     """Dev metrics (rsum, R@K both ways) with the code of ``itmatch evaluate`` (whole split, one block)."""
@@ -254,6 +260,7 @@ class _Trainer:
         pos.epoch, pos.step_in_epoch, pos.loss_sums, pos.seconds = pos.epoch + 1, 0, {}, 0.0
         if record is not None:
             self._write_log(record)
+            tqdm.write(epoch_line(record, self.config.schedule.epochs))
         self._save_last()
 
     def _model_content(self) -> dict[str, Any]:
