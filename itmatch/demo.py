@@ -1,6 +1,6 @@
 """The demo's last step: example text searches over a dataset's test pictures, printed and drawn.
 
-``python -m itmatch.demo --data DIR --checkpoint A --checkpoint B --query "..." --figure docs/demo.png``
+``python -m itmatch.demo --data DIR --checkpoint A --checkpoint B --query "..." --figure runs/demo/demo.png``
 scores each free-text query against every test picture with the given model (an ensemble when several), prints
 the top pictures (file name, caption, score) and draws them into one PNG (thumbnails with captions, OpenCV).
 """
