@@ -15,8 +15,9 @@ LABELS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_
 
 def table_doc(plan: Plan, results: list[dict | None]) -> dict:
     """The table as JSON: per row the published, measured and difference columns (None where absent), its
-    status ("measured", "not run", "published only") and the keys in which its runs' recipes differ from the
-    paper's. ``results`` holds each row's evaluation result, in row order."""
+    status ("measured", "not run", "published only"), the keys in which its runs' recipes differ from the
+    paper's, and what those recipes assume where the paper is silent. ``results`` holds each row's evaluation
+    result, in row order."""
     table, paper = plan.table, plan.paper
     rows = []
     for row, result in zip(table.rows, results):
@@ -25,11 +26,15 @@ def table_doc(plan: Plan, results: list[dict | None]) -> dict:
         difference = ({c: None if row.published[c] is None else round(measured[c] - row.published[c], 2)
                        for c in table.columns} if measured is not None else None)
         changes = sorted({key for run_id in row.runs for key in _changes(plan, run_id)}) if measured else []
-        status = "published only" if not row.runs else ("measured" if measured else "not run")
+        runnable = bool(row.runs or row.checkpoint)
+        status = "published only" if not runnable else ("measured" if measured else "not run")
+        assumptions = [f"{run_id}: {paper.runs[run_id].assumption}" for run_id in row.runs
+                       if paper.runs[run_id].assumption]
         rows.append({"method": row.method, "group": row.group, "dataset": row.dataset,
-                     "protocol": plan.protocol or row.protocol, "runs": list(row.runs), "status": status,
-                     "published": row.published, "measured": measured, "difference": difference,
-                     "recipe_changes": changes, "note": row.note})
+                     "protocol": plan.protocol or row.protocol, "runs": list(row.runs),
+                     "checkpoint": row.checkpoint, "status": status, "published": row.published,
+                     "measured": measured, "difference": difference, "recipe_changes": changes,
+                     "assumptions": assumptions, "note": row.note})
     recipe = plan.recipe_label
     if not plan.changes_recipes and any(row["recipe_changes"] for row in rows):
         recipe = "CHANGED recipes in some runs (see the notes): not a reproduction"
@@ -56,11 +61,13 @@ def table_markdown(doc: dict) -> str:
     for index, row in enumerate(doc["rows"], 1):
         name = f"{row['group']}: {row['method']}" if row["group"] else row["method"]
         cells = [_cell(row, c) for c in doc["columns"]]
-        runs = " + ".join(row["runs"]) if row["runs"] else "published only"
+        runs = (" + ".join(row["runs"]) if row["runs"] else
+                f"checkpoint {row['checkpoint']}" if row["checkpoint"] else "published only")
         if row["status"] == "not run":
             runs += " (not run)"
         lines.append("| " + " | ".join([name, row["dataset"], row["protocol"], *cells, runs]) + " |")
         extra = [row["note"]] if row["note"] else []
+        extra += [f"ASSUMPTION ({text})" for text in row["assumptions"]]
         if row["recipe_changes"]:
             extra.append("trained with recipe changes in " + ", ".join(row["recipe_changes"]))
         if extra:
