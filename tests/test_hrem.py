@@ -287,6 +287,14 @@ def test_recipes_load_and_build_their_models(recipe):
         assert model.config.relevance_weight == (1.5 if coco else 1.0)
         assert model.config.triplet_cutoff == (1.9 if coco else 1.7)
         assert config.data.batch_size == (256 if coco else 128) and config.schedule.lr_decay_epochs == [15, 25]
+        assert config.data.neighbour_clusters == 1000  # the paper's neighbour batch sampling
+        assert model.config.same_modality_rank == "cross"  # the release's connection rule
+    if "bigru" in recipe and config.model.name == "hrem":  # every value says where it comes from
+        text = (Path(__file__).parents[1] / "configs" / f"{recipe}.toml").read_text()
+        for line in text.splitlines():
+            if line.split("=")[0].strip() in {*args, "lr", "weight_decay", "grad_clip", "epochs", "lr_decay_epochs",
+                                              "lr_decay", "batch_size", "neighbour_clusters", "margin"}:
+                assert any(tag in line for tag in ("[release]", "[VSE-inf]", "[itmatch]")), line
 
 
 def test_hrem_and_sgr_ensemble_through_itmatch_evaluate(tmp_path, capsys):
