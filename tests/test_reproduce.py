@@ -239,3 +239,26 @@ def test_assumed_decay_epochs_are_printed_in_the_table(tmp_path):
     assert "ASSUMPTION (sgr_f30k_short: lr decay (x0.2) at epoch 20 of 40" in md
     sgr = recipe("sgr_f30k_short", ())
     assert (sgr.optim.lr, sgr.schedule.lr_decay, sgr.schedule.epochs) == (0.0003, 0.2, 40)
+
+
+def test_tshsr_rows_are_labelled_with_their_reading(tmp_path):
+    """Every measured TSHSR row says which reading of the paper it was trained with (docs/models.md,
+    "Departures"); the declared defaults are the model's, and --set changes the label."""
+    import dataclasses
+
+    from itmatch.models.tshsr import TSHSRConfig
+    from itmatch.papers.plan import plan_table
+    from itmatch.papers.report import table_doc, table_markdown
+
+    paper = load_paper("tshsr")
+    defaults = {f.name: f.default for f in dataclasses.fields(TSHSRConfig)}
+    assert paper.readings == {k: defaults[k] for k in ("readout", "relation_norm")}
+    table = paper.table("1")
+    fake = {"i2t": {"r1": 1.0, "r5": 2.0, "r10": 3.0}, "t2i": {"r1": 4.0, "r5": 5.0, "r10": 6.0}, "rsum": 21.0}
+    results = [fake if row.runs else None for row in table.rows]
+    for overrides, label in (((), "reading: readout=sigmoid, relation_norm=softmax"),
+                             (("model.args.readout=inner",), "reading: readout=inner, relation_norm=softmax")):
+        doc = table_doc(plan_table(paper, table, tmp_path, overrides=overrides), results)
+        labelled = {row["method"] for row in doc["rows"] if row["reading"]}
+        assert labelled == {"Ours (HSR)", "Ours (TSHSR)"}  # not the SGR rows, not published-only ones
+        assert table_markdown(doc).count(label) == 4  # two rows on each dataset

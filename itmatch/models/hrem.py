@@ -75,7 +75,7 @@ class HREMConfig(VSEConfig):
     instance_heads: int = 16
     instance_dropout: float = 0.1
     connect_fraction: float = 0.5            # threshold
-    same_modality_rank: str = "cross"        # A's image-image / text-text ranking: "cross" (v·tᵀ, t·vᵀ) | "within"
+    same_modality_rank: str = "cross"        # A's same-modality ranking: "cross" (v·tᵀ, t·vᵀ) | "within"
     relation_topk: int = 10                  # topk
     relevance_weight: float = 1.0            # mask_weight (λ): 1.0 Flickr30K, 1.5 MS-COCO
     sigma: float = 1.0

@@ -105,8 +105,8 @@ def parse_checkpoints(items: list[str] | tuple[str, ...], table: Table) -> dict[
         if not sep or not name or not path:
             raise ItmatchError(f"--checkpoint {item!r}: write NAME=PATH, e.g. SAF=runs/f30k_SAF/model_best.pth.tar")
         if name not in known:
-            raise ItmatchError(f"--checkpoint {name}: table {table.id} evaluates "
-                               f"{'the released checkpoints ' + ', '.join(known) if known else 'no released checkpoint'}")
+            what = "the released checkpoints " + ", ".join(known) if known else "no released checkpoint"
+            raise ItmatchError(f"--checkpoint {name}: table {table.id} evaluates {what}")
         found[name] = Path(path)
     return found
 

@@ -34,13 +34,26 @@ def table_doc(plan: Plan, results: list[dict | None]) -> dict:
                      "protocol": plan.protocol or row.protocol, "runs": list(row.runs),
                      "checkpoint": row.checkpoint, "status": status, "published": row.published,
                      "measured": measured, "difference": difference, "recipe_changes": changes,
-                     "assumptions": assumptions, "note": row.note})
+                     "assumptions": assumptions, "reading": _reading(plan, row.runs), "note": row.note})
     recipe = plan.recipe_label
     if not plan.changes_recipes and any(row["recipe_changes"] for row in rows):
         recipe = "CHANGED recipes in some runs (see the notes): not a reproduction"
     return {"paper": paper.name, "title": paper.title, "venue": paper.venue, "source": paper.source,
             "table": table.id, "caption": table.caption, "columns": list(table.columns), "recipe": recipe,
             "epochs_scale": plan.epochs_scale, "overrides": list(plan.overrides), "rows": rows}
+
+
+def _reading(plan: Plan, run_ids: tuple[str, ...]) -> dict[str, object]:
+    """The paper's reading switches (``Paper.readings``) as the row's runs of its ``reading_models`` are
+    configured: {key: value}, or {key: [values]} when an ensemble's runs differ; {} for other models."""
+    configs = [plan.runs[r].config for r in run_ids]
+    args = [c.model.args for c in configs if c.model.name in plan.paper.reading_models]
+    reading = {}
+    for key, default in plan.paper.readings.items():
+        values = list(dict.fromkeys(a.get(key, default) for a in args))
+        if values:
+            reading[key] = values[0] if len(values) == 1 else values
+    return reading
 
 
 def _changes(plan: Plan, run_id: str) -> list[str]:
@@ -68,6 +81,8 @@ def table_markdown(doc: dict) -> str:
         lines.append("| " + " | ".join([name, row["dataset"], row["protocol"], *cells, runs]) + " |")
         extra = [row["note"]] if row["note"] else []
         extra += [f"ASSUMPTION ({text})" for text in row["assumptions"]]
+        if row["reading"] and row["measured"] is not None:
+            extra.append("reading: " + ", ".join(f"{k}={v}" for k, v in row["reading"].items()))
         if row["recipe_changes"]:
             extra.append("trained with recipe changes in " + ", ".join(row["recipe_changes"]))
         if extra:

@@ -1,6 +1,8 @@
 """Published tables: one TOML file per paper in this folder, read into checked dataclasses.
 
-A file has ``[paper]`` (name, title, venue, source), ``[runs]`` (run id -> ``{recipe, dataset, set, assume}``: a
+A file has ``[paper]`` (name, title, venue, source, and optionally ``readings``: model arguments with their
+defaults that choose between readings of the paper, printed with every measured row of the ``reading_models``),
+``[runs]`` (run id -> ``{recipe, dataset, set, assume}``: a
 recipe of ``configs/`` with ``--set`` overrides, and what the recipe assumes where the paper is silent) and
 ``[[tables]]`` (id, caption, columns, rows). A row names its method, dataset (``f30k`` | ``coco``), protocol
 (``f30k`` | ``coco1k`` | ``coco5k``), the ``published`` numbers in the order of ``columns`` (``nan`` = not
@@ -81,6 +83,8 @@ class Paper:
     source: str
     runs: dict[str, RunSpec]
     tables: tuple[Table, ...]
+    readings: dict[str, object] = dataclasses.field(default_factory=dict)
+    reading_models: tuple[str, ...] = ()
 
     def table(self, table_id: str) -> Table:
         """The table ``table_id`` (as printed: "3", "3a", ...)."""
@@ -105,7 +109,8 @@ def load_paper(name: str) -> Paper:
     runs = {run_id: _run(run_id, spec, path) for run_id, spec in raw.get("runs", {}).items()}
     tables = tuple(_table(t, runs, path) for t in raw["tables"])
     info = raw["paper"]
-    return Paper(info["name"], info["title"], info["venue"], info["source"], runs, tables)
+    return Paper(info["name"], info["title"], info["venue"], info["source"], runs, tables,
+                 dict(info.get("readings", {})), tuple(info.get("reading_models", ())))
 
 
 def _run(run_id: str, spec: dict, path: Path) -> RunSpec:
