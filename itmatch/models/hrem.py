@@ -12,10 +12,10 @@ Instance level (training only, after ``instance_warmup`` iterations): a graph ov
 
 - Connection ``A`` (no gradient): each row keeps its top ``connect_fraction`` of columns (ties kept). The
   cross-modal blocks rank by the mean word–region matching score. The same-modality blocks rank, by default
-  (``same_modality_rank = "cross"``), as the release trained the published models: the image–image block by
-  ``v·tᵀ`` and the text–text block by ``t·vᵀ`` (CrossmodalGroup/HREM as published, ``lib/mca.py`` of
-  2023-06-13); ``"within"`` ranks them by ``v·vᵀ`` and ``t·tᵀ``, the paper's reading and the authors' later
-  correction (commit fb854a9, 2023-10-25).
+  (``same_modality_rank = "cross"``), as the release's ``lib/mca.py`` did from its first upload (2023-06-13)
+  to 2023-10-25, most likely what the published models were trained with: the image–image block by ``v·tᵀ``
+  and the text–text block by ``t·vᵀ``; ``"within"`` ranks them by ``v·vᵀ`` and ``t·tᵀ``, the paper's reading
+  and the release since the authors' change of 2023-10-25 (commit fb854a9).
 - Relevance ``S``: ``exp(-||x - y|| / sigma)`` within a modality; across modalities a small MLP over the top-K
   word–region matches plus their mean (one MLP per direction).
 - Word–region matching (SCAN-style, on detached local features): ``s = LeakyReLU_0.1(ŵ · r̂)``. Caption→image:
