@@ -55,8 +55,9 @@ def release_sizes(parts: list[dict]) -> dict[str, Any]:
                            f"{fc.shape[0]}; the release builds both with embed_size")
     steps = {int(m.group(1)) for k in sim if (m := re.match(r"SGR_module\.(\d+)\.", k))}
     has_saf = any(k.startswith("SAF_module.") for k in sim)
-    if has_saf == bool(steps):
-        raise ItmatchError("the similarity encoder must hold exactly one of SGR_module.* and SAF_module.* weights")
+    if has_saf and steps:  # neither: SGR with no reasoning step (sgr_step = 0)
+        raise ItmatchError("the similarity encoder holds both SGR_module.* and SAF_module.* weights; a release "
+                           "is SGR or SAF")
     sizes = dict(module="SAF" if has_saf else "SGR", embed_size=int(fc.shape[0]), img_dim=int(fc.shape[1]),
                  vocab_size=int(embed.shape[0]), word_dim=int(embed.shape[1]), num_layers=len(layers),
                  bi_gru="cap_rnn.weight_ih_l0_reverse" in text,

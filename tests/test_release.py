@@ -72,6 +72,22 @@ def test_opt_that_disagrees_with_the_weights_is_refused(tmp_path):
     assert "opt.sim_dim is 999 but the weights say 16" in message and "embed_size" not in message
 
 
+def test_release_structure_errors_name_the_weight(tmp_path):
+    path = tmp_path / "m.pth.tar"
+    parts = split_parts(small_model("sgr"))
+    del parts[2]["sim_tranloc_w.weight"]
+    save_parts(path, parts, module_name="SGR")
+    with pytest.raises(ItmatchError, match=r"m\.pth\.tar: missing weight 'sim_enc\.sim_tranloc_w\.weight'"):
+        load_model(path)
+    parts = split_parts(small_model("sgr"))
+    parts[2] |= {k: v for k, v in split_parts(small_model("saf"))[2].items() if k.startswith("SAF_module.")}
+    save_parts(path, parts, module_name="SGR")
+    with pytest.raises(ItmatchError, match="holds both SGR_module.* and SAF_module.* weights"):
+        load_model(path)
+    save_parts(path, split_parts(small_model("sgr", sgr_step=0)), module_name="SGR")
+    assert load_model(path).config.sgr_step == 0  # no SGR_module weights: SGR without reasoning
+
+
 # --- a literal re-implementation of the authors' module tree and of evaluation.py's loading ---------------
 
 class ImageEncoder(nn.Module):
