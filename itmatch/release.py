@@ -55,9 +55,9 @@ def release_sizes(parts: list[dict]) -> dict[str, Any]:
                            f"{fc.shape[0]}; the release builds both with embed_size")
     steps = {int(m.group(1)) for k in sim if (m := re.match(r"SGR_module\.(\d+)\.", k))}
     has_saf = any(k.startswith("SAF_module.") for k in sim)
-    if has_saf and steps:  # neither: SGR with no reasoning step (sgr_step = 0)
-        raise ItmatchError("the similarity encoder holds both SGR_module.* and SAF_module.* weights; a release "
-                           "is SGR or SAF")
+    if has_saf == bool(steps):
+        raise ItmatchError(f"the similarity encoder holds {'both' if has_saf else 'neither of'} SGR_module.* and "
+                           "SAF_module.* weights; a release is SGR or SAF")
     sizes = dict(module="SAF" if has_saf else "SGR", embed_size=int(fc.shape[0]), img_dim=int(fc.shape[1]),
                  vocab_size=int(embed.shape[0]), word_dim=int(embed.shape[1]), num_layers=len(layers),
                  bi_gru="cap_rnn.weight_ih_l0_reverse" in text,
@@ -96,6 +96,8 @@ def check_exportable(model: Matcher) -> None:
         raise ItmatchError(f"only SGR and SAF models can be written in the authors' layout, not "
                            f"{model.model_name or type(model).__name__!r}")
     wrong = [f"{k}={getattr(config, k)!r}" for k, v in RELEASE_FIXED.items() if getattr(config, k) != v]
+    if config.module == "SGR" and config.sgr_step == 0:  # itmatch then builds no local nodes (sim_tranloc_w)
+        wrong.append("sgr_step=0")
     if wrong:
         raise ItmatchError(f"the authors' code fixes {', '.join(f'{k}={v!r}' for k, v in RELEASE_FIXED.items())}; "
                            f"this model has {', '.join(wrong)}, which their scripts would score differently")

@@ -85,7 +85,8 @@ def test_release_structure_errors_name_the_weight(tmp_path):
     with pytest.raises(ItmatchError, match="holds both SGR_module.* and SAF_module.* weights"):
         load_model(path)
     save_parts(path, split_parts(small_model("sgr", sgr_step=0)), module_name="SGR")
-    assert load_model(path).config.sgr_step == 0  # no SGR_module weights: SGR without reasoning
+    with pytest.raises(ItmatchError, match="holds neither of SGR_module"):
+        load_model(path)
 
 
 # --- a literal re-implementation of the authors' module tree and of evaluation.py's loading ---------------
@@ -205,6 +206,7 @@ def test_a_training_checkpoint_exports_with_its_recipe(tmp_path):
     ("ave", {}, "only SGR and SAF models"),
     ("sgr", {"lambda_softmax": 4.0}, "this model has lambda_softmax=4.0"),
     ("saf", {"global_node": False}, "this model has global_node=False"),
+    ("sgr", {"sgr_step": 0}, "this model has sgr_step=0"),
 ])
 def test_models_the_authors_code_cannot_rebuild_are_refused(name, overrides, message):
     with pytest.raises(ItmatchError, match=message):
