@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("itmatch.errors", "itmatch.fileio", "itmatch.metrics", "itmatch.protocols", "itmatch.losses"),
     ("itmatch.data", "itmatch.features"),
     ("itmatch.models",),
-    ("itmatch.checkpoint", "itmatch.loading", "itmatch.scoring"),
+    ("itmatch.checkpoint", "itmatch.release", "itmatch.loading", "itmatch.scoring"),
     ("itmatch.evaluate", "itmatch.train", "itmatch.papers"),
     ("itmatch.search", "itmatch.viz", "itmatch.demo"),
     ("itmatch.serve",),
