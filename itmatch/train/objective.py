@@ -2,11 +2,12 @@
 
 By default a model is trained as the SGRAF authors train SGR/SAF: the (B, B) score matrix of the batch
 (``model(features, tokens, lengths)``, image i with caption i) under ``itmatch.losses.ranking_loss``. A model with
-an objective of its own provides two methods, split so that data-parallel runs can gather between them:
+an objective of its own (``has_own_objective``) provides two methods, split so that data-parallel runs can gather
+between them:
 ``encode_train_batch(features, tokens, lengths) -> batch`` (a NamedTuple or dataclass of tensors, batch on dim 0)
 and ``batch_loss(batch, *, margin, hardest_negative, same_image, step, epoch) -> (loss, {name: value})``
-(VSE and HREM do). A model with several score heads over shared parts (``head_scores(images, texts) -> (H, I, C)``,
-e.g. SGR and SAF trained jointly) is trained on the sum of the heads' losses.
+(VSE and HREM do). Every other model is trained on the sum of its heads' losses (``head_scores(images, texts) ->
+(H, I, C)``: one head by default, two for SGR and SAF trained jointly over shared parts).
 
 With a process ``group`` each process passes its slice of the batch and gets the loss of the whole batch (see
 ``itmatch.train.distributed``): a score-matrix model gathers all image encodings, scores them against its own
