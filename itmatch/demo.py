@@ -20,6 +20,7 @@ from itmatch.errors import ItmatchError
 from itmatch.features.images import load_image
 from itmatch.features.thumbnail import shrink
 from itmatch.fileio import atomic_path
+from itmatch.loading import load_models
 from itmatch.scoring import score_matrix
 
 CELL = 180
