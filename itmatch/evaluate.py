@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from itmatch.models.base import Matcher
 from itmatch.models.ensemble import Ensemble
 from itmatch.protocols import check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
+
+if TYPE_CHECKING:
+    from itmatch.train.distributed import DistInfo
 
 
 #: Captions per tile for embedding models: one (images × 1,024) matrix product instead of many thin ones.
@@ -152,21 +155,50 @@ def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     return targets
 
 
+def score_blocks_sharded(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
+                         blocks: list[tuple[np.ndarray, np.ndarray]], info: DistInfo, **engine
+                         ) -> list[np.ndarray] | None:
+    """``score_blocks`` with each block's images split into ``info.world_size`` consecutive shares, one per
+    process; the rows are gathered on rank 0, which gets the blocks' full matrices (other ranks: None).
+
+    A process scores its share against all the block's captions, so every score is computed as in one process.
+    """
+    shares = [(np.array_split(images, info.world_size)[info.rank], captions) for images, captions in blocks]
+    scored = iter(score_blocks(model, vocab, split, [b for b in shares if len(b[0])], **engine))
+    mine = [next(scored) if len(images) else np.zeros((0, len(captions)), np.float32) for images, captions in shares]
+    gathered = [info.gather_to_main(rows) for rows in mine]
+    return None if not info.is_main else gathered  # type: ignore[return-value]
+
+
 def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | Path] = (),
                    sims: Sequence[str | Path] = (), vocab: str | Path | None = None, protocol: str | None = None,
                    dev_subset: bool = False, trust: bool = False, save_sims_to: str | Path | None = None,
-                   **engine) -> dict:
-    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``."""
+                   **engine) -> dict | None:
+    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process scores a share of each block's images
+    (``score_blocks_sharded``) and rank 0 alone evaluates, saves the score matrices and returns the result;
+    the other ranks return None. ``engine["device"]`` ``cuda`` means each process's own GPU (``LOCAL_RANK``).
+    """
     if bool(checkpoints) == bool(sims):
         raise ItmatchError("give either --checkpoint (one or more) or --sims (one or more), not both or neither")
     split_data = load_split(data, split, dev_subset=dev_subset)
     check_protocol(protocol, split_data.n_images, split_data.caption_image)
     blocks = protocol_blocks(protocol, split_data.caption_image)
-    if checkpoints:
-        model, words = load_models(checkpoints, vocab, trust=trust, device=str(engine.get("device") or "cpu"))
-        block_sims = score_blocks(model, words, split_data, blocks, **engine)
-    else:
-        block_sims = load_sims(sims, blocks, split_data.n_images, split_data.n_captions)
+    from itmatch.train import distributed  # late: itmatch.train imports this module
+
+    info = distributed.setup(str(engine.get("device") or "cpu"))
+    try:
+        if checkpoints:
+            engine = {**engine, "device": info.device, "progress": bool(engine.get("progress")) and info.is_main}
+            model, words = load_models(checkpoints, vocab, trust=trust, device=str(info.device))
+            block_sims = score_blocks_sharded(model, words, split_data, blocks, info, **engine)
+        else:
+            block_sims = load_sims(sims, blocks, split_data.n_images, split_data.n_captions) if info.is_main else None
+    finally:
+        info.close()
+    if block_sims is None:
+        return None
     if save_sims_to is not None:
         save_sims(save_sims_to, block_sims)
     result = evaluate_blocks(protocol, split_data.caption_image, block_sims)

@@ -23,6 +23,7 @@ import dataclasses
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -55,6 +56,22 @@ class DistInfo:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def gather_to_main(self, rows: np.ndarray) -> np.ndarray | None:
+        """Every process's ``rows`` (n_r, ...) float32 concatenated in rank order on rank 0 (None elsewhere).
+
+        The pieces may differ in length; they travel as tensors on this process's device (NCCL needs a GPU).
+        """
+        if self.world_size == 1:
+            return rows
+        lengths = self.all_gather_object(len(rows))
+        padded = torch.zeros((max(lengths), *rows.shape[1:]), dtype=torch.float32, device=self.device)
+        padded[: len(rows)] = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        parts = [torch.empty_like(padded) for _ in lengths] if self.is_main else None
+        dist.gather(padded, parts, dst=0)
+        if parts is None:
+            return None
+        return np.concatenate([part[:n].cpu().numpy() for part, n in zip(parts, lengths)])
 
     def close(self) -> None:
         if self.owns_process_group:
