@@ -100,3 +100,17 @@ def test_coco1k_two_processes_equal_one(dataset, tmp_path: Path) -> None:
         assert a.shape == b.shape == (1000, 5000)
         assert float(np.abs(a - b).max()) <= 1e-6
     assert one == two and len(two["folds"]) == 5
+
+
+def test_image_shares_cover_every_row_once_in_equal_parts() -> None:
+    from itmatch.evaluate import image_shares
+
+    blocks = [(np.arange(k * 1000, (k + 1) * 1000), np.arange(k * 5000, (k + 1) * 5000)) for k in range(5)]
+    shares = image_shares(blocks, 2)
+    assert [sum(len(images) for images, _ in share) for share in shares] == [2500, 2500]
+    assert [[len(images) for images, _ in share] for share in shares] == [[1000, 1000, 500, 0, 0],
+                                                                          [0, 0, 500, 1000, 1000]]
+    for b, (images, captions) in enumerate(blocks):
+        np.testing.assert_array_equal(np.concatenate([share[b][0] for share in shares]), images)
+        assert all(share[b][1] is captions for share in shares)
+    assert [len(share[0][0]) for share in image_shares(blocks[:1], 3)] == [333, 334, 333]
