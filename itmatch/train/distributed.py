@@ -20,6 +20,7 @@ DDP's gradient buckets.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Any
 
@@ -78,11 +79,13 @@ class DistInfo:
             dist.destroy_process_group()
 
 
-def setup(device: str | None = "auto") -> DistInfo:
+def setup(device: str | None = "auto", timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else run as one process.
 
     ``device``: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; under ``torchrun`` a GPU
-    run uses ``cuda:LOCAL_RANK``. GPUs communicate with NCCL, CPUs with gloo.
+    run uses ``cuda:LOCAL_RANK``. GPUs communicate with NCCL, CPUs with gloo. ``timeout``: how long a collective
+    may wait for the other processes (default torch's, 10 to 30 minutes): longer where a process that finished
+    its share waits for the slowest one.
     """
     want = "auto" if device is None else device
     use_cuda = torch.cuda.is_available() if want == "auto" else torch.device(want).type == "cuda"
@@ -99,7 +102,7 @@ def setup(device: str | None = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), dev, dist.new_group(), owns)
 
 

@@ -1,0 +1,84 @@
+"""`torchrun --nproc_per_node 2 -m itmatch extract` (gloo, CPU): the pictures shared out across the processes,
+merged into the same features folder as one process writes, bit for bit; a process killed mid-run and the
+run started again finishes with the same arrays."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from itmatch.features import open_features
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).with_name("digest_extractor.py")
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+ARRAYS = ("features", "boxes", "labels", "scores")
+
+
+def extract(pictures: Path, out: Path, *, processes: int, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """`itmatch extract --extractor digest` over ``pictures`` in one process or two (torchrun)."""
+    launcher = TORCHRUN if processes == 2 else [sys.executable]
+    command = [*launcher, str(SCRIPT), "extract", "--images", str(pictures), "--out", str(out), "--extractor",
+               "digest", "--regions", "5", "--batch-size", "2", "--no-progress"]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """23 small files with picture names (the digest extractor never decodes them): shares of 12 and 11."""
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(0)
+    for i in range(23):
+        (folder / f"p{i:03d}.png").write_bytes(rng.bytes(int(rng.integers(50, 500))))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_process(pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "features"
+    done = extract(pictures, out, processes=1)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def assert_same_folder(a: Path, b: Path) -> None:
+    one, two = open_features(a), open_features(b)
+    for name in ARRAYS:
+        left, right = np.asarray(getattr(one, name)), np.asarray(getattr(two, name))
+        assert left.dtype == right.dtype and left.shape == right.shape and left.tobytes() == right.tobytes(), name
+    assert one.images == two.images and one.info == two.info
+    assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in a.iterdir())  # no shards left behind
+
+
+def test_two_processes_equal_one(pictures: Path, one_process: Path, tmp_path: Path) -> None:
+    done = extract(pictures, tmp_path / "two", processes=2)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("wrote") == 1 and "23 extracted, 0 reused" in done.stdout  # rank 0 reports for all
+    assert_same_folder(one_process, tmp_path / "two")
+    again = extract(pictures, tmp_path / "two", processes=2)  # finished: nothing extracted again
+    assert again.returncode == 0 and "0 extracted, 23 reused" in again.stdout
+
+
+def test_killed_process_resumes_to_the_same_arrays(pictures: Path, one_process: Path, tmp_path: Path) -> None:
+    out = tmp_path / "two"
+    killed = extract(pictures, out, processes=2, env={"DIGEST_KILL_RANK": "1", "DIGEST_KILL_AFTER": "4"})
+    assert killed.returncode != 0
+    assert not (out / "extractor.json").exists()
+    shard = out / ".shards" / "1-of-2" / ".partial" / "done.log"
+    assert len(shard.read_text().splitlines()) == 4  # rank 1 got 4 of its 11 pictures done before the kill
+    resumed = extract(pictures, out, processes=2)
+    assert resumed.returncode == 0, resumed.stderr
+    counts = json.loads((out / "extractor.json").read_text())["count"]
+    assert counts == 23
+    # rank 1 redoes only its 7 missing pictures; rank 0 its unfinished ones (it was stopped with rank 1)
+    extracted = int(resumed.stdout.split(" extracted")[0].rsplit("(", 1)[1])
+    assert extracted <= 23 - 4
+    assert_same_folder(one_process, out)
