@@ -232,8 +232,10 @@ class Index:
         return self.captions[at] if at < self.n_captions and self.caption_image[at] == image else None
 
 
-def open_index(directory: str | Path) -> Index:
-    """Open an index folder written by ``build_index``; memory-maps its arrays and reads its FAISS files."""
+def open_index(directory: str | Path, *, writable: bool = False) -> Index:
+    """Open an index folder written by ``build_index``: its arrays and FAISS files memory-mapped (the memory a
+    reader holds does not grow with the gallery), or the FAISS files read into memory when ``writable`` (to add
+    to them)."""
     import faiss
 
     directory = Path(directory)
@@ -256,8 +258,9 @@ def open_index(directory: str | Path) -> Index:
         caption_image.append(np.load(folder / "caption_image.npy") + offset)
     boxes = [np.load(f / "boxes.npy", mmap_mode="r") if (f / "boxes.npy").is_file() else None for f in folders]
     files = meta["faiss"]
-    image_faiss = faiss.read_index(str(directory / files["images"]))  # an IVF file keeps its nprobe
-    caption_faiss = faiss.read_index(str(directory / files["captions"])) if files.get("captions") else None
+    flags = 0 if writable else faiss.IO_FLAG_MMAP_IFC
+    image_faiss = faiss.read_index(str(directory / files["images"]), flags)  # an IVF file keeps its nprobe
+    caption_faiss = faiss.read_index(str(directory / files["captions"]), flags) if files.get("captions") else None
     return Index(directory, meta, image_faiss, caption_faiss, pictures, captions,
                  np.concatenate(caption_image).astype(np.int64), arrays, boxes)
 
@@ -323,7 +326,7 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     """Append the pictures of ``features`` (``split`` of a dataset) to the index ``index_dir`` as a new segment,
     encoded with the index's own models; nothing already indexed is read again. Returns the new metadata."""
     index_dir = Path(index_dir)
-    index = open_index(index_dir)
+    index = open_index(index_dir, writable=True)
     meta = index.meta
     gallery = open_gallery(features, split)
     _check_compatible(features, gallery, meta["regions"], meta["dim"], meta["extractor"])
