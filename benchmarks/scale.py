@@ -168,6 +168,32 @@ def build_gallery(out: Path, n: int, models: dict[str, Path], args: argparse.Nam
     return report
 
 
+def float16_difference(models: dict[str, Path], queries: int) -> dict[str, float]:
+    """SGR + SAF scores of ``POOL`` pictures × text queries from float32 encodings and from their float16
+    copies (what ``--store-dtype float16`` stores): the largest difference, the scores' spread, and how often a
+    query's top 10 changes order."""
+    from itmatch.evaluate import load_models
+    from itmatch.scoring import encode_texts
+
+    rng = np.random.default_rng(2)
+    pool = torch.from_numpy(np.abs(rng.standard_normal((POOL, REGIONS, FEATURE_DIM), dtype=np.float32)))
+    totals = [np.zeros((POOL, queries)), np.zeros((POOL, queries))]
+    with torch.inference_mode():
+        for name in ("sgr", "saf"):
+            model, vocab = load_models([models[name]], None)
+            images = model.encode_images(pool)
+            half = dataclasses.replace(images, **{f.name: getattr(images, f.name).half().float()
+                                                  for f in dataclasses.fields(images)
+                                                  if isinstance(getattr(images, f.name), torch.Tensor)})
+            for index, texts in encode_texts(model, vocab.encode_all(sentences(queries, 3)), torch.device("cpu")):
+                totals[0][:, index] += model.score(images, texts).numpy() / 2
+                totals[1][:, index] += model.score(half, texts).numpy() / 2
+    full, half_scores = totals
+    top = [np.array_equal(np.argsort(-full[:, j])[:10], np.argsort(-half_scores[:, j])[:10]) for j in range(queries)]
+    return {"max_abs_difference": float(np.abs(full - half_scores).max()), "score_std": float(full.std()),
+            "top10_order_changed": 1 - float(np.mean(top))}
+
+
 def recall_at_100(index_dir: Path, queries: int, nprobes: list[int]) -> dict[int, float]:
     """Mean overlap of the FAISS index's top 100 with exact search's, for queries near gallery pictures."""
     from itmatch.search import open_index
@@ -281,6 +307,7 @@ def main() -> None:
             small = build_gallery(args.work / "small", max(1000, args.pictures // 10), models, args)
             probe = run_probe(args.work / "small", args.queries)
             print(f"serve, {small['pictures']} pictures:", json.dumps(probe), flush=True)
+            print("float16 stores vs float32, SGR + SAF scores:", json.dumps(float16_difference(models, 64)))
         if not args.skip_distributed:
             print("1 vs 2 processes:", json.dumps(speedups(args.work, models, args)), flush=True)
     finally:
