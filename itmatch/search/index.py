@@ -258,7 +258,8 @@ def open_index(directory: str | Path, *, writable: bool = False) -> Index:
         caption_image.append(np.load(folder / "caption_image.npy") + offset)
     boxes = [np.load(f / "boxes.npy", mmap_mode="r") if (f / "boxes.npy").is_file() else None for f in folders]
     files = meta["faiss"]
-    flags = 0 if writable else faiss.IO_FLAG_MMAP_IFC
+    # mapping FAISS files needs a faiss with IO_FLAG_MMAP_IFC (1.15 tested); an older one reads them into memory
+    flags = 0 if writable else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
     image_faiss = faiss.read_index(str(directory / files["images"]), flags)  # an IVF file keeps its nprobe
     caption_faiss = faiss.read_index(str(directory / files["captions"]), flags) if files.get("captions") else None
     return Index(directory, meta, image_faiss, caption_faiss, pictures, captions,
