@@ -101,6 +101,11 @@ def unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def tensor_fields(encoding: object) -> list[str]:
+    """The names of an encoding's tensor fields (what an index stores per re-ranker)."""
+    return [f.name for f in dataclasses.fields(encoding) if isinstance(getattr(encoding, f.name), torch.Tensor)]
+
+
 def build_gallery(out: Path, n: int, models: dict[str, Path], args: argparse.Namespace) -> dict:
     """The index folder of ``n`` generated pictures (module docstring); returns what was measured."""
     shutil.rmtree(out, ignore_errors=True)
@@ -131,7 +136,7 @@ def build_gallery(out: Path, n: int, models: dict[str, Path], args: argparse.Nam
         fields = []
         for k, encoding in enumerate(encodings):
             (seg / f"reranker-{k}").mkdir()
-            names = [f.name for f in dataclasses.fields(encoding) if isinstance(getattr(encoding, f.name), torch.Tensor)]
+            names = tensor_fields(encoding)
             fields.append(names)
             for name in names:
                 value = getattr(encoding, name).numpy()
@@ -182,9 +187,8 @@ def float16_difference(models: dict[str, Path], queries: int) -> dict[str, float
         for name in ("sgr", "saf"):
             model, vocab = load_models([models[name]], None)
             images = model.encode_images(pool)
-            half = dataclasses.replace(images, **{f.name: getattr(images, f.name).half().float()
-                                                  for f in dataclasses.fields(images)
-                                                  if isinstance(getattr(images, f.name), torch.Tensor)})
+            half = dataclasses.replace(images, **{name: getattr(images, name).half().float()
+                                                  for name in tensor_fields(images)})
             for index, texts in encode_texts(model, vocab.encode_all(sentences(queries, 3)), torch.device("cpu")):
                 totals[0][:, index] += model.score(images, texts).numpy() / 2
                 totals[1][:, index] += model.score(half, texts).numpy() / 2

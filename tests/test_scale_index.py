@@ -19,7 +19,8 @@ from itmatch.search import Searcher, add_to_index, build_index, open_index
 from itmatch.search.index import default_m, make_faiss
 
 #: Largest change of a re-ranked score when the stored encodings are float16 (docs/scale.md): float16 keeps
-#: 11 significant bits (relative error 2^-11 ≈ 4.9e-4 per stored value); measured here 7e-5 (small random models), see docs/scale.md for demo-sized ones.
+#: 11 significant bits (relative error 2^-11 ≈ 4.9e-4 per stored value); measured here 7e-5 (small random
+#: models); docs/scale.md gives the demo-sized figures.
 FLOAT16_SCORE_TOLERANCE = 1e-3
 
 
