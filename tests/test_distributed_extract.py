@@ -82,3 +82,27 @@ def test_killed_process_resumes_to_the_same_arrays(pictures: Path, one_process: 
     extracted = int(resumed.stdout.split(" extracted")[0].rsplit("(", 1)[1])
     assert extracted <= 23 - 4
     assert_same_folder(one_process, out)
+
+
+def test_data_build_manifest_on_two_processes_equals_one(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(12):  # decodable pictures: the manifest check decodes every one
+        cv2.imwrite(str(tmp_path / f"p{i:02d}.png"), rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8))
+        lines.append(json.dumps({"image": f"p{i:02d}.png", "captions": [f"picture number {i}", "a small square"]}))
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for key, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
+        command = [*launcher, str(SCRIPT), "data", "build", "manifest", "--manifest", str(manifest), "--out",
+                   str(tmp_path / key), "--features", str(tmp_path / f"features-{key}"), "--extractor", "digest",
+                   "--split", "0.5/0.25/0.25", "--no-progress"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("wrote") == 1 and "(12 pictures extracted" in done.stdout  # rank 0 reports all
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in one.iterdir()) == sorted(p.name for p in two.iterdir())
+    for path in one.iterdir():
+        assert path.read_bytes() == (two / path.name).read_bytes(), path.name
