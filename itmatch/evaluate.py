@@ -183,7 +183,7 @@ def score_blocks_sharded(model: Matcher, vocab: Vocabulary | None, split: Precom
     scored = iter(score_blocks(model, vocab, split, [b for b in shares if len(b[0])], **engine))
     mine = [next(scored) if len(images) else np.zeros((0, len(captions)), np.float32) for images, captions in shares]
     gathered = [info.gather_to_main(rows) for rows in mine]
-    return None if not info.is_main else gathered  # type: ignore[return-value]
+    return gathered if info.is_main else None  # type: ignore[return-value]
 
 
 def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | Path] = (),
@@ -203,7 +203,8 @@ def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | 
     blocks = protocol_blocks(protocol, split_data.caption_image)
     from itmatch.train import distributed  # late: itmatch.train imports this module
 
-    info = distributed.setup(str(engine.get("device") or "cpu"))
+    device = engine.get("device")
+    info = distributed.setup("auto" if device is None else str(device))  # None: a GPU when there is one
     try:
         if checkpoints:
             engine = {**engine, "device": info.device, "progress": bool(engine.get("progress")) and info.is_main}
