@@ -259,7 +259,8 @@ def speedups(work: Path, models: dict[str, Path], args: argparse.Namespace) -> d
 
     from itmatch.data import write_synthetic
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # one thread a process, for torch and for OpenCV's DNN (the extractor), so 2 processes use 2 cores
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1", "PYTHONPATH": str(ROOT)}
     one = [sys.executable, "-m", "itmatch"]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "itmatch"]
     data = write_synthetic(work / "eval", n_images={"train": 2, "dev": 2, "test": args.eval_images},

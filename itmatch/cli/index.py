@@ -39,7 +39,7 @@ def build(
         min=1)] = None,
     store_dtype: Annotated[str, typer.Option(
         help="float32, or float16: half the disk for the stored region features and re-ranker encodings "
-             "(scores change by about 1e-3; docs/scale.md).")] = "float32",
+             "(scores change by less than 1e-3; docs/scale.md).")] = "float32",
     device: DeviceOption = "cpu",
     progress: ProgressOption = True,
 ) -> None:
