@@ -64,6 +64,10 @@ def test_default_m_divides_the_embedding() -> None:
         make_faiss(np.zeros((300, 32), np.float32), "ivfpq", nlist=4, m=7)
     with pytest.raises(ItmatchError, match="needs at least 256 pictures to train on, got 100"):
         make_faiss(np.zeros((100, 32), np.float32), "ivfpq", nlist=4)
+    for wrong, message in ({"store_dtype": "float8"}, "--store-dtype must be one of float32, float16, got"), (
+            {"index_type": "hnsw"}, "--index-type must be one of auto, flat, ivf, ivfpq, got 'hnsw'"):
+        with pytest.raises(ItmatchError, match=message):
+            build_index("/nowhere", "/nowhere/index", embedder="vse.pt", **wrong)
 
 
 @pytest.fixture(scope="module")

@@ -283,6 +283,8 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INDEX_FILE).is_file())):
         raise ItmatchError(f"{out}: exists and is not a search index; give a new or empty folder")
+    dtype = check_store_dtype(store_dtype)
+    choose_kind(0, index_type)  # a wrong --index-type is reported before any work
     sources = [features] if isinstance(features, (str, Path)) else list(features)
     if not sources:
         raise ItmatchError("no features to index; give --features FOLDER (repeat it for several folders)")
@@ -292,7 +294,6 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
         _check_compatible(source, gallery, first.n_regions, first.dim, first.extractor)
     n_images = sum(g.n_images for g in galleries)
     kind = choose_kind(n_images, index_type)
-    dtype = check_store_dtype(store_dtype)
     with atomic_dir(out) as tmp:
         meta = _store_models(tmp, embedder, rerankers, vocab)
         models = load_index_models(tmp, meta, device)
