@@ -67,18 +67,19 @@ def test_two_processes_equal_one(pictures: Path, one_process: Path, tmp_path: Pa
     assert again.returncode == 0 and "0 extracted, 23 reused" in again.stdout
 
 
-def test_killed_process_resumes_to_the_same_arrays(pictures: Path, one_process: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("resume_with", [2, 1])
+def test_killed_process_resumes_to_the_same_arrays(pictures: Path, one_process: Path, tmp_path: Path,
+                                                   resume_with: int) -> None:
     out = tmp_path / "two"
     killed = extract(pictures, out, processes=2, env={"DIGEST_KILL_RANK": "1", "DIGEST_KILL_AFTER": "4"})
     assert killed.returncode != 0
     assert not (out / "extractor.json").exists()
     shard = out / ".shards" / "1-of-2" / ".partial" / "done.log"
     assert len(shard.read_text().splitlines()) == 4  # rank 1 got 4 of its 11 pictures done before the kill
-    resumed = extract(pictures, out, processes=2)
+    resumed = extract(pictures, out, processes=resume_with)  # the same command again, or one process
     assert resumed.returncode == 0, resumed.stderr
-    counts = json.loads((out / "extractor.json").read_text())["count"]
-    assert counts == 23
-    # rank 1 redoes only its 7 missing pictures; rank 0 its unfinished ones (it was stopped with rank 1)
+    assert json.loads((out / "extractor.json").read_text())["count"] == 23
+    # rank 1's 4 finished pictures (and whatever rank 0 finished before it was stopped) are not extracted again
     extracted = int(resumed.stdout.split(" extracted")[0].rsplit("(", 1)[1])
     assert extracted <= 23 - 4
     assert_same_folder(one_process, out)

@@ -38,6 +38,7 @@ ARRAYS = ("features", "boxes", "labels", "scores")
 INFO_FILE = "extractor.json"
 IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
+SHARDS = ".shards"  # the processes' shares of a `torchrun` extraction (itmatch.features.sharded)
 
 
 @dataclass
@@ -147,12 +148,13 @@ def extract_features(
 
 def extract_here(extractor: Extractor, paths: list[Path], keys: list[dict[str, Any]], out: Path, batch_size: int,
                   progress: bool, skip_unreadable: bool, started: float, reuse: Sequence[Path] = ()) -> FeatureSet:
-    """``extract_features`` in this process; rows are also reused from the features folders ``reuse``."""
+    """``extract_features`` in this process; rows are also reused from the features folders ``reuse`` and from
+    the shares of an unfinished ``torchrun`` extraction into ``out`` (whatever its number of processes)."""
     config = extractor.config()
     if _is_finished(out, config, keys):
         return open_features(out)
     out.mkdir(parents=True, exist_ok=True)
-    run = _Partial.prepare(out, config, keys, extractor.regions, reuse)
+    run = _Partial.prepare(out, config, keys, extractor.regions, [*reuse, *shard_folders(out)])
     todo = [i for i in range(len(keys)) if i not in run.done]
     bar = _progress(len(todo), progress)
     try:
@@ -162,6 +164,7 @@ def extract_here(extractor: Extractor, paths: list[Path], keys: list[dict[str, A
     finally:
         bar.close()
     run.finish()
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
     result = open_features(out)
     result.computed = len(todo)
     result.seconds = time.perf_counter() - started
@@ -204,6 +207,15 @@ def _finished_plan(out: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]
         return None
     info = json.loads((out / INFO_FILE).read_text(encoding="utf-8"))
     return info.get("extractor"), [_key_tuple(r) for r in _read_jsonl(out / IMAGES_FILE)]
+
+
+def shard_folders(out: Path, other_than: int | None = None) -> list[Path]:
+    """The folders (finished, partial) of the shares of ``torchrun`` extractions into ``out``; with
+    ``other_than`` W, not those of a run with W processes."""
+    shares = sorted((out / SHARDS).glob("*"))
+    if other_than is not None:
+        shares = [share for share in shares if not share.name.endswith(f"-of-{other_than}")]
+    return [folder for share in shares for folder in (share, share / PARTIAL)]
 
 
 def _is_finished(out: Path, config: dict[str, Any], keys: list[dict[str, Any]]) -> bool:
