@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SMALL, small_model
 
 from itmatch.checkpoint import save_model
 from itmatch.cli import main
 from itmatch.data.synthetic import write_synthetic
 from itmatch.data.vocab import load_vocab
+from itmatch.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -38,23 +40,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, P
     data = write_synthetic(root / "data", n_images={"train": 4, "dev": 4, "test": 13, "testall": 5000},
                            feature_dim=SMALL["img_dim"])
     vocab = load_vocab(data / "vocab.json")
-    files = {}
-    for seed, name in enumerate(("sgr", "saf", "vse")):
-        args = {"vocab_size": len(vocab)} if name != "vse" else {
-            "vocab_size": len(vocab), "img_dim": SMALL["img_dim"], "embed_size": 32, "word_dim": 12}
-        model = small_model(name, seed=seed, **args) if name != "vse" else _vse(seed, **args)
-        files[name] = root / f"{name}.safetensors"
+    torch.manual_seed(2)
+    models = {"sgr": small_model("sgr", seed=0, vocab_size=len(vocab)),
+              "saf": small_model("saf", seed=1, vocab_size=len(vocab)),
+              "vse": create_model("vse", vocab_size=len(vocab), img_dim=SMALL["img_dim"], embed_size=32,
+                                  word_dim=12).eval()}
+    files = {name: root / f"{name}.safetensors" for name in models}
+    for name, model in models.items():
         save_model(files[name], model, vocab=vocab.to_json())
     return data, files
-
-
-def _vse(seed: int, **args: int):
-    import torch
-
-    from itmatch.models import create_model
-
-    torch.manual_seed(seed)
-    return create_model("vse", **args).eval()
 
 
 def one_and_two(tmp_path: Path, *args: object) -> tuple[dict, dict, Path, Path]:
