@@ -46,6 +46,9 @@ def evaluate(
         --checkpoint SGR/model_best.pth.tar --checkpoint SAF/model_best.pth.tar --protocol f30k
 
       itmatch evaluate --data data/coco_precomp --split testall --protocol coco1k --sims sgr.npy --sims saf.npy
+
+      torchrun --nproc_per_node 4 -m itmatch evaluate --device cuda ... (each process scores a share of the
+      images on its own GPU; rank 0 writes the report; see docs/scale.md)
     """
     from itmatch.evaluate import evaluate_split
     from itmatch.fileio import write_json
@@ -55,6 +58,8 @@ def evaluate(
                             protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
                             save_sims_to=save_sims, device=device, precision=precision,
                             max_memory=max_memory << 20 if max_memory else None, progress=progress)
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     typer.echo(format_table(result))
     if output is None and checkpoint:
         first = checkpoint[0]
