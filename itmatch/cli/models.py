@@ -52,6 +52,9 @@ def evaluate(
       itmatch evaluate --data data/coco_precomp --split testall --protocol coco1k --sims sgr.npy --sims saf.npy
 
       itmatch evaluate --sims sims_f30k_test.npy --protocol f30k        # a 1,000 × 5,000 matrix needs no --data
+
+      torchrun --nproc_per_node 4 -m itmatch evaluate --device cuda ... (each process scores a share of the
+      images on its own GPU; rank 0 writes the report; see docs/scale.md)
     """
     from itmatch.evaluate import evaluate_split
     from itmatch.fileio import write_json
@@ -62,6 +65,8 @@ def evaluate(
                             save_sims_to=save_sims, captions_per_image=captions_per_image, device=device,
                             precision=precision,
                             max_memory=max_memory << 20 if max_memory else None, progress=progress)
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     typer.echo(format_table(result))
     if output is None and checkpoint:
         first = checkpoint[0]

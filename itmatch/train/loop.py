@@ -22,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from itmatch import distributed as processes
 from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
@@ -149,7 +150,7 @@ def train(config: TrainConfig, *, data: str | Path, vocab: str | Path, out: str 
     ``out`` is the run directory: a new one, or with ``resume`` one to continue from its ``last.pt`` (a run
     killed at any step continues to the same weights). Under ``torchrun`` every rank calls this.
     """
-    info = distributed.setup(device)
+    info = processes.setup(device)
     try:
         return _Trainer(config, Path(data), Path(vocab), Path(out), resume, info, progress).run()
     finally:
@@ -160,7 +161,7 @@ class _Trainer:
     """One run: set up from a fresh or resumed run directory, then ``run``."""
 
     def __init__(self, config: TrainConfig, data: Path, vocab: Path, out: Path, resume: bool,
-                 info: distributed.DistInfo, progress: bool) -> None:
+                 info: processes.DistInfo, progress: bool) -> None:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self.vocab = load_vocab(vocab)
