@@ -31,13 +31,17 @@ from tqdm import tqdm
 from itmatch.errors import ItmatchError
 from itmatch.features.base import Extractor, Regions, check_regions, get_extractor
 from itmatch.features.images import UnreadableImage
-from itmatch.fileio import write_json, write_text
+from itmatch.fileio import FolderFormat, check_folder, mark_folder, remove_stale, write_json, write_text
 
 FORMAT_VERSION = 1
 ARRAYS = ("features", "boxes", "labels", "scores")
 INFO_FILE = "extractor.json"
 IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
+#: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions: by their names and INFO_FILE).
+FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION,
+                      legacy=(*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new"),
+                      legacy_file=INFO_FILE, legacy_keys=("extractor", "count"))
 
 
 @dataclass
@@ -116,6 +120,8 @@ def extract_features(
 ) -> FeatureSet:
     """Extract R region features for every picture in ``images`` into ``out_dir`` and open the result.
 
+    ``out_dir`` must be new, empty, or a features folder itmatch wrote that holds nothing else.
+
     ``extractor`` is a registered name (created with ``regions`` and ``options``) or an :class:`Extractor`.
     Resumable and incremental: finished pictures are never extracted again (see the module docstring). Row i of
     every array belongs to ``images[i]``. With ``skip_unreadable`` a picture that cannot be decoded gets zero rows
@@ -135,7 +141,10 @@ def extract_features(
         seen[key["path"]] = i
     config = extractor.config()
     out = Path(out_dir)
+    check_folder(out, FOLDER)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    mark_folder(out, FOLDER, claim=[*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new"])
     if _finished_plan(out) == (config, [_key_tuple(k) for k in keys]):
         return open_features(out)
 

@@ -33,13 +33,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import atomic_dir, atomic_path, write_json
-from itmatch.search.gallery import Gallery, open_gallery
+from itmatch.fileio import FolderFormat, atomic_dir, atomic_path, mark_folder, remove_stale, write_json
+from itmatch.search.gallery import Gallery, already_in, open_gallery
 
 FORMAT = "itmatch-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 INDEX_TYPES = ("auto", "flat", "ivf")
+#: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and index.json).
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
+                                                      "seg-*"), legacy_file=INDEX_FILE, legacy_keys=("segments", "faiss"))
 #: Galleries at least this large get an IVF index under ``index_type="auto"``.
 IVF_MIN_IMAGES = 100_000
 BLOCK = 256  # pictures encoded at once while building
@@ -195,14 +198,13 @@ def build_index(features: str | Path, out: str | Path, *, embedder: str | Path,
 
     ``embedder`` is an embedding model (VSE, HREM) that shortlists; ``rerankers`` (SGR, SAF, TSHSR, ...) re-rank
     the shortlist, their scores averaged. The models (and ``vocab``, for checkpoints without one) are copied into
-    the index. Built in a temporary folder and renamed: ``out`` is never half-written. Returns the metadata.
+    the index. Built in a temporary folder and renamed: ``out`` is never half-written, and an existing ``out`` is
+    replaced only when it is an index that holds nothing but what itmatch wrote. Returns the metadata.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INDEX_FILE).is_file())):
-        raise ItmatchError(f"{out}: exists and is not a search index; give a new or empty folder")
     gallery = open_gallery(features, split)
     kind = choose_kind(gallery.n_images, index_type)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, FOLDER) as tmp:
         meta = _store_models(tmp, embedder, rerankers, vocab)
         models = load_index_models(tmp, meta, device)
         segment = _write_segment(tmp / "seg-00000", gallery, models, device, progress)
@@ -219,11 +221,19 @@ def build_index(features: str | Path, out: str | Path, *, embedder: str | Path,
 def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | None = None, device: str = "cpu",
                  progress: bool = False) -> dict[str, Any]:
     """Append the pictures of ``features`` (``split`` of a dataset) to the index ``index_dir`` as a new segment,
-    encoded with the index's own models; nothing already indexed is read again. Returns the new metadata."""
+    encoded with the index's own models; nothing already indexed is read again, and pictures already in the index
+    (same file, size and modification time, as `extract` keys them) are skipped. Returns the new metadata plus
+    ``skipped``: how many pictures were already there."""
     index_dir = Path(index_dir)
     index = open_index(index_dir)
     meta = index.meta
+    remove_stale(index_dir)  # what a killed `add` left
     gallery = open_gallery(features, split)
+    new = ~already_in(gallery.pictures, index.pictures)
+    skipped = int((~new).sum())
+    if not new.any():
+        return {**meta, "skipped": skipped}
+    gallery = gallery.subset(np.flatnonzero(new)) if skipped else gallery
     if (gallery.n_regions, gallery.dim) != (meta["regions"], meta["dim"]):
         raise ItmatchError(f"{features}: {gallery.n_regions} regions × {gallery.dim} dims per picture, but the index "
                            f"holds {meta['regions']} × {meta['dim']}; extract them with the index's extractor")
@@ -233,6 +243,7 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     models = load_index_models(index_dir, meta, device)
     number = len(meta["segments"])
     name = f"seg-{number:05d}"
+    mark_folder(index_dir, FOLDER, claim=[name, f"images.{number + 1}.faiss", f"captions.{number + 1}.faiss"])
     with atomic_dir(index_dir / name) as tmp:  # replaces a segment left behind by an interrupted `add`
         segment = _write_segment(tmp, gallery, models, device, progress)
     segment.pop("fields")
@@ -249,7 +260,7 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     write_json(index_dir / INDEX_FILE, meta)
     for old in old_files:
         (index_dir / old).unlink(missing_ok=True)
-    return meta
+    return {**meta, "skipped": skipped}
 
 
 def _store_models(folder: Path, embedder: str | Path, rerankers: Sequence[str | Path],

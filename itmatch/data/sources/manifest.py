@@ -24,8 +24,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +46,15 @@ from itmatch.features import (
     get_extractor,
     load_image,
 )
-from itmatch.fileio import write_json, write_npy, write_text
+from itmatch.fileio import FolderFormat, atomic_dir, check_folder, write_json, write_npy, write_text
 
 SPLIT_NAMES = ("train", "dev", "test")
 DATASET_FILE = "dataset.json"
+#: The dataset folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: dataset.json).
+FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
+                                                    "*_images.jsonl", "vocab.json", DATASET_FILE),
+                      legacy_file=DATASET_FILE, legacy_keys=("splits", "extractor"))
 
 
 @dataclass(frozen=True)
@@ -289,9 +292,9 @@ def split_items(items: Sequence[Item], dev: int, test: int, seed: int = 0) -> di
 
 
 def check_out(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier itmatch dataset (which a build replaces)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DATASET_FILE).is_file())):
-        raise ItmatchError(f"{out}: exists and is not an itmatch dataset; choose a new --out folder")
+    """``out`` must be new, empty, or an earlier itmatch dataset holding only what itmatch wrote (a build replaces
+    it); checked before the long work starts."""
+    check_folder(out, FOLDER)
 
 
 def write_dataset(
@@ -303,14 +306,7 @@ def write_dataset(
     """Write the precomp directory ``out`` (see the module docstring) from items whose features ``locate`` gives
     as (feature set, row). Built in a temporary folder beside ``out``, renamed at the end. Returns the split
     counts and the vocabulary size."""
-    out = Path(out).absolute()
-    check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
+    with atomic_dir(out, FOLDER) as tmp:
         counts: dict[str, dict[str, int]] = {}
         for split, items in splits.items():
             if items:
@@ -326,10 +322,6 @@ def write_dataset(
             "splits": counts,
             "vocab_size": len(vocab),
         })
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts, len(vocab)
 
 
@@ -352,17 +344,6 @@ def _write_split(folder: Path, split: str, items: Sequence[Item], locate: Mappin
     write_npy(folder / f"{split}_boxes.npy", boxes)
     write_text(folder / f"{split}_images.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return {"images": len(items), "captions": len(captions)}
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put the finished folder ``new`` at ``out``, replacing an earlier build or an empty folder."""
-    if not out.exists():
-        new.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old)
 
 
 def features_cache(kind: str, extractor_config: dict[str, Any], *parts: str) -> Path:
