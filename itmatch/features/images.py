@@ -8,26 +8,20 @@ picture with alpha is decoded both ways and the alpha plane is turned the way th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from itmatch.errors import ItmatchError
-
-#: Longest side, in pixels, at which SVG drawings are rendered (the detector looks at 300 x 300).
-SVG_SIZE = 512
+from itmatch.features import svg
+from itmatch.features.svg import SVG_SIZE  # noqa: F401  (part of this module's interface)
 
 #: File name suffixes :func:`find_images` collects (OpenCV's formats plus SVG).
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pbm", ".pgm", ".ppm", ".pnm",
      ".pxm", ".sr", ".ras", ".jp2", ".exr", ".hdr", ".pic", ".avif", ".gif", ".svg"}
 )
-
-# A DOCTYPE with an internal subset, and the internal (quoted-value) entity declarations in it.
-_DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*\[(?P<subset>.*?)\]\s*>", re.DOTALL)
-_ENTITY = re.compile(rb"<!ENTITY\s+(?P<name>[\w.:-]+)\s+(?P<quote>[\"'])(?P<value>.*?)(?P=quote)\s*>", re.DOTALL)
 
 # The eight EXIF orientations as array operations (raw -> upright), identity first.
 _ORIENTATIONS = (
@@ -62,7 +56,7 @@ def load_image(path: str | Path) -> np.ndarray:
     except OSError as exc:
         raise UnreadableImage(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
     if path.suffix.lower() == ".svg":
-        return _composite(_decode_unchanged(_render_svg(data, path), path))
+        return _composite(_decode_unchanged(svg.RENDERER.render(data, path), path))
     buffer = np.frombuffer(data, np.uint8)
     colour = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if colour is None:
@@ -113,41 +107,3 @@ def _composite(image: np.ndarray) -> np.ndarray:
     alpha = image[..., 3:4].astype(np.float32) / 255.0
     out = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
     return np.ascontiguousarray(np.clip(out.round(), 0, 255).astype(np.uint8))
-
-
-def _render_svg(data: bytes, path: Path) -> bytes:
-    """Render SVG bytes to PNG bytes whose longest side is :data:`SVG_SIZE`, transparent background."""
-    try:
-        import cairosvg
-    except (ImportError, OSError) as exc:  # OSError: libcairo2 missing
-        raise ItmatchError(
-            f"{path}: SVG needs cairosvg and the libcairo2 system library ({exc}); "
-            "run `pip install cairosvg` and scripts/install_system_deps.sh"
-        ) from None
-    data = _expand_internal_entities(data)
-    try:
-        png = cairosvg.svg2png(bytestring=data, output_width=SVG_SIZE)
-        height, width = _png_size(png)
-        if height > width:
-            png = cairosvg.svg2png(bytestring=data, output_height=SVG_SIZE)
-    except Exception as exc:  # noqa: BLE001 -- cairosvg raises many kinds (XML, value, cairo) for bad drawings
-        raise UnreadableImage(f"{path}: cannot render this SVG ({type(exc).__name__}: {exc}); fix or drop it") from None
-    return png
-
-
-def _expand_internal_entities(data: bytes) -> bytes:
-    """Replace internal entities (``<!ENTITY ns_svg "http://...">``, common in Adobe Illustrator exports) by their
-    values and drop the DOCTYPE: cairosvg's safe parser refuses entities, and external ones must stay refused."""
-    doctype = _DOCTYPE.search(data)
-    if doctype is None:
-        return data
-    entities = {m["name"]: m["value"] for m in _ENTITY.finditer(doctype["subset"])}
-    body = data[: doctype.start()] + data[doctype.end():]
-    for name, value in entities.items():
-        body = body.replace(b"&" + name + b";", value)
-    return body
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    """(height, width) from a PNG's IHDR chunk."""
-    return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")
