@@ -57,16 +57,43 @@ def load_image(path: str | Path) -> np.ndarray:
         raise UnreadableImage(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
     if path.suffix.lower() == ".svg":
         return _composite(_decode_unchanged(svg.RENDERER.render(data, path), path))
+    return decode_image(data, path)
+
+
+#: OpenCV's colour decode at 1/1, 1/2, 1/4 and 1/8 of the size.
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def reduction(width: int, height: int, side: int) -> int:
+    """The largest of 1, 2, 4, 8 that keeps both sides of a ``width`` x ``height`` picture at least ``side``."""
+    return max(k for k in _REDUCED if k == 1 or min(width, height) // k >= side)
+
+
+def decode_image(data: bytes, name: str | Path, reduce: int = 1) -> np.ndarray:
+    """Decode the picture file bytes ``data`` (named ``name`` in errors) like :func:`load_image`, at 1/``reduce``
+    of its size (1, 2, 4 or 8). A JPEG is decoded at that size directly (its decoder scales the blocks), so a
+    huge photo never occupies memory at full size; other formats are scaled after decoding."""
     buffer = np.frombuffer(data, np.uint8)
-    colour = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    colour = cv2.imdecode(buffer, _REDUCED[reduce]) if buffer.size else None
     if colour is None:
-        raise UnreadableImage(f"{path}: not a picture OpenCV can decode; convert it to PNG or JPEG")
+        raise UnreadableImage(f"{name}: not a picture OpenCV can decode (not a picture, or cut short); "
+                              "convert it to PNG or JPEG")
     if data[:2] == b"\xff\xd8":  # JPEG: never has alpha, the colour decode is the answer
         return colour
-    raw = _decode_unchanged(data, path)
+    raw = _decode_unchanged(data, Path(name))
     if raw.ndim == 3 and raw.shape[2] == 4:
+        if reduce > 1:
+            raw = _resize_like(raw, colour)
         return _composite(_orient_like(raw, colour))
     return colour
+
+
+def _resize_like(raw: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """``raw`` scaled (area averaging) to ``colour``'s size, or to its transpose when the orientation turned it."""
+    height, width = colour.shape[:2]
+    turned = (raw.shape[0] > raw.shape[1]) != (height > width)
+    return cv2.resize(raw, (height, width) if turned else (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _decode_unchanged(data: bytes, path: Path) -> np.ndarray:
