@@ -72,6 +72,14 @@ def errors(**statuses: str) -> dict[int | str, dict[str, Any]]:
 
 BAD_PARAMETER = "a parameter is missing or out of range"
 
+#: What a query is stripped of: every character Python, JSON Schema (ECMAScript) or Rust calls white space.
+BLANK = "".join(sorted({chr(c) for c in range(0x3001) if chr(c).isspace()} | {"\ufeff"}))
+
+
+def query_schema(max_chars: int) -> dict[str, Any]:
+    """The JSON schema of a text query: at most ``max_chars`` characters, at least one of them not blank."""
+    return {"maxLength": max_chars, "pattern": f"[^{BLANK}]"}
+
 
 class ApiError(Exception):
     """A refused request: answered with ``status`` and ``{"error": message}``."""
@@ -127,11 +135,12 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     def query_text(q: str) -> str:
-        q = q.strip()
-        if not q:
-            raise ApiError(422, "q: the query is empty; type a few words")
+        """``q`` stripped, as ``query_schema`` describes it."""
         if len(q) > limits.max_query_chars:
             raise ApiError(422, f"q: the query is longer than {limits.max_query_chars} characters; shorten it")
+        q = q.strip(BLANK)
+        if not q:
+            raise ApiError(422, "q: the query is empty; type a few words")
         return q
 
     def image_id(image: int) -> int:
@@ -162,7 +171,8 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
 
     @app.get("/search", summary="Pictures for a text query (two-stage: shortlist by embedding, then re-rank)",
              responses=errors(e422=f"{BAD_PARAMETER}, or the query is empty or too long"))
-    async def search(q: str = Query(..., description=f"the query, at most {limits.max_query_chars} characters"),
+    async def search(q: str = Query(..., description=f"the query, at most {limits.max_query_chars} characters",
+                                    json_schema_extra=query_schema(limits.max_query_chars)),
                      top: int = Query(12, ge=1, le=limits.max_top, description="how many pictures")
                      ) -> JSONResponse:
         text = query_text(q)
@@ -223,7 +233,8 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
                                  e422=f"{BAD_PARAMETER}, or size is not one of {limits.thumbnail_sizes}")})
     async def image_file(image: int = PathParam(..., ge=0, description="the picture's id in the index"),
                          size: int = Query(limits.thumbnail_sizes[0], description=f"longest side: one of "
-                                                                                  f"{limits.thumbnail_sizes}")
+                                                                                  f"{limits.thumbnail_sizes}",
+                                           json_schema_extra={"enum": list(limits.thumbnail_sizes)})
                          ) -> Response:
         image_id(image)
         if size not in limits.thumbnail_sizes:
@@ -240,7 +251,8 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
              responses=errors(e404="no such picture", e422=f"{BAD_PARAMETER}, the text is empty or too long, or "
                                                            "no model of the index can explain"))
     async def explain(image: int = Query(..., ge=0, description="the picture's id"),
-                      q: str = Query(..., description="the text")) -> dict[str, Any]:
+                      q: str = Query(..., description="the text",
+                                     json_schema_extra=query_schema(limits.max_query_chars))) -> dict[str, Any]:
         text = query_text(q)
         data = await on_model_thread(searcher.explain, image_id(image), text)
         data.pop("path", None)
