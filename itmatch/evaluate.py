@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from itmatch.checkpoint import load_checkpoint
-from itmatch.data.precomp import PrecompSplit, load_split
+from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab, vocab_from_json
 from itmatch.errors import ItmatchError
 from itmatch.fileio import write_npy
@@ -142,6 +142,28 @@ def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.n
     return [np.asarray(sims[np.ix_(imgs, caps)]) for imgs, caps in blocks]
 
 
+def check_scores(block_sims: list[np.ndarray], blocks: list[tuple[np.ndarray, np.ndarray]], split: PrecompSplit,
+                 sims: Sequence[str | Path] = ()) -> None:
+    """Refuse NaN scores (they cannot be ranked), naming their cause: the images whose features hold NaN or
+    infinity (by their rows in the features file), else the saved score files ``sims``, else the model."""
+    bad = sorted({int(i) for (imgs, _), part in zip(blocks, block_sims)
+                  for i in np.asarray(imgs)[np.isnan(part).any(axis=1)]})
+    if not bad:
+        return
+    rows = [int(split.image_rows[i]) for i in bad]
+    broken = [r for r in rows if not np.isfinite(split.features[r]).all()]
+    if broken:
+        raise ItmatchError(f"{SplitFiles.of(split.directory, split.split).images}: feature rows {_listed(broken)} "
+                           "hold NaN or infinite values; extract those pictures again or drop them")
+    where = ", ".join(map(str, sims)) if sims else "the model"
+    raise ItmatchError(f"{where}: scores of images {_listed(bad)} are NaN; "
+                       + ("save them again" if sims else "the checkpoint's weights may be broken"))
+
+
+def _listed(numbers: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
+
+
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds."""
     path = Path(path)
@@ -167,9 +189,10 @@ def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | 
         block_sims = score_blocks(model, words, split_data, blocks, **engine)
     else:
         block_sims = load_sims(sims, blocks, split_data.n_images, split_data.n_captions)
-    if save_sims_to is not None:
-        save_sims(save_sims_to, block_sims)
+    check_scores(block_sims, blocks, split_data, sims)
     result = evaluate_blocks(protocol, split_data.caption_image, block_sims)
+    if save_sims_to is not None:  # only scores that could be evaluated are saved
+        save_sims(save_sims_to, block_sims)
     result["split"] = split
     result["sources"] = [str(p) for p in (checkpoints or sims)]
     return result
