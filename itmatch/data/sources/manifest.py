@@ -65,7 +65,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
+        text = f"{self.where}: {self.reason}"  # may quote the manifest: its line breaks would break the listing
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ManifestError(ItmatchError):
@@ -152,7 +153,12 @@ def read_manifest(path: str | os.PathLike, check_images: bool = True, progress: 
     base = path.parent.resolve()
     by_image: dict[Path, list[tuple[int, str, list[str]]]] = {}
     for line, image, captions in entries:
-        by_image.setdefault((base / image).resolve(), []).append((line, image, captions))
+        try:
+            resolved = (base / image).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system, a link loop
+            problems.append(Problem(f"{path}:{line}", f"not a usable picture path ({exc}); fix the path"))
+            continue
+        by_image.setdefault(resolved, []).append((line, image, captions))
     bad_images = _check_images(list(by_image), check_images, progress, base)
 
     items: list[Item] = []
@@ -239,7 +245,12 @@ def _check_images(images: list[Path], decode: bool, progress: bool, base: Path) 
     bad: dict[Path, str] = {}
     for image in tqdm(images, desc="checking pictures", unit="img", disable=not progress or not decode):
         shown = os.path.relpath(image, base)
-        if not image.is_file():
+        try:
+            found = image.is_file()
+        except OSError as exc:  # e.g. a name too long for the file system
+            bad[image] = f"cannot use the picture path {shown} ({exc.strerror}); fix the path"
+            continue
+        if not found:
             bad[image] = f"picture not found: {shown} (paths are relative to the manifest's folder)"
         elif decode:
             try:
