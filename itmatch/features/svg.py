@@ -7,7 +7,9 @@ so is a substitution that would exceed :data:`MAX_EXPANDED` bytes. (2) The cost 
 before (nested ``<use>``, filters, embedded pictures) and cairo's C code cannot be interrupted from Python, so
 drawings are rendered in a separate process (:mod:`itmatch.features.svg_worker`, which loads only cairosvg) whose
 address space is capped at :data:`MEMORY` bytes (``RLIMIT_AS``: works without root on Linux) and which is killed
-when one drawing takes longer than :data:`SECONDS`; the next drawing starts a new one.
+when one drawing takes more than :data:`SECONDS` of CPU time (read from ``/proc``, so a busy machine does not make a
+good drawing fail; where there is no ``/proc``, or past :data:`WALL_FACTOR` times that in wall-clock time, the
+wall clock decides); the next drawing starts a new process.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from itmatch.errors import ItmatchError
 
 #: Longest side, in pixels, at which SVG drawings are rendered (the detector looks at 300 x 300).
 SVG_SIZE = 512
-#: Wall-clock seconds one drawing may take to render.
+#: CPU seconds one drawing may take to render.
 SECONDS = 10.0
+#: Wall-clock limit, as a multiple of the CPU limit (a drawing that waits instead of computing).
+WALL_FACTOR = 3.0
 #: Address space, in bytes, of the rendering process.
 MEMORY = 1 << 30
 #: Largest SVG, in bytes, after internal entities are substituted.
@@ -62,7 +67,7 @@ class SvgRenderer:
                 answer = _ask(process, SVG_SIZE.to_bytes(4, "big") + svg, self.seconds)
             except TimeoutError:
                 self.close()
-                raise UnreadableImage(f"{path}: rendering this SVG took longer than {self.seconds:g} s; simplify "
+                raise UnreadableImage(f"{path}: rendering this SVG took more than {self.seconds:g} s; simplify "
                                       "or drop it") from None
             except (EOFError, OSError):
                 self.close()
@@ -87,7 +92,8 @@ class SvgRenderer:
         process = subprocess.Popen([sys.executable, "-I", str(_WORKER), str(self.memory)], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
         self._process = process
-        ready = _read_frame(process, time.monotonic() + _STARTUP_SECONDS)
+        deadline = time.monotonic() + _STARTUP_SECONDS
+        ready = _read_frame(process, lambda: time.monotonic() > deadline)
         if ready != b"ok":
             self.close()
             raise ItmatchError(f"SVG needs cairosvg and the libcairo2 system library ({ready[2:].decode()}); run "
@@ -96,26 +102,44 @@ class SvgRenderer:
 
 
 def _ask(process: subprocess.Popen[bytes], request: bytes, seconds: float) -> bytes:
-    """Send one request frame and wait at most ``seconds`` for the answer frame."""
+    """Send one request frame and wait for the answer frame while the process has used at most ``seconds`` of CPU
+    time for it (and at most :data:`WALL_FACTOR` times that in wall-clock time)."""
     assert process.stdin is not None
+    started = _cpu_seconds(process.pid)
     process.stdin.write(len(request).to_bytes(4, "big") + request)
-    return _read_frame(process, time.monotonic() + seconds)
+    deadline = time.monotonic() + seconds * (WALL_FACTOR if started is not None else 1.0)
+
+    def over() -> bool:
+        used = _cpu_seconds(process.pid)
+        return time.monotonic() > deadline or (used is not None and started is not None and used - started > seconds)
+
+    return _read_frame(process, over)
 
 
-def _read_frame(process: subprocess.Popen[bytes], deadline: float) -> bytes:
-    """One length-prefixed frame from the process; TimeoutError past ``deadline``, EOFError when it ended."""
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process ``pid`` has used, from ``/proc``; None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_frame(process: subprocess.Popen[bytes], over: Callable[[], bool]) -> bytes:
+    """One length-prefixed frame from the process; TimeoutError once ``over()``, EOFError when it ended."""
     assert process.stdout is not None
     fd = process.stdout.fileno()
-    head = _read_exactly(fd, 4, deadline)
-    return _read_exactly(fd, int.from_bytes(head, "big"), deadline)
+    head = _read_exactly(fd, 4, over)
+    return _read_exactly(fd, int.from_bytes(head, "big"), over)
 
 
-def _read_exactly(fd: int, n: int, deadline: float) -> bytes:
+def _read_exactly(fd: int, n: int, over: Callable[[], bool]) -> bytes:
     chunks, got = [], 0
     while got < n:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            raise TimeoutError
+        if not select.select([fd], [], [], 0.1)[0]:
+            if over():
+                raise TimeoutError
+            continue
         chunk = os.read(fd, min(n - got, 1 << 20))
         if not chunk:
             raise EOFError
