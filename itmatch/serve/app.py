@@ -26,7 +26,6 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -36,6 +35,7 @@ from itmatch.features.images import UnreadableImage, decode_image, load_image, r
 from itmatch.search.gallery import check_image_id
 from itmatch.search.searcher import Searcher
 from itmatch.serve.batching import QueryBatcher
+from itmatch.serve.schema import Explanation, Health, PictureAnswer, TextAnswer, answers
 from itmatch.serve.uploads import BodyLimit, UploadRejected, check_upload, too_large
 
 STATIC = Path(__file__).parent / "static"
@@ -57,17 +57,6 @@ class Limits:
 
 #: Room for the multipart framing around an uploaded file.
 MULTIPART_OVERHEAD = 16 << 10
-
-
-class ErrorAnswer(BaseModel):
-    """Every refused request's answer."""
-
-    error: str
-
-
-def errors(**statuses: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the refusals of one endpoint: ``errors(e404="why")``."""
-    return {int(code[1:]): {"model": ErrorAnswer, "description": why} for code, why in statuses.items()}
 
 
 BAD_PARAMETER = "a parameter is missing or out of range"
@@ -162,7 +151,7 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/health", summary="Service status and what the index holds")
+    @app.get("/health", summary="Service status and what the index holds", responses=answers(Health))
     async def health() -> dict[str, Any]:
         return {"status": "ok", "images": index.n_images, "captions": index.n_captions,
                 "models": searcher.model_names, "shortlist": shortlist,
@@ -170,7 +159,7 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
                 "picture_queries": bool(index.meta.get("extractor")) and index.n_captions > 0}
 
     @app.get("/search", summary="Pictures for a text query (two-stage: shortlist by embedding, then re-rank)",
-             responses=errors(e422=f"{BAD_PARAMETER}, or the query is empty or too long"))
+             responses=answers(TextAnswer, e422=f"{BAD_PARAMETER}, or the query is empty or too long"))
     async def search(q: str = Query(..., description=f"the query, at most {limits.max_query_chars} characters",
                                     json_schema_extra=query_schema(limits.max_query_chars)),
                      top: int = Query(12, ge=1, le=limits.max_top, description="how many pictures")
@@ -190,7 +179,7 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
         return cv2.imencode(".bmp", picture)[1].tobytes()
 
     @app.post("/search/image", summary="Captions for an uploaded picture (JPEG, PNG or WebP)",
-              responses=errors(e409="the index cannot answer picture queries",
+              responses=answers(PictureAnswer, e409="the index cannot answer picture queries",
                                e413=f"the upload is over {limits.max_upload_bytes} bytes",
                                e415=f"not a JPEG, PNG or WebP picture, over {limits.max_upload_pixels} pixels, or "
                                     "cannot be decoded", e422=BAD_PARAMETER))
@@ -228,9 +217,9 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
         return encoded.tobytes() if ok else None
 
     @app.get("/images/{image}", summary="A picture of the index as a JPEG thumbnail", response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"},
-                        **errors(e404="no such picture, or it has no readable file",
-                                 e422=f"{BAD_PARAMETER}, or size is not one of {limits.thumbnail_sizes}")})
+             responses={**answers(None, e404="no such picture, or it has no readable file",
+                                  e422=f"{BAD_PARAMETER}, or size is not one of {limits.thumbnail_sizes}"),
+                        200: {"content": {"image/jpeg": {}}, "description": "the thumbnail"}})
     async def image_file(image: int = PathParam(..., ge=0, description="the picture's id in the index"),
                          size: int = Query(limits.thumbnail_sizes[0], description=f"longest side: one of "
                                                                                   f"{limits.thumbnail_sizes}",
@@ -248,8 +237,9 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/explain", summary="What each word of q looks at in a picture (attention data)",
-             responses=errors(e404="no such picture", e422=f"{BAD_PARAMETER}, the text is empty or too long, or "
-                                                           "no model of the index can explain"))
+             responses=answers(Explanation, e404="no such picture",
+                               e422=f"{BAD_PARAMETER}, the text is empty or too long, or no model of the index can "
+                                    "explain"))
     async def explain(image: int = Query(..., ge=0, description="the picture's id"),
                       q: str = Query(..., description="the text",
                                      json_schema_extra=query_schema(limits.max_query_chars))) -> dict[str, Any]:

@@ -1,0 +1,93 @@
+"""The answers of the service's API as pydantic models: they document the OpenAPI schema (the endpoints build plain
+JSON themselves; the fuzz tests check that it has these shapes)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel
+
+
+class ErrorAnswer(BaseModel):
+    """Every refused request's answer."""
+
+    error: str
+
+
+class Health(BaseModel):
+    status: str
+    images: int
+    captions: int
+    models: dict[str, Any]
+    shortlist: int
+    explain: bool
+    picture_queries: bool
+
+
+class PictureHit(BaseModel):
+    """A picture found for a text query (``caption``: one of its captions, where the index has captions)."""
+
+    image: int
+    score: float
+    embedding_score: float
+    name: Optional[str]
+    thumbnail: str
+    caption: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+
+class TextAnswer(BaseModel):
+    query: str
+    candidates: int
+    ms: float
+    results: list[PictureHit]
+
+
+class CaptionHit(BaseModel):
+    """A caption found for a query picture, with the picture it describes."""
+
+    caption_id: int
+    caption: str
+    image: int
+    score: float
+    embedding_score: float
+    name: Optional[str]
+    thumbnail: str
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+
+class PictureAnswer(BaseModel):
+    candidates: int
+    ms: float
+    results: list[CaptionHit]
+
+
+class ModelAttention(BaseModel):
+    """One re-ranker's view: ``attention`` (words × regions); SAF's per-word ``gates`` and ``global_gate``."""
+
+    model: str
+    score: float
+    attention: list[list[float]]
+    gates: Optional[list[float]] = None
+    global_gate: Optional[float] = None
+
+
+class Explanation(BaseModel):
+    image: int
+    text: str
+    words: list[str]
+    known: list[bool]
+    boxes: list[list[float]]
+    models: list[ModelAttention]
+    caption: Optional[str] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+
+
+def answers(model: type[BaseModel] | None, **statuses: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` of one endpoint: 200 with ``model`` (unless None), and its refusals
+    ``e404="why"``, ..."""
+    ok = {200: {"model": model, "description": "the answer"}} if model is not None else {}
+    return {**ok, **{int(code[1:]): {"model": ErrorAnswer, "description": why} for code, why in statuses.items()}}
