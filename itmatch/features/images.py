@@ -45,8 +45,10 @@ def find_images(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, reduce: int = 1) -> np.ndarray:
     """Decode ``path`` into an upright BGR ``uint8`` array of shape (H, W, 3); transparent parts become white.
+    ``reduce`` (1, 2, 4 or 8) decodes a picture at that fraction of its size (see :func:`decode_image`; SVG
+    drawings are always rendered at :data:`SVG_SIZE`).
 
     Raises :class:`UnreadableImage` naming the file when it cannot be read or decoded.
     """
@@ -57,7 +59,7 @@ def load_image(path: str | Path) -> np.ndarray:
         raise UnreadableImage(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
     if path.suffix.lower() == ".svg":
         return _composite(_decode_unchanged(svg.RENDERER.render(data, path), path))
-    return decode_image(data, path)
+    return decode_image(data, path, reduce)
 
 
 #: OpenCV's colour decode at 1/1, 1/2, 1/4 and 1/8 of the size.

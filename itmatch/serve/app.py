@@ -210,10 +210,13 @@ def create_app(searcher: Searcher, *, shortlist: int = 100, workers: int = 1, li
 
     @functools.lru_cache(maxsize=limits.thumbnails_cached)
     def thumbnail(image: int, size: int) -> bytes | None:
-        path = index.pictures[image].get("path")
+        picture = index.pictures[image]
+        path = picture.get("path")
         if not path or not os.path.isfile(path):
             return None
-        ok, encoded = cv2.imencode(".jpg", shrink(load_image(path), size), [cv2.IMWRITE_JPEG_QUALITY, 88])
+        width, height = picture.get("width"), picture.get("height")
+        reduce = reduction(width, height, size) if width and height else 1  # a big photo is decoded small
+        ok, encoded = cv2.imencode(".jpg", shrink(load_image(path, reduce), size), [cv2.IMWRITE_JPEG_QUALITY, 88])
         return encoded.tobytes() if ok else None
 
     @app.get("/images/{image}", summary="A picture of the index as a JPEG thumbnail", response_class=Response,
