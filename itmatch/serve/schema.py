@@ -24,17 +24,22 @@ class Health(BaseModel):
     picture_queries: bool
 
 
-class PictureHit(BaseModel):
-    """A picture found for a text query (``caption``: one of its captions, where the index has captions)."""
+class Hit(BaseModel):
+    """A picture in an answer: its id, scores, file name (never its folder) and thumbnail URL."""
 
     image: int
     score: float
     embedding_score: float
     name: Optional[str]
     thumbnail: str
-    caption: Optional[str] = None
     width: Optional[int] = None
     height: Optional[int] = None
+
+
+class PictureHit(Hit):
+    """A picture found for a text query (``caption``: one of its captions, where the index has captions)."""
+
+    caption: Optional[str] = None
 
 
 class TextAnswer(BaseModel):
@@ -44,18 +49,11 @@ class TextAnswer(BaseModel):
     results: list[PictureHit]
 
 
-class CaptionHit(BaseModel):
+class CaptionHit(Hit):
     """A caption found for a query picture, with the picture it describes."""
 
     caption_id: int
     caption: str
-    image: int
-    score: float
-    embedding_score: float
-    name: Optional[str]
-    thumbnail: str
-    width: Optional[int] = None
-    height: Optional[int] = None
 
 
 class PictureAnswer(BaseModel):
