@@ -27,8 +27,10 @@ from itmatch.errors import ItmatchError
 #: The marker file in every folder itmatch writes.
 MARKER = ".itmatch-folder.json"
 
-# Temporary names: `.NAME.PID.RANDOM.tmp` (files and folders being written), `.NAME.old-PID` (a folder being replaced).
-_STALE = re.compile(r"^\..+\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp$|^\..+\.old-(?P<old>\d+)$")
+# Temporary names: `.NAME.itmatch-PID.RANDOM.tmp` (files and folders being written), `.NAME.itmatch-old-PID` (a
+# folder being replaced). Distinctive, so that no file of the user's is ever taken for one.
+_TEMP = "itmatch-"
+_STALE = re.compile(rf"^\..+\.{_TEMP}(?P<pid>\d+)\.[a-z0-9_]{{8}}\.tmp$|^\..+\.{_TEMP}old-(?P<old>\d+)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +178,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -199,7 +201,7 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
         check_folder(path, fmt, option)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
@@ -207,7 +209,7 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
             mark_folder(tmp, fmt, claim=_entries(tmp))
             check_folder(path, fmt, option)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.{_TEMP}old-{os.getpid()}")
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old)

@@ -97,13 +97,15 @@ def test_a_killed_add_leaves_a_segment_that_the_next_add_removes(synthetic, tmp_
     data, models = synthetic
     out = tmp_path / "index"
     build_index(data, out, split="test", embedder=models["vse"])
-    stale = out / f".seg-00001.{dead_pid()}.abcd1234.tmp"
+    stale = out / f".seg-00001.itmatch-{dead_pid()}.abcd1234.tmp"
     stale.mkdir()
     (stale / "features.npy").write_bytes(bytes(1000))
-    alive = out / f".seg-00001.{os.getppid()}.abcd1234.tmp"  # a running process's: left alone
+    alive = out / f".seg-00001.itmatch-{os.getppid()}.abcd1234.tmp"  # a running process's: left alone
     alive.mkdir()
+    users = out / f".notes.{dead_pid()}.abcd1234.tmp"  # looks temporary, but not itmatch's
+    users.write_text("mine")
     add_to_index(out, data, split="dev")
-    assert not stale.exists() and alive.is_dir()
+    assert not stale.exists() and alive.is_dir() and users.read_text() == "mine"
 
 
 def dead_pid() -> int:
