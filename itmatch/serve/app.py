@@ -35,7 +35,16 @@ from itmatch.features.images import UnreadableImage, decode_image, load_image, r
 from itmatch.search.gallery import check_image_id
 from itmatch.search.searcher import Searcher
 from itmatch.serve.batching import QueryBatcher
-from itmatch.serve.schema import Explanation, Health, PictureAnswer, TextAnswer, answers
+from itmatch.serve.schema import (
+    BAD_PARAMETER,
+    BLANK,
+    Explanation,
+    Health,
+    PictureAnswer,
+    TextAnswer,
+    answers,
+    query_schema,
+)
 from itmatch.serve.uploads import BodyLimit, UploadRejected, check_upload, too_large
 
 STATIC = Path(__file__).parent / "static"
@@ -57,17 +66,6 @@ class Limits:
 
 #: Room for the multipart framing around an uploaded file.
 MULTIPART_OVERHEAD = 16 << 10
-
-
-BAD_PARAMETER = "a parameter is missing or out of range"
-
-#: What a query is stripped of: every character Python, JSON Schema (ECMAScript) or Rust calls white space.
-BLANK = "".join(sorted({chr(c) for c in range(0x3001) if chr(c).isspace()} | {"\ufeff"}))
-
-
-def query_schema(max_chars: int) -> dict[str, Any]:
-    """The JSON schema of a text query: at most ``max_chars`` characters, at least one of them not blank."""
-    return {"maxLength": max_chars, "pattern": f"[^{BLANK}]"}
 
 
 class ApiError(Exception):

@@ -1,11 +1,21 @@
-"""The answers of the service's API as pydantic models: they document the OpenAPI schema (the endpoints build plain
-JSON themselves; the fuzz tests check that it has these shapes)."""
+"""The service's API as the OpenAPI schema documents it: the text query's constraints, and the answers as pydantic
+models (the endpoints build plain JSON themselves; the fuzz tests check that it has these shapes)."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from pydantic import BaseModel
+
+BAD_PARAMETER = "a parameter is missing or out of range"
+
+#: What a query is stripped of: every character Python, JSON Schema (ECMAScript) or Rust calls white space.
+BLANK = "".join(sorted({chr(c) for c in range(0x3001) if chr(c).isspace()} | {"\ufeff"}))
+
+
+def query_schema(max_chars: int) -> dict[str, Any]:
+    """The JSON schema of a text query: at most ``max_chars`` characters, at least one of them not blank."""
+    return {"maxLength": max_chars, "pattern": f"[^{BLANK}]"}
 
 
 class ErrorAnswer(BaseModel):
