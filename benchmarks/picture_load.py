@@ -106,8 +106,8 @@ def main() -> None:
         uploads = time.perf_counter() - started
         print(f"{args.pictures} uploads of a {args.side}x{args.side} {args.kind} ({len(data) / 1e3:.0f} KB), answers "
               f"{sorted(statuses)}, {uploads:.1f} s; text queries alone {quiet:.0f} ms, during the uploads median "
-              f"{statistics.median(busy):.0f} ms, worst {max(busy):.0f} ms ({len(busy)} queries); server RSS {rss_before:.0f} MB before the uploads, "
-              f"+{max(rss_peak) - rss_before:.0f} MB at most during them")
+              f"{statistics.median(busy):.0f} ms, worst {max(busy):.0f} ms ({len(busy)} queries); server RSS "
+              f"{rss_before:.0f} MB before the uploads, +{max(rss_peak) - rss_before:.0f} MB at most during them")
     finally:
         server.terminate()
         server.wait()

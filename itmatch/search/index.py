@@ -40,7 +40,8 @@ FORMAT = "itmatch-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 INDEX_TYPES = ("auto", "flat", "ivf")
-#: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and index.json).
+#: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: index.json).
 FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
                                                       "seg-*"), legacy_file=INDEX_FILE, legacy_keys=("segments", "faiss"))
 #: Galleries at least this large get an IVF index under ``index_type="auto"``.
