@@ -36,14 +36,13 @@ _STALE = re.compile(rf"^\..+\.{_TEMP}(?P<pid>\d+)\.[a-z0-9_]{{8}}\.tmp$|^\..+\.{
 @dataclasses.dataclass(frozen=True)
 class FolderFormat:
     """A kind of folder itmatch writes. ``legacy`` are the (glob) names a folder written before markers existed may
-    hold, ``legacy_file`` the JSON file such a folder must have with ``legacy_keys``: only then is an unmarked folder
-    recognised as itmatch's."""
+    hold, ``legacy_files`` the JSON files (with the keys each must have) of which such a folder must have one: only
+    then is an unmarked folder recognised as itmatch's."""
 
     name: str
     version: int
     legacy: tuple[str, ...] = ()
-    legacy_file: str = ""
-    legacy_keys: tuple[str, ...] = ()
+    legacy_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--out") -> None:
@@ -119,16 +118,18 @@ def _claimed(entry: str, claimed: list[str]) -> bool:
 
 def _is_legacy(path: Path, entries: list[str], fmt: FolderFormat) -> bool:
     """Whether an unmarked folder is one an older itmatch wrote: only ``fmt``'s names, and its JSON file says so."""
-    if not fmt.legacy_file:
+    if not fmt.legacy_files or not all(_legacy_name(e, fmt) for e in entries):
         return False
-    if not all(_legacy_name(e, fmt) for e in entries):
-        return False
+    return any(_json_with(path / name, keys, fmt.name) for name, keys in fmt.legacy_files)
+
+
+def _json_with(path: Path, keys: tuple[str, ...], fmt: str) -> bool:
+    """Whether ``path`` is a JSON object with ``keys`` (and, if it names a format, ``fmt``)."""
     try:
-        info = json.loads((path / fmt.legacy_file).read_text(encoding="utf-8"))
+        info = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and all(key in info for key in fmt.legacy_keys) and \
-        info.get("format", fmt.name) == fmt.name
+    return isinstance(info, dict) and all(key in info for key in keys) and info.get("format", fmt) == fmt
 
 
 def _legacy_name(entry: str, fmt: FolderFormat) -> bool:

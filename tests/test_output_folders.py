@@ -139,6 +139,15 @@ def test_index_add_skips_pictures_already_in_the_index(tmp_path, capsys):
     assert len(hits) == 12 and len({h["path"] for h in hits}) == 12  # each picture once
 
 
+def test_a_features_folder_of_the_previous_version_is_reused(tmp_path):
+    pictures = sorted((picture_dataset().parent / "png").glob("*.png"))[:2]
+    out = tmp_path / "features"
+    extract_features(pictures, out, progress=False)
+    (out / MARKER).unlink()  # as the previous version wrote it
+    again = extract_features(pictures, out, progress=False)
+    assert again.computed == 0 and read_marker(out)["format"] == "itmatch-features"
+
+
 def test_extract_and_encode_refuse_folders_holding_other_files(tmp_path, capsys):
     data = picture_dataset()
     pictures = sorted((data.parent / "png").glob("*.png"))[:2]

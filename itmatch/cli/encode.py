@@ -28,7 +28,7 @@ FORMAT = "itmatch-embeddings"
 FORMAT_VERSION = 1
 FILES = ("images.npy", "captions.npy", "caption_image.npy", "embeddings.json")
 #: The folder for :mod:`itmatch.fileio`'s rule (folders of older versions: by their names and embeddings.json).
-FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=FILES, legacy_file="embeddings.json", legacy_keys=("format",))
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=FILES, legacy_files=(("embeddings.json", ("format",)),))
 
 
 @dataclasses.dataclass

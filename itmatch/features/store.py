@@ -38,10 +38,12 @@ ARRAYS = ("features", "boxes", "labels", "scores")
 INFO_FILE = "extractor.json"
 IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
-#: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions: by their names and INFO_FILE).
+#: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions, finished or interrupted: by
+#: their names and INFO_FILE or the partial run's plan).
 FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION,
                       legacy=(*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new"),
-                      legacy_file=INFO_FILE, legacy_keys=("extractor", "count"))
+                      legacy_files=((INFO_FILE, ("extractor", "count")),
+                                    (f"{PARTIAL}/plan.json", ("config", "images"))))
 
 
 @dataclass

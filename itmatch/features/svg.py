@@ -53,6 +53,7 @@ class SvgRenderer:
     def __init__(self, seconds: float = SECONDS, memory: int = MEMORY) -> None:
         self.seconds, self.memory = seconds, memory
         self._process: subprocess.Popen[bytes] | None = None
+        self._owner = os.getpid()  # a forked child must not talk to its parent's renderer
         self._lock = threading.Lock()
 
     def render(self, data: bytes, path: str | os.PathLike) -> bytes:
@@ -62,6 +63,8 @@ class SvgRenderer:
 
         svg = expand_internal_entities(data, path)
         with self._lock:
+            if self._owner != os.getpid():
+                self._process, self._owner = None, os.getpid()
             try:
                 process = self._process or self._start()
                 answer = _ask(process, SVG_SIZE.to_bytes(4, "big") + svg, self.seconds)

@@ -43,7 +43,7 @@ INDEX_TYPES = ("auto", "flat", "ivf")
 #: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
 #: index.json).
 FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
-                                                      "seg-*"), legacy_file=INDEX_FILE, legacy_keys=("segments", "faiss"))
+                                                      "seg-*"), legacy_files=((INDEX_FILE, ("segments", "faiss")),))
 #: Galleries at least this large get an IVF index under ``index_type="auto"``.
 IVF_MIN_IMAGES = 100_000
 BLOCK = 256  # pictures encoded at once while building

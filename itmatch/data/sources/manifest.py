@@ -54,7 +54,7 @@ DATASET_FILE = "dataset.json"
 #: dataset.json).
 FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
                                                     "*_images.jsonl", "vocab.json", DATASET_FILE),
-                      legacy_file=DATASET_FILE, legacy_keys=("splits", "extractor"))
+                      legacy_files=((DATASET_FILE, ("splits", "extractor")),))
 
 
 @dataclass(frozen=True)
