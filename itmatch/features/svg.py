@@ -96,7 +96,12 @@ class SvgRenderer:
                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0)
         self._process = process
         deadline = time.monotonic() + _STARTUP_SECONDS
-        ready = _read_frame(process, lambda: time.monotonic() > deadline)
+        try:
+            ready = _read_frame(process, lambda: time.monotonic() > deadline)
+        except (TimeoutError, EOFError):
+            self.close()
+            raise ItmatchError(f"the SVG renderer ({sys.executable} -I {_WORKER}) did not start; check that this "
+                               "Python runs it") from None
         if ready != b"ok":
             self.close()
             raise ItmatchError(f"SVG needs cairosvg and the libcairo2 system library ({ready[2:].decode()}); run "
