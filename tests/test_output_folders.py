@@ -51,6 +51,21 @@ def test_index_build_never_replaces_a_folder_it_did_not_write(synthetic, tmp_pat
     assert listing(mine) == before and not list(tmp_path.glob(".mine*"))
 
 
+def test_data_build_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    pictures = sorted((picture_dataset().parent / "png").glob("*.png"))
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text("".join(json.dumps({"image": str(p), "captions": [p.stem.replace("_", " ")]}) + "\n"
+                                for p in pictures))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "dataset.json").write_text(json.dumps({"splits": {}, "extractor": {}}))
+    (mine / "thesis.tex").write_text("three years of work")
+    before = listing(mine)
+    assert main(["data", "build", "manifest", "--manifest", str(manifest), "--out", str(mine), "--no-progress"]) == 2
+    assert f"{mine}: holds files itmatch did not write (e.g. thesis.tex and 1 more)" in capsys.readouterr().err
+    assert listing(mine) == before
+
+
 def test_a_rebuild_replaces_its_own_index_until_a_user_file_appears(synthetic, tmp_path, capsys):
     data, models = synthetic
     out = tmp_path / "index"
