@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -27,10 +28,12 @@ from itmatch.errors import ItmatchError
 #: The marker file in every folder itmatch writes.
 MARKER = ".itmatch-folder.json"
 
-# Temporary names: `.NAME.itmatch-PID.RANDOM.tmp` (files and folders being written), `.NAME.itmatch-old-PID` (a
-# folder being replaced). Distinctive, so that no file of the user's is ever taken for one.
-_TEMP = "itmatch-"
-_STALE = re.compile(rf"^\..+\.{_TEMP}(?P<pid>\d+)\.[a-z0-9_]{{8}}\.tmp$|^\..+\.{_TEMP}old-(?P<old>\d+)$")
+# Temporary names: `.NAME.itmatch-HOST-PID.RANDOM.tmp` (files and folders being written), `.NAME.itmatch-old-HOST-PID`
+# (a folder being replaced). Distinctive, so that no file of the user's is ever taken for one; the host, so that a
+# process on another machine sharing the folder (a multi-node `torchrun`) is not taken for a dead one.
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+_TEMP = f"itmatch-{_HOST}-"
+_STALE = re.compile(r"^\..+\.itmatch-(?:old-)?(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)(?:\.[a-z0-9_]{8}\.tmp)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +154,7 @@ def remove_stale(folder: Path) -> list[Path]:
         return removed
     for name in names:
         match = _STALE.match(name)
-        if match is None or _running(int(match["pid"] or match["old"])):
+        if match is None or match["host"] != _HOST or _running(int(match["pid"])):
             continue
         stale = folder / name
         if stale.is_dir() and not stale.is_symlink():
@@ -210,7 +213,7 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
             mark_folder(tmp, fmt, claim=_entries(tmp))
             check_folder(path, fmt, option)
         if path.exists():
-            old = path.with_name(f".{path.name}.{_TEMP}old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.itmatch-old-{_HOST}-{os.getpid()}")
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old)

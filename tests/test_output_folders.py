@@ -18,7 +18,7 @@ from search_support import picture_dataset, picture_models, save_models, synthet
 from itmatch.cli import main
 from itmatch.errors import ItmatchError
 from itmatch.features import extract_features
-from itmatch.fileio import MARKER, read_marker
+from itmatch.fileio import MARKER, atomic_dir, read_marker
 from itmatch.search import Searcher, add_to_index, build_index, open_index
 
 
@@ -93,17 +93,23 @@ def test_an_index_of_the_previous_version_is_recognised_by_its_names_only(synthe
     assert (out / "notes.txt").read_text() == "mine" and (out / "index.json").is_file()
 
 
-def test_a_killed_build_leaves_a_temporary_folder_that_the_next_build_removes(synthetic, tmp_path):
-    data, models = synthetic
-    out = tmp_path / "index"
+def killed_while_writing(path: Path) -> Path:
+    """The temporary folder a process killed (SIGKILL) while writing ``path`` with ``atomic_dir`` left behind."""
     script = ("import os, signal, sys; from itmatch.fileio import atomic_dir\n"
               "with atomic_dir(sys.argv[1]) as tmp:\n"
               "    (tmp / 'features.npy').write_bytes(bytes(1 << 20))\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n")
-    killed = subprocess.run([sys.executable, "-c", script, str(out)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    killed = subprocess.run([sys.executable, "-c", script, str(path)], env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert killed.returncode == -9
-    left = list(tmp_path.glob(".index.*.tmp"))
+    left = list(path.parent.glob(f".{path.name}.*.tmp"))
     assert len(left) == 1 and (left[0] / "features.npy").stat().st_size == 1 << 20
+    return left[0]
+
+
+def test_a_killed_build_leaves_a_temporary_folder_that_the_next_build_removes(synthetic, tmp_path):
+    data, models = synthetic
+    out = tmp_path / "index"
+    killed_while_writing(out)
     build_index(data, out, split="test", embedder=models["vse"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
@@ -112,15 +118,12 @@ def test_a_killed_add_leaves_a_segment_that_the_next_add_removes(synthetic, tmp_
     data, models = synthetic
     out = tmp_path / "index"
     build_index(data, out, split="test", embedder=models["vse"])
-    stale = out / f".seg-00001.itmatch-{dead_pid()}.abcd1234.tmp"
-    stale.mkdir()
-    (stale / "features.npy").write_bytes(bytes(1000))
-    alive = out / f".seg-00001.itmatch-{os.getppid()}.abcd1234.tmp"  # a running process's: left alone
-    alive.mkdir()
-    users = out / f".notes.{dead_pid()}.abcd1234.tmp"  # looks temporary, but not itmatch's
+    stale = killed_while_writing(out / "seg-00001")
+    users = out / f".notes.{dead_pid()}.abcd1234.tmp"  # looks temporary, but is not itmatch's
     users.write_text("mine")
-    add_to_index(out, data, split="dev")
-    assert not stale.exists() and alive.is_dir() and users.read_text() == "mine"
+    with atomic_dir(out / "seg-00009") as alive:  # a running process's: left alone
+        add_to_index(out, data, split="dev")
+        assert not stale.exists() and alive.is_dir() and users.read_text() == "mine"
 
 
 def dead_pid() -> int:

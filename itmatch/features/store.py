@@ -38,10 +38,12 @@ ARRAYS = ("features", "boxes", "labels", "scores")
 INFO_FILE = "extractor.json"
 IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
+SHARDS = ".shards"  # the processes' shares of a `torchrun` extraction (itmatch.features.sharded)
+#: What an extraction writes in its folder (the scratch folders included, with all they hold).
+WRITTEN = (*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new", SHARDS)
 #: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions, finished or interrupted: by
 #: their names and INFO_FILE or the partial run's plan).
-FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION,
-                      legacy=(*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new"),
+FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=WRITTEN,
                       legacy_files=((INFO_FILE, ("extractor", "count")),
                                     (f"{PARTIAL}/plan.json", ("config", "images"))))
 
@@ -146,11 +148,25 @@ def extract_features(
     check_folder(out, FOLDER)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out)
-    mark_folder(out, FOLDER, claim=[*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new"])
-    if _finished_plan(out) == (config, [_key_tuple(k) for k in keys]):
+    mark_folder(out, FOLDER, claim=WRITTEN)
+    if _is_finished(out, config, keys):
         return open_features(out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from itmatch.features.sharded import extract_sharded
 
-    run = _Partial.prepare(out, config, keys, extractor.regions)
+        return extract_sharded(extractor, paths, keys, out, batch_size, progress, skip_unreadable, started)
+    return extract_here(extractor, paths, keys, out, batch_size, progress, skip_unreadable, started)
+
+
+def extract_here(extractor: Extractor, paths: list[Path], keys: list[dict[str, Any]], out: Path, batch_size: int,
+                  progress: bool, skip_unreadable: bool, started: float, reuse: Sequence[Path] = ()) -> FeatureSet:
+    """``extract_features`` in this process; rows are also reused from the features folders ``reuse`` and from
+    the shares of an unfinished ``torchrun`` extraction into ``out`` (whatever its number of processes)."""
+    config = extractor.config()
+    if _is_finished(out, config, keys):
+        return open_features(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Partial.prepare(out, config, keys, extractor.regions, [*reuse, *shard_folders(out)])
     todo = [i for i in range(len(keys)) if i not in run.done]
     bar = _progress(len(todo), progress)
     try:
@@ -160,10 +176,20 @@ def extract_features(
     finally:
         bar.close()
     run.finish()
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
     result = open_features(out)
     result.computed = len(todo)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def merge_folders(out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int,
+                  folders: Sequence[Path]) -> FeatureSet:
+    """Write the finished features folder ``out`` of the pictures ``keys`` (made with ``config``) from the
+    finished features folders ``folders``, which together hold every picture; resumable like an extraction."""
+    run = _Partial.prepare(out, config, keys, regions, folders)
+    run.finish()
+    return open_features(out)
 
 
 def _extract_batch(extractor: Extractor, paths: list[Path], skip_unreadable: bool) -> list[Regions | str]:
@@ -195,6 +221,20 @@ def _finished_plan(out: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]
     return info.get("extractor"), [_key_tuple(r) for r in _read_jsonl(out / IMAGES_FILE)]
 
 
+def shard_folders(out: Path, other_than: int | None = None) -> list[Path]:
+    """The folders (finished, partial) of the shares of ``torchrun`` extractions into ``out``; with
+    ``other_than`` W, not those of a run with W processes."""
+    shares = sorted((out / SHARDS).glob("*"))
+    if other_than is not None:
+        shares = [share for share in shares if not share.name.endswith(f"-of-{other_than}")]
+    return [folder for share in shares for folder in (share, share / PARTIAL)]
+
+
+def _is_finished(out: Path, config: dict[str, Any], keys: list[dict[str, Any]]) -> bool:
+    """Whether ``out`` holds the finished features of exactly the pictures ``keys`` made with ``config``."""
+    return _finished_plan(out) == (config, [_key_tuple(k) for k in keys])
+
+
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -217,8 +257,10 @@ class _Partial:
         self.arrays: dict[str, np.ndarray] | None = None
 
     @classmethod
-    def prepare(cls, out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int) -> _Partial:
-        """Resume the matching partial run, or start one that reuses every row it can."""
+    def prepare(cls, out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int,
+                reuse: Sequence[Path] = ()) -> _Partial:
+        """Resume the matching partial run, or start one that reuses every row it can; either way rows still
+        missing are copied from the features folders ``reuse`` (finished or partial) where they hold them."""
         here = out / PARTIAL
         plan = _read_plan(here)
         if plan is not None and plan["config"] == config and plan["images"] == keys:
@@ -226,29 +268,22 @@ class _Partial:
             run.done = _read_done(here)
             if (here / "features.npy").is_file():
                 run.arrays = {n: np.load(here / f"{n}.npy", mmap_mode="r+") for n in ARRAYS}
+            run._reuse(reuse)
             return run
 
         fresh = out / (PARTIAL + ".new")
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir()
         run = cls(fresh, out, config, keys, regions)
-        run._reuse(out, plan)
+        run._reuse([out, out / PARTIAL, *reuse])
         shutil.rmtree(here, ignore_errors=True)
         fresh.rename(here)
         run.directory = here
         return run
 
-    def _reuse(self, out: Path, old_plan: dict[str, Any] | None) -> None:
-        """Copy rows of unchanged pictures from the finished output and from an older partial run (same config)."""
-        sources: list[tuple[dict[tuple[str, int, int], tuple[int, dict[str, Any]]], Path]] = []
-        finished = _finished_plan(out)
-        if finished is not None and finished[0] == self.config:
-            index = {_key_tuple(r): (r["row"], _outcome(r)) for r in _read_jsonl(out / IMAGES_FILE)}
-            sources.append((index, out))
-        if old_plan is not None and old_plan["config"] == self.config and (out / PARTIAL / "features.npy").is_file():
-            old_keys = old_plan["images"]
-            index = {_key_tuple(old_keys[r]): (r, outcome) for r, outcome in _read_done(out / PARTIAL).items()}
-            sources.append((index, out / PARTIAL))
+    def _reuse(self, folders: Sequence[Path]) -> None:
+        """Copy rows of unchanged pictures (same config) from finished features folders and partial runs."""
+        sources = [source for source in map(self._rows_of, folders) if source is not None]
         copied: list[int] = []
         for index, folder in sources:
             matches = [(i, index[_key_tuple(k)]) for i, k in enumerate(self.keys)
@@ -264,6 +299,18 @@ class _Partial:
                 copied.append(i)
         if copied:
             self._commit(copied)
+
+    def _rows_of(self, folder: Path) -> tuple[dict[tuple[str, int, int], tuple[int, dict[str, Any]]], Path] | None:
+        """(picture key -> (row, outcome), folder) of a finished features folder or a partial run made with this
+        run's config, or None."""
+        finished = _finished_plan(folder)
+        if finished is not None and finished[0] == self.config:
+            return {_key_tuple(r): (r["row"], _outcome(r)) for r in _read_jsonl(folder / IMAGES_FILE)}, folder
+        plan = _read_plan(folder)
+        if plan is not None and plan["config"] == self.config and (folder / "features.npy").is_file():
+            keys = plan["images"]
+            return {_key_tuple(keys[r]): (r, outcome) for r, outcome in _read_done(folder).items()}, folder
+        return None
 
     def _allocate(self, dim: int) -> dict[str, np.ndarray]:
         """The full-size memmaps, created (with ``plan.json``) the first time, once D is known."""

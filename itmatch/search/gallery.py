@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def check_image_id(image: int, n_images: int) -> int:
     return image
 
 
-def already_in(pictures: list[dict[str, Any]], indexed: list[dict[str, Any]]) -> np.ndarray:
+def already_in(pictures: Sequence[dict[str, Any]], indexed: Sequence[dict[str, Any]]) -> np.ndarray:
     """(len(pictures),) bool: which ``pictures`` are among ``indexed``, keyed as `extract` keys them (path, size,
     modification time; by path alone where one side does not know the size and time). Pictures without a file are
     never the same."""

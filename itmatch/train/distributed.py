@@ -20,9 +20,11 @@ DDP's gradient buckets.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -56,16 +58,34 @@ class DistInfo:
         dist.all_gather_object(out, obj)
         return out
 
+    def gather_to_main(self, rows: np.ndarray) -> np.ndarray | None:
+        """Every process's ``rows`` (n_r, ...) float32 concatenated in rank order on rank 0 (None elsewhere).
+
+        The pieces may differ in length; they travel as tensors on this process's device (NCCL needs a GPU).
+        """
+        if self.world_size == 1:
+            return rows
+        lengths = self.all_gather_object(len(rows))
+        padded = torch.zeros((max(lengths), *rows.shape[1:]), dtype=torch.float32, device=self.device)
+        padded[: len(rows)] = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        parts = [torch.empty_like(padded) for _ in lengths] if self.is_main else None
+        dist.gather(padded, parts, dst=0)
+        if parts is None:
+            return None
+        return np.concatenate([part[:n].cpu().numpy() for part, n in zip(parts, lengths)])
+
     def close(self) -> None:
         if self.owns_process_group:
             dist.destroy_process_group()
 
 
-def setup(device: str | None = "auto") -> DistInfo:
+def setup(device: str | None = "auto", timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else run as one process.
 
     ``device``: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; under ``torchrun`` a GPU
-    run uses ``cuda:LOCAL_RANK``. GPUs communicate with NCCL, CPUs with gloo.
+    run uses ``cuda:LOCAL_RANK``. GPUs communicate with NCCL, CPUs with gloo. ``timeout``: how long a collective
+    may wait for the other processes (default torch's, 10 to 30 minutes): longer where a process that finished
+    its share waits for the slowest one.
     """
     want = "auto" if device is None else device
     use_cuda = torch.cuda.is_available() if want == "auto" else torch.device(want).type == "cuda"
@@ -82,7 +102,7 @@ def setup(device: str | None = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return DistInfo(dist.get_rank(), dist.get_world_size(), dev, dist.new_group(), owns)
 
 

@@ -381,13 +381,19 @@ def build_dataset(
     progress: bool = True,
     info: dict[str, Any] | None = None,
     extractor_options: dict[str, Any] | None = None,
-) -> BuildResult:
-    """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset."""
+) -> BuildResult | None:
+    """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset.
+
+    Under ``torchrun`` the processes extract together (see :mod:`itmatch.features.sharded`) and rank 0 alone
+    writes the dataset and returns its result; the other ranks return None.
+    """
     started = time.perf_counter()
     splits = split_items(items, dev, test, seed)
     feature_set = extract_features([item.image for item in items], features_dir, extractor=extractor,
                                    regions=regions, batch_size=batch_size, progress=progress,
                                    **(extractor_options or {}))
+    if int(os.environ.get("RANK", "0")):
+        return None
     locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
     counts, vocab_size = write_dataset(out, splits, locate, {**(info or {}), "seed": seed})
     return BuildResult(Path(out), counts, vocab_size, computed=feature_set.computed,
@@ -407,7 +413,7 @@ def build_from_manifest(
     batch_size: int = 8,
     progress: bool = True,
     extractor_options: dict[str, Any] | None = None,
-) -> BuildResult:
+) -> BuildResult | None:
     """Check ``manifest``, then build the precomp dataset ``out`` (see the module docstring).
 
     Bad lines raise :class:`ManifestError` listing all of them, before anything is extracted or written, unless
@@ -433,5 +439,6 @@ def build_from_manifest(
         info={"source": "manifest", "manifest": str(read.path.resolve()), "split": list(fractions),
               "skipped": [str(p) for p in read.problems]},
     )
-    result.skipped = read.problems
+    if result is not None:
+        result.skipped = read.problems
     return result
