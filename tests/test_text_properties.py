@@ -49,8 +49,11 @@ def read_or_refuse(path: Path) -> None:
         assert item.captions and all(c.strip() and one_line(c) for c in item.captions)
 
 
+_FOLDER = Path(tempfile.mkdtemp(prefix="itmatch-text-properties-"))  # one file per suffix, rewritten per example
+
+
 def write(suffix: str, data: bytes) -> Path:
-    path = Path(tempfile.mkdtemp(prefix="itmatch-manifest-")) / f"manifest{suffix}"
+    path = _FOLDER / f"manifest{suffix}"
     path.write_bytes(data)
     return path
 
