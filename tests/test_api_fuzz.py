@@ -28,14 +28,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_server():
+def live_server(tmp_path_factory):
     """`itmatch serve` in its own process on a free local port; its base URL."""
     port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "stderr.txt"  # a file, not a pipe: a full pipe would stall the server
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", str(picture_index()), "--port",
                                str(port), "--shortlist", "6", "--threads", "1", "--max-upload-mb", "1"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -45,7 +46,7 @@ def live_server():
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"itmatch serve did not start: {server.stderr.read().decode()[-2000:]}")
+                    pytest.fail(f"itmatch serve did not start: {log.read_text(errors='replace')[-2000:]}")
                 time.sleep(0.2)
         yield base
     finally:
