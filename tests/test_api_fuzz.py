@@ -36,7 +36,7 @@ def live_server(tmp_path_factory):
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", str(picture_index()), "--port",
                                str(port), "--shortlist", "6", "--threads", "1", "--max-upload-mb", "1"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+                              stdout=subprocess.DEVNULL, stderr=(sink := log.open("wb")))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -52,6 +52,7 @@ def live_server(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        sink.close()
 
 
 @pytest.fixture(scope="module")
