@@ -3,8 +3,15 @@ and peak traced memory of `decode_image`, interleaved, the minimum of 3.
 
     OMP_NUM_THREADS=1 python benchmarks/query_decode.py
 """
-import time, tracemalloc
-import cv2, numpy as np
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import cv2
+import numpy as np
+
 from itmatch.features.images import decode_image, reduction
 
 rng = np.random.default_rng(0)
