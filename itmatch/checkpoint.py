@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -94,16 +95,21 @@ def _load_native(path: Path) -> LoadedModel:
     return LoadedModel(model, json.loads(meta["vocab"]) if "vocab" in meta else None, "native")
 
 
+# How torch.load(weights_only=True) names the object it refused (the wording differs for blocked modules).
+_BLOCKED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
 def _load_torch(path: Path, trust: bool) -> LoadedModel:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
+        blocked = _BLOCKED.search(str(exc))
+        if blocked is None:
             raise ItmatchError(f"{path}: not a checkpoint (neither .safetensors nor a PyTorch file)") from None
         if not trust:
-            raise ItmatchError(f"{path}: holds Python objects beyond tensors and options; if you trust its "
-                               "source, pass --trust-checkpoint (unpickling can run code)") from None
+            raise ItmatchError(f"{path}: holds the Python object {blocked[1]}, beyond tensors and options; if you "
+                               "trust its source, pass --trust-checkpoint (unpickling can run code)") from None
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # torch.load fails in many ways on a file that is not a checkpoint
         raise ItmatchError(f"{path}: not a checkpoint (neither .safetensors nor a PyTorch file)") from None

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from itmatch.data.precomp import ImageRows, PrecompSplit, load_split
+from itmatch.data.precomp import ImageRows, PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary
 from itmatch.distributed import DistInfo, setup
 from itmatch.errors import ItmatchError
@@ -128,6 +128,29 @@ def sims_caption_image(path: str | Path, captions_per_image: int = CAPTIONS_PER_
     return np.arange(n_captions, dtype=np.int64) // captions_per_image
 
 
+def check_scores(block_sims: list[np.ndarray], blocks: list[tuple[np.ndarray, np.ndarray]],
+                 split: PrecompSplit | None, sims: Sequence[str | Path] = ()) -> None:
+    """Refuse NaN scores (they cannot be ranked), naming their cause: the images whose features hold NaN or
+    infinity (by their rows in the features file of ``split``, when there is one), else the saved score files
+    ``sims``, else the model."""
+    bad = sorted({int(i) for (imgs, _), part in zip(blocks, block_sims)
+                  for i in np.asarray(imgs)[np.isnan(part).any(axis=1)]})
+    if not bad:
+        return
+    rows = [int(split.image_rows[i]) for i in bad] if split is not None else []
+    broken = [r for r in rows if not np.isfinite(split.features[r]).all()]
+    if broken:
+        raise ItmatchError(f"{SplitFiles.of(split.directory, split.split).images}: feature rows {_listed(broken)} "
+                           "hold NaN or infinite values; extract those pictures again or drop them")
+    where = ", ".join(map(str, sims)) if sims else "the model"
+    raise ItmatchError(f"{where}: scores of images {_listed(bad)} are NaN; "
+                       + ("save them again" if sims else "the checkpoint's weights may be broken"))
+
+
+def _listed(numbers: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
+
+
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds."""
     path = Path(path)
@@ -208,9 +231,10 @@ def evaluate_split(data: str | Path | None, split: str, *, checkpoints: Sequence
         info.close()
     if block_sims is None:
         return None
-    if save_sims_to is not None:
-        save_sims(save_sims_to, block_sims)
+    check_scores(block_sims, blocks, split_data, sims)
     result = evaluate_blocks(protocol, caption_image, block_sims)
+    if save_sims_to is not None:  # only scores that could be evaluated are saved
+        save_sims(save_sims_to, block_sims)
     if split_data is not None:
         result["split"] = split
     result["sources"] = [str(p) for p in (checkpoints or sims)]

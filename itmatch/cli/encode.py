@@ -19,21 +19,27 @@ import torch
 import typer
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import atomic_path, write_json
+from itmatch.fileio import FolderFormat, atomic_path, check_folder, mark_folder, remove_stale, write_json
 
 FORMAT = "itmatch-embeddings"
 FORMAT_VERSION = 1
+FILES = ("images.npy", "captions.npy", "caption_image.npy", "embeddings.json")
+#: The folder for :mod:`itmatch.fileio`'s rule (folders of older versions: by their names and embeddings.json).
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=FILES, legacy_files=(("embeddings.json", ("format",)),))
 
 
 def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str | Path, *,
                  vocab: str | Path | None = None, device: str = "cpu", batch_size: int = 128,
                  trust: bool = False, progress: bool = False) -> dict:
     """Encode every image and caption of ``data``/``split`` with the embedding model in ``checkpoint`` and write
-    them to the folder ``out``; returns the metadata written to ``out/embeddings.json``."""
+    them to the folder ``out`` (new, empty, or one `encode` wrote and nothing else did); returns the metadata
+    written to ``out/embeddings.json``."""
     from itmatch.data.precomp import ImageRows, load_split
     from itmatch.loading import caption_tokens, load_models
     from itmatch.scoring import feature_batches, resolve_device, text_batches
 
+    out = Path(out)
+    check_folder(out, FOLDER)
     dev = resolve_device(device)
     model, words = load_models([checkpoint], vocab, trust=trust, device=str(dev))
     if not model.is_embedding:
@@ -43,7 +49,9 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
         raise ItmatchError(f"--batch-size must be >= 1, got {batch_size}")
     data_split = load_split(data, split)
     tokens = caption_tokens(model, words, data_split.captions)
-    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    mark_folder(out, FOLDER, claim=FILES)
     dim = model.config.embed_size
     start = time.perf_counter()
     with torch.inference_mode():

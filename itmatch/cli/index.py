@@ -76,7 +76,8 @@ def add(
     progress: ProgressOption = True,
 ) -> None:
     """Add pictures to an index as a new segment, encoded with the index's models and stored in its formats
-    (FAISS kind, --store-dtype); nothing is rebuilt.
+    (FAISS kind, --store-dtype); nothing is rebuilt, and pictures the index already holds (same file, size and
+    modification time) are skipped.
 
     Example: itmatch extract --images new_photos/ --out new-features && itmatch index add --index index/photos
       --features new-features
@@ -84,8 +85,9 @@ def add(
     from itmatch.search import add_to_index
 
     meta = add_to_index(index, features, split=split, device=device, progress=progress)
+    skipped = f"; skipped {meta['skipped']} pictures already in it" if meta["skipped"] else ""
     typer.echo(f"updated {index}: {meta['n_images']} pictures, {meta['n_captions']} captions in "
-               f"{len(meta['segments'])} segments")
+               f"{len(meta['segments'])} segments{skipped}")
 
 
 def _models(meta: dict) -> str:

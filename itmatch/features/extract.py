@@ -13,7 +13,8 @@ from typing import Any
 from itmatch.errors import ItmatchError
 from itmatch.features.base import Extractor, get_extractor
 from itmatch.features.sharded import extract_sharded
-from itmatch.features.store import FeatureSet, extract_here, image_key, is_finished, open_features
+from itmatch.features.store import FOLDER, WRITTEN, FeatureSet, extract_here, image_key, is_finished, open_features
+from itmatch.fileio import check_folder, mark_folder, remove_stale
 
 
 def extract_features(
@@ -27,6 +28,8 @@ def extract_features(
     **options: Any,
 ) -> FeatureSet:
     """Extract R region features for every picture in ``images`` into ``out_dir`` and open the result.
+
+    ``out_dir`` must be new, empty, or a features folder itmatch wrote that holds nothing else.
 
     ``extractor`` is a registered name (created with ``regions`` and ``options``) or an :class:`Extractor`.
     Resumable and incremental: finished pictures are never extracted again (see the module docstring). Row i of
@@ -47,7 +50,10 @@ def extract_features(
         seen[key["path"]] = i
     config = extractor.config()
     out = Path(out_dir)
+    check_folder(out, FOLDER)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    mark_folder(out, FOLDER, claim=WRITTEN)
     if is_finished(out, config, keys):
         return open_features(out)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from itmatch.errors import ItmatchError
 from itmatch.features.base import Extractor, Regions, check_regions
 from itmatch.features.images import UnreadableImage
-from itmatch.fileio import write_json, write_text
+from itmatch.fileio import FolderFormat, write_json, write_text
 
 FORMAT_VERSION = 1
 ARRAYS = ("features", "boxes", "labels", "scores")
@@ -39,6 +39,13 @@ INFO_FILE = "extractor.json"
 IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
 SHARDS = ".shards"  # the processes' shares of a `torchrun` extraction (itmatch.features.sharded)
+#: What an extraction writes in its folder (the scratch folders included, with all they hold).
+WRITTEN = (*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new", SHARDS)
+#: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions, finished or interrupted: by
+#: their names and INFO_FILE or the partial run's plan).
+FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=WRITTEN,
+                      legacy_files=((INFO_FILE, ("extractor", "count")),
+                                    (f"{PARTIAL}/plan.json", ("config", "images"))))
 
 
 @dataclass

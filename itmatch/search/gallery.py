@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -45,12 +45,40 @@ class Gallery:
         """Features (k, R, D) float32 of a slice of the pictures: a gallery reads like an (n, R, D) array."""
         return self.read_features(np.arange(self.n_images)[rows])
 
+    def subset(self, ids: np.ndarray) -> Gallery:
+        """The pictures ``ids`` (sorted, unique) of this gallery, with their captions."""
+        ids = np.asarray(ids, dtype=np.int64)
+        new_id = np.full(self.n_images, -1, dtype=np.int64)
+        new_id[ids] = np.arange(len(ids))
+        kept = np.flatnonzero(new_id[self.caption_image] >= 0) if len(self.caption_image) else np.zeros(0, np.int64)
+        return dataclasses.replace(
+            self, n_images=len(ids), read_features=lambda rows: self.read_features(ids[rows]),
+            boxes=None if self.boxes is None else np.asarray(self.boxes[ids]),
+            pictures=[self.pictures[i] for i in ids], captions=[self.captions[j] for j in kept],
+            caption_image=new_id[self.caption_image[kept]])
+
 
 def check_image_id(image: int, n_images: int) -> int:
     """``image`` if it is one of ``n_images`` pictures, else an error naming the valid ids."""
     if not 0 <= image < n_images:
         raise ItmatchError(f"no image {image} here; ids run from 0 to {n_images - 1}")
     return image
+
+
+def already_in(pictures: Sequence[dict[str, Any]], indexed: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(len(pictures),) bool: which ``pictures`` are among ``indexed``, keyed as `extract` keys them (path, size,
+    modification time; by path alone where one side does not know the size and time). Pictures without a file are
+    never the same."""
+    known: dict[str, set[tuple[Any, Any]]] = {}
+    for picture in indexed:
+        if picture.get("path"):
+            known.setdefault(picture["path"], set()).add((picture.get("bytes"), picture.get("mtime_ns")))
+    found = np.zeros(len(pictures), dtype=bool)
+    for i, picture in enumerate(pictures):
+        stamps = known.get(picture.get("path") or "")
+        stamp = (picture.get("bytes"), picture.get("mtime_ns"))
+        found[i] = stamps is not None and (stamp in stamps or None in stamp or any(None in s for s in stamps))
+    return found
 
 
 def open_gallery(directory: str | Path, split: str | None = None) -> Gallery:
@@ -94,7 +122,8 @@ def _dataset_split(directory: Path, split: str) -> Gallery:
 
 
 def _picture(entry: dict[str, Any], base: Path) -> dict[str, Any]:
-    """``path`` (absolute), ``width``, ``height`` of a listing entry."""
+    """``path`` (absolute), ``width``, ``height`` (and ``bytes``, ``mtime_ns`` where listed) of a listing entry."""
     path = Path(entry["path"])
     return {"path": str(path if path.is_absolute() else (base / path).absolute()),
-            "width": entry.get("width"), "height": entry.get("height")}
+            "width": entry.get("width"), "height": entry.get("height"),
+            **{key: entry[key] for key in ("bytes", "mtime_ns") if key in entry}}

@@ -38,13 +38,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import atomic_dir, atomic_path, write_json
-from itmatch.search.gallery import Gallery, open_gallery
+from itmatch.fileio import FolderFormat, atomic_dir, atomic_path, check_folder, mark_folder, remove_stale, write_json
+from itmatch.search.gallery import Gallery, already_in, open_gallery
 
 FORMAT = "itmatch-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq")
+#: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: index.json).
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
+                                                      "seg-*"), legacy_files=((INDEX_FILE, ("segments", "faiss")),))
 STORE_DTYPES = ("float32", "float16")
 #: Pictures an inverted file (its centroids, and an IVF-PQ's codebooks) is trained on, at most.
 TRAIN_SAMPLE = 200_000
@@ -271,11 +275,11 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
     the shortlist, their scores averaged. The models (and ``vocab``, for checkpoints without one) are copied into
     the index. ``index_type``/``nlist``/``nprobe``/``m``: the FAISS index (module docstring); ``store_dtype``:
     float32, or float16 for the stored region features and re-ranker encodings. Built in a temporary folder and
-    renamed: ``out`` is never half-written. Returns the metadata.
+    renamed: ``out`` is never half-written, and an existing ``out`` is replaced only when it is an index that holds
+    nothing but what itmatch wrote. Returns the metadata.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INDEX_FILE).is_file())):
-        raise ItmatchError(f"{out}: exists and is not a search index; give a new or empty folder")
+    check_folder(out, FOLDER)  # before any work (checked again when the new index takes its place)
     dtype = check_store_dtype(store_dtype)
     choose_kind(0, index_type)  # a wrong --index-type is reported before any work
     sources = [features] if isinstance(features, (str, Path)) else list(features)
@@ -287,7 +291,7 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
         _check_compatible(source, gallery, first.n_regions, first.dim, first.extractor)
     n_images = sum(g.n_images for g in galleries)
     kind = choose_kind(n_images, index_type)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, FOLDER) as tmp:
         meta = _store_models(tmp, embedder, rerankers, vocab)
         models = load_index_models(tmp, meta, device)
         segments = [_write_segment(tmp / f"seg-{k:05d}", gallery, models, device, progress, dtype)
@@ -319,16 +323,25 @@ def _check_compatible(source: str | Path, gallery: Gallery, regions: int, dim: i
 def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | None = None, device: str = "cpu",
                  progress: bool = False) -> dict[str, Any]:
     """Append the pictures of ``features`` (``split`` of a dataset) to the index ``index_dir`` as a new segment,
-    encoded with the index's own models; nothing already indexed is read again. Returns the new metadata."""
+    encoded with the index's own models; nothing already indexed is read again, and pictures already in the index
+    (same file, size and modification time, as `extract` keys them) are skipped. Returns the new metadata plus
+    ``skipped``: how many pictures were already there."""
     index_dir = Path(index_dir)
     index = open_index(index_dir, writable=True)
     meta = index.meta
+    remove_stale(index_dir)  # what a killed `add` left
     gallery = open_gallery(features, split)
+    new = ~already_in(gallery.pictures, index.pictures)
+    skipped = int((~new).sum())
+    if not new.any():
+        return {**meta, "skipped": skipped}
+    gallery = gallery.subset(np.flatnonzero(new)) if skipped else gallery
     _check_compatible(features, gallery, meta["regions"], meta["dim"], meta["extractor"])
     models = load_index_models(index_dir, meta, device)
     number = len(meta["segments"])
     name = f"seg-{number:05d}"
     dtype = check_store_dtype(meta.get("store_dtype", "float32"))  # the index's own format
+    mark_folder(index_dir, FOLDER, claim=[name, f"images.{number + 1}.faiss", f"captions.{number + 1}.faiss"])
     with atomic_dir(index_dir / name) as tmp:  # replaces a segment left behind by an interrupted `add`
         segment = _write_segment(tmp, gallery, models, device, progress, dtype)
     segment.pop("fields")
@@ -345,7 +358,7 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     write_json(index_dir / INDEX_FILE, meta)
     for old in old_files:
         (index_dir / old).unlink(missing_ok=True)
-    return meta
+    return {**meta, "skipped": skipped}
 
 
 def _store_models(folder: Path, embedder: str | Path, rerankers: Sequence[str | Path],

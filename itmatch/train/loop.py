@@ -27,7 +27,7 @@ from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
-from itmatch.fileio import write_text
+from itmatch.fileio import remove_stale, write_text
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
 from itmatch.protocols import evaluate_blocks, protocol_blocks
@@ -202,8 +202,7 @@ class _Trainer:
         info.barrier()
         if info.is_main:
             write_text(out / "config.toml", dumps(config))
-            for stale in out.glob(".*.tmp"):  # a write cut short by a kill
-                stale.unlink(missing_ok=True)
+            remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
             self._write_log(None)
 
     def run(self) -> TrainResult:

@@ -19,8 +19,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +42,14 @@ from itmatch.features import (
     get_extractor,
     load_image,
 )
+from itmatch.fileio import FolderFormat, atomic_dir, check_folder
 
 SPLIT_NAMES = ("train", "dev", "test")
+#: The dataset folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: dataset.json).
+FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
+                                                    "*_images.jsonl", VOCAB_FILE, DATASET_FILE),
+                      legacy_files=((DATASET_FILE, ("splits", "extractor")),))
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
+        text = f"{self.where}: {self.reason}"  # may quote the manifest: its line breaks would break the listing
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ManifestError(ItmatchError):
@@ -143,7 +148,12 @@ def read_manifest(path: str | os.PathLike, check_images: bool = True, progress: 
     base = path.parent.resolve()
     by_image: dict[Path, list[tuple[int, str, list[str]]]] = {}
     for line, image, captions in entries:
-        by_image.setdefault((base / image).resolve(), []).append((line, image, captions))
+        try:
+            resolved = (base / image).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system, a link loop
+            problems.append(Problem(f"{path}:{line}", f"not a usable picture path ({exc}); fix the path"))
+            continue
+        by_image.setdefault(resolved, []).append((line, image, captions))
     bad_images = _check_images(list(by_image), check_images, progress, base)
 
     items: list[Item] = []
@@ -230,7 +240,12 @@ def _check_images(images: list[Path], decode: bool, progress: bool, base: Path) 
     bad: dict[Path, str] = {}
     for image in tqdm(images, desc="checking pictures", unit="img", disable=not progress or not decode):
         shown = os.path.relpath(image, base)
-        if not image.is_file():
+        try:
+            found = image.is_file()
+        except OSError as exc:  # e.g. a name too long for the file system
+            bad[image] = f"cannot use the picture path {shown} ({exc.strerror}); fix the path"
+            continue
+        if not found:
             bad[image] = f"picture not found: {shown} (paths are relative to the manifest's folder)"
         elif decode:
             try:
@@ -283,9 +298,9 @@ def split_items(items: Sequence[Item], dev: int, test: int, seed: int = 0) -> di
 
 
 def check_out(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier itmatch dataset (which a build replaces)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DATASET_FILE).is_file())):
-        raise ItmatchError(f"{out}: exists and is not an itmatch dataset; choose a new --out folder")
+    """``out`` must be new, empty, or an earlier itmatch dataset holding only what itmatch wrote (a build replaces
+    it); checked before the long work starts."""
+    check_folder(out, FOLDER)
 
 
 def write_dataset(
@@ -297,14 +312,7 @@ def write_dataset(
     """Write the precomp directory ``out`` (see the module docstring) from items whose features ``locate`` gives
     as (feature set, row). Built in a temporary folder beside ``out``, renamed at the end. Returns the split
     counts and the vocabulary size."""
-    out = Path(out).absolute()
-    check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
+    with atomic_dir(out, FOLDER) as tmp:
         counts: dict[str, dict[str, int]] = {}
         for split, items in splits.items():
             if items:
@@ -320,10 +328,6 @@ def write_dataset(
             "splits": counts,
             "vocab_size": len(vocab),
         })
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts, len(vocab)
 
 
@@ -345,17 +349,6 @@ def _write_split(folder: Path, split: str, items: Sequence[Item], locate: Mappin
     write_captions(folder, split, captions, caption_image)
     write_pictures(folder, split, boxes, rows)
     return {"images": len(items), "captions": len(captions)}
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put the finished folder ``new`` at ``out``, replacing an earlier build or an empty folder."""
-    if not out.exists():
-        new.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old)
 
 
 def features_cache(kind: str, extractor_config: dict[str, Any], *parts: str) -> Path:
