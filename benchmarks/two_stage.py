@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from itmatch.data import write_synthetic
-from itmatch.data.precomp import load_split
-from itmatch.evaluate import ImageRows, load_models
+from itmatch.data.precomp import ImageRows, load_split
+from itmatch.loading import load_models
 from itmatch.metrics import i2t_ranks, summarize, t2i_ranks
 from itmatch.models.ensemble import Ensemble
 from itmatch.scoring import score_matrix

@@ -1,10 +1,9 @@
 """Model files: the native format (safetensors + JSON config, no pickle), itmatch training checkpoints
-(plain dicts, ``weights_only`` loadable), and the SGRAF authors' released ``.pth.tar`` files.
+(plain dicts, ``weights_only`` loadable), and the SGRAF authors' released ``.pth.tar`` files (``itmatch.release``).
 
-An official file is ``{"epoch", "model": [image encoder, text encoder, similarity encoder] state dicts,
-"best_rsum", "opt": argparse.Namespace, "Eiters"}``. Its ``opt`` is an ``argparse.Namespace``, which is
-allow-listed for ``torch.load(weights_only=True)``; a file holding any other Python object is refused unless
-the user says they trust it (unpickling can run code).
+An official file's ``opt`` is an ``argparse.Namespace``, which is allow-listed for
+``torch.load(weights_only=True)``; a file holding any other Python object is refused unless the user says they
+trust it (unpickling can run code).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -25,10 +24,11 @@ from itmatch.errors import ItmatchError
 from itmatch.fileio import atomic_path
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
+from itmatch.release import PARTS as RELEASE_PARTS
+from itmatch.release import release_config
 
 FORMAT = "itmatch"
 FORMAT_VERSION = 1
-OFFICIAL_PARTS = ("img_enc", "txt_enc", "sim_enc")
 
 
 @dataclasses.dataclass
@@ -38,6 +38,7 @@ class LoadedModel:
     model: Matcher
     vocab: dict | None
     source: str  # "native", "training" or "official"
+    info: dict = dataclasses.field(default_factory=dict)  # epoch, step, best_rsum, config where the file has them
 
 
 def save_model(path: str | os.PathLike, model: Matcher, vocab: dict | None = None) -> None:
@@ -94,40 +95,34 @@ def _load_native(path: Path) -> LoadedModel:
     return LoadedModel(model, json.loads(meta["vocab"]) if "vocab" in meta else None, "native")
 
 
+# How torch.load(weights_only=True) names the object it refused (the wording differs for blocked modules).
+_BLOCKED = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
 def _load_torch(path: Path, trust: bool) -> LoadedModel:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
+        blocked = _BLOCKED.search(str(exc))
+        if blocked is None:
             raise ItmatchError(f"{path}: not a checkpoint (neither .safetensors nor a PyTorch file)") from None
         if not trust:
-            raise ItmatchError(f"{path}: holds Python objects beyond tensors and options; if you trust its "
-                               "source, pass --trust-checkpoint (unpickling can run code)") from None
+            raise ItmatchError(f"{path}: holds the Python object {blocked[1]}, beyond tensors and options; if you "
+                               "trust its source, pass --trust-checkpoint (unpickling can run code)") from None
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception:  # torch.load fails in many ways on a file that is not a checkpoint
         raise ItmatchError(f"{path}: not a checkpoint (neither .safetensors nor a PyTorch file)") from None
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         model = create_model(ckpt["model_name"], **ckpt["model_args"])
         _load_state(model, ckpt["state_dict"], path)
-        return LoadedModel(model, ckpt.get("vocab"), "training")
+        info = {k: ckpt[k] for k in ("epoch", "step", "best_rsum", "config") if ckpt.get(k) is not None}
+        return LoadedModel(model, ckpt.get("vocab"), "training", info)
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), (list, tuple)) and "opt" in ckpt:
-        return LoadedModel(_official_model(ckpt, path), None, "official")
+        info = {k: v for k, v in (("epoch", ckpt.get("epoch")), ("step", ckpt.get("Eiters")),
+                                  ("best_rsum", ckpt.get("best_rsum"))) if v is not None}
+        return LoadedModel(_official_model(ckpt, path), None, "official", info)
     raise ItmatchError(f"{path}: a PyTorch file, but neither an itmatch checkpoint nor an SGRAF release")
-
-
-def official_config(opt: Any, image_state: dict, text_state: dict) -> dict:
-    """SGRAF constructor arguments from a release's ``opt`` (sizes cross-checked with the weights)."""
-    get = (lambda k, d=None: opt.get(k, d)) if isinstance(opt, dict) else (lambda k, d=None: getattr(opt, k, d))
-    module = get("module_name")
-    if module not in ("SGR", "SAF"):
-        raise ItmatchError(f"opt.module_name is {module!r}; itmatch reads SGR and SAF releases")
-    embed = text_state["embed.weight"]
-    return dict(module=module, vocab_size=int(embed.shape[0]), word_dim=int(embed.shape[1]),
-                img_dim=int(image_state["fc.weight"].shape[1]), embed_size=int(image_state["fc.weight"].shape[0]),
-                sim_dim=int(get("sim_dim", 256)), num_layers=int(get("num_layers", 1)),
-                bi_gru=bool(get("bi_gru", True)), sgr_step=int(get("sgr_step", 3)),
-                img_norm=not get("no_imgnorm", False), txt_norm=not get("no_txtnorm", False))
 
 
 def _official_model(ckpt: dict, path: Path) -> Matcher:
@@ -135,11 +130,11 @@ def _official_model(ckpt: dict, path: Path) -> Matcher:
     if len(parts) != 3 or not all(isinstance(p, dict) for p in parts):
         raise ItmatchError(f"{path}: 'model' must hold three state dicts (image, text, similarity encoders)")
     try:
-        args = official_config(ckpt["opt"], parts[0], parts[1])
-    except KeyError as exc:
-        raise ItmatchError(f"{path}: missing weight {exc} in the release") from None
+        args = release_config(ckpt["opt"], parts)
+    except ItmatchError as exc:
+        raise ItmatchError(f"{path}: {exc}") from None
     model = create_model(args.pop("module").lower(), **args)
-    state = {f"{prefix}.{k}": v for prefix, part in zip(OFFICIAL_PARTS, parts) for k, v in part.items()}
+    state = {f"{prefix}.{k}": v for prefix, part in zip(RELEASE_PARTS, parts) for k, v in part.items()}
     _load_state(model, state, path)
     return model
 

@@ -1,6 +1,6 @@
 """The demo's last step: example text searches over a dataset's test pictures, printed and drawn.
 
-``python -m itmatch.demo --data DIR --checkpoint A --checkpoint B --query "..." --figure docs/demo.png``
+``python -m itmatch.demo --data DIR --checkpoint A --checkpoint B --query "..." --figure runs/demo/demo.png``
 scores each free-text query against every test picture with the given model (an ensemble when several), prints
 the top pictures (file name, caption, score) and draws them into one PNG (thumbnails with captions, OpenCV).
 """
@@ -8,18 +8,19 @@ the top pictures (file name, caption, score) and draws them into one PNG (thumbn
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from itmatch.data.precomp import load_split
+from itmatch.data.folder import pictures_path, read_pictures
+from itmatch.data.precomp import ImageRows, load_split
 from itmatch.errors import ItmatchError
-from itmatch.evaluate import ImageRows, load_models
 from itmatch.features.images import load_image
+from itmatch.features.thumbnail import shrink
 from itmatch.fileio import atomic_path
+from itmatch.loading import load_models
 from itmatch.scoring import score_matrix
 
 CELL = 180
@@ -44,13 +45,14 @@ def example_searches(data: Path, checkpoints: Sequence[Path], queries: Sequence[
 
 
 def _image_paths(data: Path, split: str, n_images: int) -> list[str]:
-    listing = data / f"{split}_images.jsonl"
-    if not listing.is_file():
-        raise ItmatchError(f"{listing}: missing; build the dataset with `itmatch data build` to keep picture paths")
-    rows = [json.loads(line) for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(rows) != n_images:
-        raise ItmatchError(f"{listing}: {len(rows)} pictures listed, but the split has {n_images}")
-    return [row["path"] for row in sorted(rows, key=lambda r: r["row"])]
+    pictures = read_pictures(data, split)
+    if pictures is None:
+        raise ItmatchError(f"{pictures_path(data, split)}: missing; build the dataset with `itmatch data build` to "
+                           "keep picture paths")
+    if len(pictures) != n_images:
+        raise ItmatchError(f"{pictures_path(data, split)}: {len(pictures)} pictures listed, but the split has "
+                           f"{n_images}")
+    return [pictures[row]["path"] for row in sorted(pictures)]
 
 
 def format_results(results: list[dict]) -> str:
@@ -81,13 +83,6 @@ def draw_results(results: list[dict], out: Path) -> None:
         if not ok:
             raise ItmatchError(f"{out}: could not encode the figure")
         tmp.write_bytes(encoded.tobytes())
-
-
-def shrink(image: np.ndarray, longest: int) -> np.ndarray:
-    """``image`` resized so that its longer side is ``longest`` pixels (area averaging; aspect kept)."""
-    h, w = image.shape[:2]
-    scale = longest / max(h, w)
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:

@@ -6,77 +6,25 @@ COCO-1K never computes the full 5,000 × 25,000 matrix. Results are the JSON of 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from itmatch.checkpoint import load_checkpoint
-from itmatch.data.precomp import PrecompSplit, load_split
-from itmatch.data.vocab import Vocabulary, load_vocab, vocab_from_json
+from itmatch.data.precomp import ImageRows, PrecompSplit, SplitFiles, load_split
+from itmatch.data.vocab import Vocabulary
+from itmatch.distributed import DistInfo, setup
 from itmatch.errors import ItmatchError
 from itmatch.fileio import write_npy
+from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
 from itmatch.models.ensemble import Ensemble
-from itmatch.protocols import check_protocol, evaluate_blocks, protocol_blocks
+from itmatch.protocols import CAPTIONS_PER_IMAGE, check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
 
 
 #: Captions per tile for embedding models: one (images × 1,024) matrix product instead of many thin ones.
 EMBEDDING_CAPTION_CHUNK = 1024
-
-
-@dataclasses.dataclass
-class ImageRows:
-    """Lazy (n, R, D) view of chosen images of a split: slicing reads only those rows of the memmap."""
-
-    split: PrecompSplit
-    images: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        return self.split.image_features(self.images[index])
-
-
-def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None, *, trust: bool = False,
-                device: str = "cpu") -> tuple[Matcher, Vocabulary | None]:
-    """The model of one checkpoint, or the ensemble of several, and the vocabulary their captions use.
-
-    The vocabulary comes from ``vocab_path`` or else from the first checkpoint that stores one; its size
-    must equal every model's word embedding (a model trained with another vocabulary is an error). Models with
-    their own tokenizer (``config.vocab_size`` None, e.g. a BERT-family text encoder) need no vocabulary.
-    """
-    loaded = [load_checkpoint(p, trust=trust, device=device) for p in checkpoints]
-    if vocab_path is not None:
-        vocab = load_vocab(vocab_path)
-    else:
-        stored = next((item.vocab for item in loaded if item.vocab is not None), None)
-        vocab = vocab_from_json(stored, checkpoints[0]) if stored is not None else None
-    for path, item in zip(checkpoints, loaded):
-        size = getattr(item.model.config, "vocab_size", None)
-        if size is None:
-            continue
-        if vocab is None:
-            raise ItmatchError(f"{path}: this model reads word ids; give its vocabulary with --vocab VOCAB.json")
-        if len(vocab) != size:
-            raise ItmatchError(f"{vocab_path or path}: the vocabulary has {len(vocab)} words but {path} was "
-                               f"trained with {size}; use the vocabulary the model was trained with")
-    models = [item.model for item in loaded]
-    return (models[0] if len(models) == 1 else Ensemble(models)), vocab
-
-
-def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]) -> list[list[int]]:
-    """Token ids of ``captions`` for ``model``: its own tokenizer when it has one (``model.tokenize``, e.g. a
-    BERT-family text encoder), else the vocabulary's word ids."""
-    tokenize = getattr(model, "tokenize", None)
-    if tokenize is not None:
-        return tokenize(captions)
-    if vocab is None:
-        raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
-    return vocab.encode_all(captions)
 
 
 def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
@@ -89,17 +37,21 @@ def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
     matrix product unless ``caption_chunk`` is given.
     """
     members = list(model.members) if isinstance(model, Ensemble) else [model]
-    if len(members) == 1 or all(getattr(m, "tokenize", None) is None and m.pair_bytes_per_word() for m in members):
-        tokens = caption_tokens(model, vocab, split.captions)
+    needed = np.unique(np.concatenate([captions for _, captions in blocks])) if blocks else np.zeros(0, np.int64)
+    row = np.zeros(split.n_captions, dtype=np.int64)
+    row[needed] = np.arange(len(needed))  # only the blocks' captions are tokenized
+    texts = [split.captions[c] for c in needed]
+    if len(members) == 1 or all(m.tokenize is None and not m.is_embedding for m in members):
+        tokens = caption_tokens(model, vocab, texts)
         options = _engine_options(model, engine)
-        return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in captions], **options)
+        return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in row[captions]], **options)
                 for images, captions in blocks]
     total = [np.zeros((len(images), len(captions)), dtype=np.float64) for images, captions in blocks]
     for member in members:
-        tokens = caption_tokens(member, vocab, split.captions)
+        tokens = caption_tokens(member, vocab, texts)
         options = _engine_options(member, engine)
         for acc, (images, captions) in zip(total, blocks):
-            acc += score_matrix(member, ImageRows(split, images), [tokens[c] for c in captions], **options)
+            acc += score_matrix(member, ImageRows(split, images), [tokens[c] for c in row[captions]], **options)
     return [(acc / len(members)).astype(np.float32) for acc in total]
 
 
@@ -123,23 +75,80 @@ def load_sims(paths: Sequence[str | Path], blocks: list[tuple[np.ndarray, np.nda
 
 
 def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.ndarray]:
-    folds = [path.with_suffix(f".fold{k}.npy") for k in range(len(blocks))]
-    if not path.exists() and len(blocks) > 1 and all(f.exists() for f in folds):
-        parts = [np.load(f, mmap_mode="r") for f in folds]
+    folds = _fold_files(path)
+    if not path.exists() and len(blocks) > 1 and len(folds) >= len(blocks):
+        parts = [np.load(f, mmap_mode="r") for f in folds[:len(blocks)]]
         for f, part, (imgs, caps) in zip(folds, parts, blocks):
             if part.shape != (len(imgs), len(caps)):
                 raise ItmatchError(f"{f}: shape {part.shape}, expected {(len(imgs), len(caps))}")
         return parts
+    sims = _open_sims(path)
+    if sims.shape != (n_images, n_captions):
+        raise ItmatchError(f"{path}: shape {sims.shape}, but the split has {n_images} images × {n_captions} "
+                           "captions; save it with --save-sims on the same split")
+    return [np.asarray(sims[np.ix_(imgs, caps)]) for imgs, caps in blocks]
+
+
+def _fold_files(path: Path) -> list[Path]:
+    """``STEM.fold0.npy``, ``STEM.fold1.npy``, ... as far as they exist (``save_sims``'s files of a protocol with
+    folds)."""
+    folds = []
+    while path.with_suffix(f".fold{len(folds)}.npy").exists():
+        folds.append(path.with_suffix(f".fold{len(folds)}.npy"))
+    return folds
+
+
+def _open_sims(path: Path) -> np.ndarray:
+    """A saved score matrix, memory-mapped, with a one-line error when it is missing or not a 2-D ``.npy``."""
     if not path.exists():
         raise ItmatchError(f"{path}: no such score matrix (.npy of shape images × captions)")
     try:
         sims = np.load(path, mmap_mode="r")
     except ValueError as exc:
         raise ItmatchError(f"{path}: not a .npy score matrix ({exc})") from None
-    if sims.shape != (n_images, n_captions):
-        raise ItmatchError(f"{path}: shape {sims.shape}, but the split has {n_images} images × {n_captions} "
-                           "captions; save it with --save-sims on the same split")
-    return [np.asarray(sims[np.ix_(imgs, caps)]) for imgs, caps in blocks]
+    if sims.ndim != 2:
+        raise ItmatchError(f"{path}: shape {sims.shape}; a score matrix is 2-D (images × captions)")
+    return sims
+
+
+def sims_caption_image(path: str | Path, captions_per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    """The caption → image layout of a saved score matrix evaluated without its dataset: image i owns captions
+    ``k·i … k·i + k − 1`` (the authors' layout, k = 5), so an n × kn matrix (or its ``STEM.fold{j}.npy`` files)
+    says everything. Another shape is an error that names ``--captions-per-image`` and ``--data``."""
+    path = Path(path)
+    if captions_per_image < 1:
+        raise ItmatchError(f"--captions-per-image must be >= 1, got {captions_per_image}")
+    folds = [] if path.exists() else _fold_files(path)
+    shapes = [_open_sims(f).shape for f in folds or [path]]
+    n_images, n_captions = sum(s[0] for s in shapes), sum(s[1] for s in shapes)
+    if n_captions != n_images * captions_per_image:
+        raise ItmatchError(f"{path}: {n_images} images × {n_captions} captions is not {captions_per_image} captions "
+                           "per image in image order; pass --captions-per-image K, or --data DIR (with --split) "
+                           "for the split's own layout")
+    return np.arange(n_captions, dtype=np.int64) // captions_per_image
+
+
+def check_scores(block_sims: list[np.ndarray], blocks: list[tuple[np.ndarray, np.ndarray]],
+                 split: PrecompSplit | None, sims: Sequence[str | Path] = ()) -> None:
+    """Refuse NaN scores (they cannot be ranked), naming their cause: the images whose features hold NaN or
+    infinity (by their rows in the features file of ``split``, when there is one), else the saved score files
+    ``sims``, else the model."""
+    bad = sorted({int(i) for (imgs, _), part in zip(blocks, block_sims)
+                  for i in np.asarray(imgs)[np.isnan(part).any(axis=1)]})
+    if not bad:
+        return
+    rows = [int(split.image_rows[i]) for i in bad] if split is not None else []
+    broken = [r for r in rows if not np.isfinite(split.features[r]).all()]
+    if broken:
+        raise ItmatchError(f"{SplitFiles.of(split.directory, split.split).images}: feature rows {_listed(broken)} "
+                           "hold NaN or infinite values; extract those pictures again or drop them")
+    where = ", ".join(map(str, sims)) if sims else "the model"
+    raise ItmatchError(f"{where}: scores of images {_listed(bad)} are NaN; "
+                       + ("save them again" if sims else "the checkpoint's weights may be broken"))
+
+
+def _listed(numbers: list[int], shown: int = 10) -> str:
+    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
@@ -152,24 +161,81 @@ def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     return targets
 
 
-def evaluate_split(data: str | Path, split: str, *, checkpoints: Sequence[str | Path] = (),
+def image_shares(blocks: list[tuple[np.ndarray, np.ndarray]], world_size: int
+                 ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per process, its part of every block: the blocks' image rows, laid end to end, cut into ``world_size``
+    consecutive near-equal shares. Equal work per process, and a process meets few blocks (COCO-1K's five
+    folds over two processes: 2.5 folds each), so it reads and tokenizes only those blocks' captions."""
+    sizes = np.array([len(images) for images, _ in blocks])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    cuts = np.linspace(0, starts[-1], world_size + 1).round().astype(np.int64)
+    return [[(images[np.clip(lo - start, 0, len(images)):np.clip(hi - start, 0, len(images))], captions)
+             for (images, captions), start in zip(blocks, starts)] for lo, hi in zip(cuts[:-1], cuts[1:])]
+
+
+def score_blocks_sharded(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
+                         blocks: list[tuple[np.ndarray, np.ndarray]], info: DistInfo, **engine
+                         ) -> list[np.ndarray] | None:
+    """``score_blocks`` with the blocks' images shared out by ``image_shares``, one share per process; the rows
+    are gathered on rank 0, which gets the blocks' full matrices (other ranks: None).
+
+    A process scores its images against all their block's captions, so every score is computed as in one process.
+    """
+    shares = image_shares(blocks, info.world_size)[info.rank]
+    scored = iter(score_blocks(model, vocab, split, [b for b in shares if len(b[0])], **engine))
+    mine = [next(scored) if len(images) else np.zeros((0, len(captions)), np.float32) for images, captions in shares]
+    gathered = [info.gather_to_main(rows) for rows in mine]
+    return gathered if info.is_main else None  # type: ignore[return-value]
+
+
+def evaluate_split(data: str | Path | None, split: str, *, checkpoints: Sequence[str | Path] = (),
                    sims: Sequence[str | Path] = (), vocab: str | Path | None = None, protocol: str | None = None,
                    dev_subset: bool = False, trust: bool = False, save_sims_to: str | Path | None = None,
-                   **engine) -> dict:
-    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``."""
+                   captions_per_image: int | None = None, **engine) -> dict | None:
+    """Evaluate checkpoints (an ensemble when several) or saved score matrices on ``data``/``split``.
+
+    Saved matrices need no ``data`` when captions come in image order, ``captions_per_image`` (default 5) per
+    image (``sims_caption_image``); the result then has no ``split``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process scores a share of each block's images
+    (``score_blocks_sharded``) and rank 0 alone evaluates, saves the score matrices and returns the result;
+    the other ranks return None. ``engine["device"]`` ``cuda`` means each process's own GPU (``LOCAL_RANK``).
+    """
     if bool(checkpoints) == bool(sims):
         raise ItmatchError("give either --checkpoint (one or more) or --sims (one or more), not both or neither")
-    split_data = load_split(data, split, dev_subset=dev_subset)
-    check_protocol(protocol, split_data.n_images, split_data.caption_image)
-    blocks = protocol_blocks(protocol, split_data.caption_image)
-    if checkpoints:
-        model, words = load_models(checkpoints, vocab, trust=trust, device=str(engine.get("device") or "cpu"))
-        block_sims = score_blocks(model, words, split_data, blocks, **engine)
+    split_data = None
+    if data is None:
+        if checkpoints:
+            raise ItmatchError("scoring a model needs the split's features and captions: pass --data DIR")
+        caption_image = sims_caption_image(sims[0], captions_per_image or CAPTIONS_PER_IMAGE)
+        n_images = len(caption_image) // (captions_per_image or CAPTIONS_PER_IMAGE)
+    elif captions_per_image is not None:
+        raise ItmatchError("--captions-per-image describes score matrices read without --data; with --data the "
+                           "split says which image each caption belongs to")
     else:
-        block_sims = load_sims(sims, blocks, split_data.n_images, split_data.n_captions)
-    if save_sims_to is not None:
+        split_data = load_split(data, split, dev_subset=dev_subset)
+        caption_image, n_images = split_data.caption_image, split_data.n_images
+    n_captions = len(caption_image)
+    check_protocol(protocol, n_images, caption_image)
+    blocks = protocol_blocks(protocol, caption_image)
+    device = engine.get("device")
+    info = setup("auto" if device is None else str(device))  # None: a GPU when there is one
+    try:
+        if checkpoints:
+            engine = {**engine, "device": info.device, "progress": bool(engine.get("progress")) and info.is_main}
+            model, words = load_models(checkpoints, vocab, trust=trust, device=str(info.device))
+            block_sims = score_blocks_sharded(model, words, split_data, blocks, info, **engine)
+        else:
+            block_sims = load_sims(sims, blocks, n_images, n_captions) if info.is_main else None
+    finally:
+        info.close()
+    if block_sims is None:
+        return None
+    check_scores(block_sims, blocks, split_data, sims)
+    result = evaluate_blocks(protocol, caption_image, block_sims)
+    if save_sims_to is not None:  # only scores that could be evaluated are saved
         save_sims(save_sims_to, block_sims)
-    result = evaluate_blocks(protocol, split_data.caption_image, block_sims)
-    result["split"] = split
+    if split_data is not None:
+        result["split"] = split
     result["sources"] = [str(p) for p in (checkpoints or sims)]
     return result

@@ -1,16 +1,180 @@
-"""Atomic file writing: every output is written under a temporary name in the same folder, then renamed."""
+"""Atomic file writing and safe output folders.
+
+Every output file is written under a temporary name in the same folder, then renamed. Every output *folder* carries
+a marker (:data:`MARKER`: the folder's format, its version and the files itmatch wrote there); a command replaces or
+writes into an existing folder only when it is empty or provably one that itmatch wrote in that format and holds
+nothing else, and refuses otherwise: itmatch never deletes or overwrites a file it did not write. Temporary files and
+folders carry the writing process's id, so a later run removes those left by a killed one.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
+
+from itmatch.errors import ItmatchError
+
+#: The marker file in every folder itmatch writes.
+MARKER = ".itmatch-folder.json"
+
+# Temporary names: `.NAME.itmatch-HOST-PID.RANDOM.tmp` (files and folders being written), `.NAME.itmatch-old-HOST-PID`
+# (a folder being replaced). Distinctive, so that no file of the user's is ever taken for one; the host, so that a
+# process on another machine sharing the folder (a multi-node `torchrun`) is not taken for a dead one.
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+_TEMP = f"itmatch-{_HOST}-"
+_STALE = re.compile(r"^\..+\.itmatch-(?:old-)?(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)(?:\.[a-z0-9_]{8}\.tmp)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderFormat:
+    """A kind of folder itmatch writes. ``legacy`` are the (glob) names a folder written before markers existed may
+    hold, ``legacy_files`` the JSON files (with the keys each must have) of which such a folder must have one: only
+    then is an unmarked folder recognised as itmatch's."""
+
+    name: str
+    version: int
+    legacy: tuple[str, ...] = ()
+    legacy_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--out") -> None:
+    """Raise :class:`ItmatchError` unless ``path`` may be (re)written as a ``fmt`` folder: it does not exist, is
+    empty, or is a ``fmt`` folder itmatch wrote that holds only files itmatch wrote there."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ItmatchError(f"{path}: is a file, not a folder; give {option} a new folder")
+    entries = _entries(path)
+    if not entries:
+        return
+    marker = read_marker(path)
+    if marker is None:
+        if _is_legacy(path, entries, fmt):
+            return
+        unknown = sorted(entries, key=lambda e: _legacy_name(e, fmt))  # the names itmatch never uses first
+        raise ItmatchError(f"{path}: holds files itmatch did not write (e.g. {_first(unknown)}); give {option} a new "
+                           "or empty folder (itmatch never deletes them)")
+    if marker.get("format") != fmt.name:
+        raise ItmatchError(f"{path}: is an itmatch {marker.get('format')} folder, not {fmt.name}; give {option} "
+                           "another folder")
+    claimed = [str(c) for c in marker.get("files", [])]
+    foreign = [e for e in entries if not _claimed(e, claimed)]
+    if foreign:
+        raise ItmatchError(f"{path}: holds files itmatch did not write (e.g. {_first(foreign)}); move them away or "
+                           f"give {option} a new folder (itmatch never deletes them)")
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The marker of the folder ``path``, or None when it has none (or an unreadable one)."""
+    try:
+        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def mark_folder(path: str | os.PathLike, fmt: FolderFormat, claim: Iterable[str] = ()) -> None:
+    """Write the marker of the ``fmt`` folder ``path``: what it already claimed (for a folder of an older version:
+    the files with ``fmt``'s names), plus ``claim`` (files or folders written or about to be; a folder covers what
+    is under it). Claim a name before writing it, so that a kill in between leaves nothing unclaimed."""
+    path = Path(path)
+    marker = read_marker(path)
+    if marker is not None and marker.get("format") == fmt.name:
+        kept = [str(c) for c in marker.get("files", [])]
+    else:
+        kept = [e for e in _entries(path) if _legacy_name(e, fmt)]
+    write_json(path / MARKER, {"format": fmt.name, "format_version": fmt.version,
+                               "files": sorted(set(kept) | set(claim))})
+
+
+def _entries(path: Path) -> list[str]:
+    """Every file under ``path`` ('/'-separated, relative; empty folders and links to folders too), but the marker
+    and itmatch's temporary names."""
+    found = []
+    for root, dirs, files in os.walk(path):
+        here = Path(root)
+        rel = here.relative_to(path)
+        links = [d for d in dirs if (here / d).is_symlink()]
+        dirs[:] = [d for d in dirs if not _STALE.match(d) and d not in links]
+        names = [n for n in files + links if not _STALE.match(n) and not (rel == Path(".") and n == MARKER)]
+        found += [(rel / n).as_posix() for n in names]
+        if rel != Path(".") and not names and not dirs:
+            found.append(rel.as_posix())
+    return sorted(found)
+
+
+def _claimed(entry: str, claimed: list[str]) -> bool:
+    return any(entry == c or entry.startswith(c.rstrip("/") + "/") for c in claimed)
+
+
+def _is_legacy(path: Path, entries: list[str], fmt: FolderFormat) -> bool:
+    """Whether an unmarked folder is one an older itmatch wrote: only ``fmt``'s names, and its JSON file says so."""
+    if not fmt.legacy_files or not all(_legacy_name(e, fmt) for e in entries):
+        return False
+    return any(_json_with(path / name, keys, fmt.name) for name, keys in fmt.legacy_files)
+
+
+def _json_with(path: Path, keys: tuple[str, ...], fmt: str) -> bool:
+    """Whether ``path`` is a JSON object with ``keys`` (and, if it names a format, ``fmt``)."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and all(key in info for key in keys) and info.get("format", fmt) == fmt
+
+
+def _legacy_name(entry: str, fmt: FolderFormat) -> bool:
+    top = entry.split("/", 1)[0]
+    return any(fnmatch.fnmatchcase(top, pattern) for pattern in fmt.legacy)
+
+
+def _first(entries: list[str]) -> str:
+    return entries[0] + (f" and {len(entries) - 1} more" if len(entries) > 1 else "")
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders in ``folder`` that a killed itmatch process left (their process id is
+    in the name and no longer runs); the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _STALE.match(name)
+        if match is None or match["host"] != _HOST or _running(int(match["pid"])):
+            continue
+        stale = folder / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -18,7 +182,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -31,17 +195,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a new temporary folder beside ``path``; on success it takes the place of ``path`` (replacing an
-    earlier folder there), on error it is removed: ``path`` is never half-written."""
+def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option: str = "--out") -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; on success it takes the place of ``path``, on error it is
+    removed: ``path`` is never half-written. With ``fmt``, ``path`` must pass :func:`check_folder` (before and once
+    more just before it is replaced) and the new folder gets its marker. Stale temporary folders of killed runs
+    beside ``path`` are removed first."""
     path = Path(path).absolute()
+    if fmt is not None:
+        check_folder(path, fmt, option)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
+        if fmt is not None:
+            mark_folder(tmp, fmt, claim=_entries(tmp))
+            check_folder(path, fmt, option)
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.itmatch-old-{_HOST}-{os.getpid()}")
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old)

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from itmatch.errors import ItmatchError
-from itmatch.models.base import Encoding, Matcher
+from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.ensemble import Ensemble
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -74,27 +74,47 @@ def pad_tokens(token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torc
     return tokens, lengths
 
 
+def feature_batches(features: np.ndarray | torch.Tensor, batch_size: int = 128, progress: bool = False,
+                    desc: str = "encode images") -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, float32 tensor (b, R, D))`` for consecutive batches of ``features`` (an array, a memmap read batch
+    by batch, or any sliceable with a length): the loop every image encoder runs."""
+    for start in tqdm(range(0, len(features), batch_size), desc=desc, disable=not progress, leave=False):
+        rows = slice(start, min(start + batch_size, len(features)))
+        yield rows, torch.as_tensor(np.asarray(features[rows], dtype=np.float32))
+
+
 def encode_images(model: Matcher, features: np.ndarray | torch.Tensor, device: torch.device,
                   batch_size: int = 128, progress: bool = False) -> Encoding:
     """Encode all rows of ``features`` (N, R, D) (memory-mapped arrays are read batch by batch)."""
-    parts = []
-    for start in tqdm(range(0, len(features), batch_size), desc="encode images", disable=not progress,
-                      leave=False):
-        block = torch.as_tensor(np.asarray(features[start:start + batch_size], dtype=np.float32))
-        parts.append(model.encode_images(block.to(device)))
+    parts = [model.encode_images(block.to(device)) for _, block in feature_batches(features, batch_size, progress)]
     return type(parts[0]).cat(parts)
+
+
+def text_batches(model: Matcher, token_lists: Sequence[Sequence[int]], device: torch.device,
+                 batch_size: int = 128, progress: bool = False) -> Iterator[tuple[np.ndarray, Encoding]]:
+    """``(caption indices, encoding)`` of captions encoded longest first, ``batch_size`` at a time."""
+    order = np.argsort([-len(t) for t in token_lists], kind="stable")
+    for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress, leave=False):
+        index = order[start:start + batch_size]
+        tokens, lengths = pad_tokens([token_lists[i] for i in index])
+        yield index, model.encode_texts(tokens.to(device), lengths)
 
 
 def encode_texts(model: Matcher, token_lists: Sequence[Sequence[int]], device: torch.device,
                  batch_size: int = 128, progress: bool = False) -> list[tuple[np.ndarray, Encoding]]:
     """Encode captions longest first in chunks; returns (caption indices, encoding) per chunk."""
-    order = np.argsort([-len(t) for t in token_lists], kind="stable")
-    chunks = []
-    for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress, leave=False):
-        index = order[start:start + batch_size]
-        tokens, lengths = pad_tokens([token_lists[i] for i in index])
-        chunks.append((index, model.encode_texts(tokens.to(device), lengths)))
-    return chunks
+    return list(text_batches(model, token_lists, device, batch_size, progress))
+
+
+def images_per_tile(model: Matcher, texts: Encoding, n_images: int, budget: int) -> int:
+    """Images per tile scored against the captions ``texts``: as many as keep the tile's working memory, images ×
+    captions × (longest caption + 1) × ``pair_bytes_per_word``, within ``budget`` bytes (at least one); all
+    ``n_images`` for a model scored by one matrix product."""
+    per_word = model.pair_bytes_per_word()
+    if not per_word:
+        return max(1, n_images)
+    words = int(texts.lengths.max()) + 1 if isinstance(texts, TextEncoding) else 1
+    return max(1, budget // (len(texts) * words * per_word))
 
 
 def score_matrix(model: Matcher, features: np.ndarray | torch.Tensor, token_lists: Sequence[Sequence[int]], *,
@@ -137,12 +157,10 @@ def score_encoded(model: Matcher, images: Encoding, texts: list[tuple[np.ndarray
     chunks (``encode_texts``'s output), in tiles of ``caption_chunk`` captions × images under ``budget`` bytes."""
     n_captions = sum(len(index) for index, _ in texts)
     out = np.empty((len(images), n_captions), dtype=np.float32)
-    per_word = model.pair_bytes_per_word()
     bar = tqdm(total=len(images) * n_captions, desc=f"score {model.model_name or 'pairs'}", unit="pair",
                unit_scale=True, disable=not progress, leave=False)
     for index, chunk in _caption_tiles(texts, caption_chunk):
-        words = int(chunk.lengths.max()) + 1 if hasattr(chunk, "lengths") else 1
-        step = image_chunk or (max(1, budget // (len(index) * words * per_word)) if per_word else len(images))
+        step = image_chunk or images_per_tile(model, chunk, len(images), budget)
         for start in range(0, len(images), step):
             block = model.score(images.select(slice(start, start + step)), chunk)
             out[start:start + step, index] = block.float().cpu().numpy()

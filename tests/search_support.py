@@ -3,7 +3,6 @@ indexes built from them (built once per test session, read-only for the tests)."
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import numpy as np
 from conftest import small_model
 from itmatch.checkpoint import save_model
 from itmatch.data import write_synthetic
+from itmatch.data.folder import VOCAB_FILE, write_info, write_pictures
 from itmatch.data.precomp import write_split
 from itmatch.data.vocab import build_vocab, load_vocab, save_vocab
 from itmatch.features import extract_features
-from itmatch.fileio import write_json
 from itmatch.models import create_model
 from itmatch.search import build_index
 
@@ -59,11 +58,10 @@ def picture_dataset() -> Path:
     captions = [c for name, _, shape in PICTURES for c in (f"a {name} {shape}", f"a {shape} that is {name}")]
     caption_image = np.repeat(np.arange(len(PICTURES)), 2)
     write_split(data, "test", np.asarray(feats.features), captions, caption_image)
-    np.save(data / "test_boxes.npy", np.asarray(feats.boxes))
-    (data / "test_images.jsonl").write_text("".join(
-        json.dumps({"row": i, "path": str(p), "width": 200, "height": 160}) + "\n" for i, p in enumerate(paths)))
-    write_json(data / "dataset.json", {"extractor": feats.info["extractor"]})
-    save_vocab(build_vocab(captions, threshold=1), data / "vocab.json")
+    write_pictures(data, "test", np.asarray(feats.boxes),
+                   [{"row": i, "path": str(p), "width": 200, "height": 160} for i, p in enumerate(paths)])
+    write_info(data, {"extractor": feats.info["extractor"]})
+    save_vocab(build_vocab(captions, threshold=1), data / VOCAB_FILE)
     _BUILT["dataset"] = data
     return data
 

@@ -158,3 +158,51 @@ def test_bad_inputs_give_one_line_and_exit_2(dataset, tmp_path, capsys, kind):
 def test_unknown_words_map_to_unk(dataset):
     _, vocab, _ = dataset
     assert vocab.encode("zyzzyva qwertyuiop") == [1, 3, 3, 2]
+
+
+# -- --sims without --data ---------------------------------------------------------------------------------------
+
+def test_sims_alone_in_the_authors_layout_equal_sims_with_data(dataset, tmp_path, capsys):
+    """A 12 × 60 matrix is read as 5 captions per image: the same numbers as with the split's own layout."""
+    data, vocab, files = dataset
+    sims, split = reference_matrix(files["saf_model"], data, vocab)
+    np.save(tmp_path / "saf.npy", sims)
+    with_data, alone = tmp_path / "with.json", tmp_path / "alone.json"
+    assert run(["evaluate", "--data", data, "--sims", tmp_path / "saf.npy", "--output", with_data], capsys)[0] == 0
+    code, stdout, _ = run(["evaluate", "--sims", tmp_path / "saf.npy", "--output", alone], capsys)
+    assert code == 0 and "protocol full (12 images, 60 captions)" in stdout
+    expected = json.loads(with_data.read_text())
+    expected.pop("split")
+    assert json.loads(alone.read_text()) == expected
+    assert expected["rsum"] == pytest.approx(retrieval_metrics(sims, split.caption_image)["rsum"])
+
+
+def test_sims_alone_with_other_captions_per_image(tmp_path, capsys):
+    """4 images × 8 captions, 2 per image: R@1 (i2t) = 50 (images 0 and 2 rank an own caption first) and R@1 (t2i)
+    = 25 (captions 1 and 4 of 8 rank their image first; the all-zero columns are ties, not hits)."""
+    sims = np.full((4, 8), 0.0, dtype=np.float32)
+    sims[0, 1] = sims[2, 4] = 1.0                   # image 0 -> its caption 1; image 2 -> its caption 4
+    sims[1, 0] = sims[3, 2] = 2.0                   # images 1 and 3 prefer other images' captions
+    sims[1, 5] = 3.0                                # caption 5 (image 2's) prefers image 1
+    np.save(tmp_path / "m.npy", sims)
+    out = tmp_path / "r.json"
+    code, _, err = run(["evaluate", "--sims", tmp_path / "m.npy", "--output", out], capsys)
+    assert code == 2 and "is not 5 captions per image" in err and "--captions-per-image" in err
+    assert run(["evaluate", "--sims", tmp_path / "m.npy", "--captions-per-image", 2, "--output", out], capsys)[0] == 0
+    result = json.loads(out.read_text())
+    want = retrieval_metrics(sims, np.arange(8) // 2)
+    assert result["n_images"] == 4 and result["n_captions"] == 8
+    assert (result["i2t"]["r1"], result["t2i"]["r1"]) == (50.0, 25.0)
+    assert result["i2t"] == want["i2t"] and result["t2i"] == want["t2i"]
+
+
+def test_sims_alone_refuses_what_it_cannot_read(dataset, tmp_path, capsys):
+    data, _, files = dataset
+    np.save(tmp_path / "v.npy", np.zeros(10, dtype=np.float32))
+    cases = [(["--sims", tmp_path / "missing.npy"], "no such score matrix"),
+             (["--sims", tmp_path / "v.npy"], "a score matrix is 2-D"),
+             (["--checkpoint", files["sgr"]], "pass --data DIR"),
+             (["--data", data, "--sims", tmp_path / "v.npy", "--captions-per-image", 2], "without --data")]
+    for args, fragment in cases:
+        code, _, err = run(["evaluate", *args], capsys)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and fragment in err, err

@@ -8,13 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from reference_hrem import release_graph
 from test_vse import (PLANTED_DIM, evaluate_rsum, planted, random_batch, single_thread,  # noqa: F401 (fixtures)
                       tiny, train_steps)
 
 from itmatch.checkpoint import load_model, save_model
 from itmatch.data.vocab import load_vocab
 from itmatch.errors import ItmatchError
-from itmatch.models.hrem import AssociationGraph, InstanceInteraction, Relations, attention_bias, match_statistics
+from itmatch.models.hrem import (AssociationGraph, HREMConfig, InstanceInteraction, Relations, attention_bias,
+                                 match_statistics)
 from itmatch.models.vse import TrainBatch
 
 
@@ -48,9 +51,9 @@ def test_match_statistics_on_a_hand_built_batch():
     np.testing.assert_allclose(stats.i2t_topk, [[[1, 0], [1, 0]], [[1, 0], [0, 0]]], atol=1e-6)
 
 
-def hand_graph() -> AssociationGraph:
+def hand_graph(same_modality_rank: str = "cross") -> AssociationGraph:
     """K=2, half of each row connected; both MLPs computed as relu(x1) + 2 relu(x2) + 0.5."""
-    graph = AssociationGraph(topk=2, connect_fraction=0.5, sigma=1.0)
+    graph = AssociationGraph(topk=2, connect_fraction=0.5, sigma=1.0, same_modality_rank=same_modality_rank)
     for mlp in (graph.mlp_t2i, graph.mlp_i2t):
         with torch.no_grad():
             mlp[0].weight.copy_(torch.eye(2))
@@ -60,8 +63,24 @@ def hand_graph() -> AssociationGraph:
     return graph
 
 
-def test_connection_and_relevance_matrices_on_a_hand_built_batch():
-    relations = hand_graph()(hand_batch())
+# Connection on the hand batch: one of two columns kept per block row (ties kept); across modalities by the
+# mean matches. Same-modality blocks: "within" by v·vᵀ = t·tᵀ = [[1, .6], [.6, 1]] (the diagonal); "cross"
+# (the release) images by v·tᵀ = [[.8, 0], [.96, .8]] (column 0 twice), captions by t·vᵀ = [[.8, .96], [0, .8]].
+HAND_CONNECT = {
+    "within": [[True, False, True, True],
+               [False, True, True, False],
+               [True, True, True, False],
+               [True, False, False, True]],
+    "cross": [[True, False, True, True],
+              [True, False, True, False],
+              [True, True, False, True],
+              [True, False, False, True]],
+}
+
+
+@pytest.mark.parametrize("rank", ["cross", "within"])
+def test_connection_and_relevance_matrices_on_a_hand_built_batch(rank):
+    relations = hand_graph(rank)(hand_batch())
     e = math.exp(-math.sqrt(0.8))  # exp(-||v0 - v1||) = exp(-||t0 - t1||)
     # rows and columns: img0, img1, cap0, cap1. i2t = mlp(i2t_topk) + i2t_mean, t2i likewise.
     expected_relevance = [[1.0, e, 2.0, 2.0],
@@ -69,12 +88,7 @@ def test_connection_and_relevance_matrices_on_a_hand_built_batch():
                           [2.5, 2.5, 1.0, e],
                           [2.0, 0.0, e, 1.0]]
     np.testing.assert_allclose(relations.relevance.detach(), expected_relevance, atol=1e-6)
-    # one of two columns kept per block row (ties kept): cosines 1 vs .6 within a modality, mean matches across
-    expected_connect = [[True, False, True, True],
-                        [False, True, True, False],
-                        [True, True, True, False],
-                        [True, False, False, True]]
-    np.testing.assert_array_equal(relations.connect, expected_connect)
+    np.testing.assert_array_equal(relations.connect, HAND_CONNECT[rank])
     # L_reg = KL(softmax(S_i2t) || softmax(G)) per row, averaged, plus the same for t2i, G = exp(-||v - t||)
     v, t = hand_batch().images, hand_batch().texts
     guide = torch.exp(-torch.cdist(v, t)).tolist()
@@ -128,6 +142,35 @@ def test_standalone_attends_across_then_within_modalities():
     intra = attention_bias(relations, 1.0, same)
     assert torch.isinf(inter[same]).all() and torch.isinf(intra[~same]).all()
     assert torch.isfinite(inter).any(1).all() and torch.isfinite(intra).any(1).all()  # no row left empty
+
+
+@pytest.mark.parametrize("rank", ["cross", "within"])
+def test_graph_equals_the_release_transcription(rank):
+    """Connection, relevance and L_reg equal tests/reference_hrem.py (the release's graph function with the
+    same-modality lines of the matching commit) on a batch of full images and captions of >= K words."""
+    gen = torch.Generator().manual_seed(3)
+    n, k = 12, 4
+    images, texts = F.normalize(torch.randn(n, 8, generator=gen), dim=1), F.normalize(torch.randn(n, 8,
+                                                                                               generator=gen), dim=1)
+    lengths = torch.randint(k, 10, (n,), generator=gen)
+    batch = TrainBatch(images=images, texts=texts, regions=torch.randn(n, 7, 8, generator=gen),
+                       n_regions=torch.full((n,), 7), words=torch.randn(n, 9, 8, generator=gen), lengths=lengths)
+    graph = AssociationGraph(topk=k, connect_fraction=0.5, sigma=1.0, same_modality_rank=rank)
+    relations = graph(batch)
+    connect, relation, reg = release_graph(images, texts, batch.regions, batch.words, lengths, graph.mlp_t2i,
+                                           graph.mlp_i2t, threshold=0.5, topk=k, same_modality=rank)
+    np.testing.assert_array_equal(relations.connect, connect)
+    np.testing.assert_allclose(relations.relevance.detach(), relation.detach(), atol=1e-5)
+    assert float(relations.reg_loss.detach()) == pytest.approx(float(reg.detach()), rel=1e-5)
+    other = release_graph(images, texts, batch.regions, batch.words, lengths, graph.mlp_t2i, graph.mlp_i2t,
+                          topk=k, same_modality="within" if rank == "cross" else "cross")[0]
+    assert not torch.equal(connect, other)  # the two rules really differ on this batch
+
+
+def test_hrem_defaults_to_the_released_connection_rule():
+    assert HREMConfig().same_modality_rank == "cross"
+    with pytest.raises(ItmatchError, match="same_modality_rank must be one of cross, within"):
+        HREMConfig(same_modality_rank="cosine")
 
 
 def test_match_statistics_chunks_equal_one_pass():
@@ -244,6 +287,14 @@ def test_recipes_load_and_build_their_models(recipe):
         assert model.config.relevance_weight == (1.5 if coco else 1.0)
         assert model.config.triplet_cutoff == (1.9 if coco else 1.7)
         assert config.data.batch_size == (256 if coco else 128) and config.schedule.lr_decay_epochs == [15, 25]
+        assert config.data.neighbour_clusters == 1000  # the paper's neighbour batch sampling
+        assert model.config.same_modality_rank == "cross"  # the release's connection rule
+    if "bigru" in recipe and config.model.name == "hrem":  # every value says where it comes from
+        text = (Path(__file__).parents[1] / "configs" / f"{recipe}.toml").read_text()
+        for line in text.splitlines():
+            if line.split("=")[0].strip() in {*args, "lr", "weight_decay", "grad_clip", "epochs", "lr_decay_epochs",
+                                              "lr_decay", "batch_size", "neighbour_clusters", "margin"}:
+                assert any(tag in line for tag in ("[release]", "[VSE-inf]", "[itmatch]")), line
 
 
 def test_hrem_and_sgr_ensemble_through_itmatch_evaluate(tmp_path, capsys):

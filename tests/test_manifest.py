@@ -167,9 +167,13 @@ def test_out_must_be_new_empty_or_a_dataset(photos: Path, tmp_path: Path, cache:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("...")
-    with pytest.raises(ItmatchError, match="not an itmatch dataset"):
+    with pytest.raises(ItmatchError, match=r"precious: holds files itmatch did not write \(e.g. thesis.tex\)"):
         build_from_manifest(manifest, precious, progress=False)
     assert (precious / "thesis.tex").read_text() == "..."
+    (precious / "dataset.json").write_text('{"splits": {}, "extractor": {}}')  # a dataset.json is no licence
+    with pytest.raises(ItmatchError, match=r"\(e.g. thesis.tex and 1 more\)"):
+        build_from_manifest(manifest, precious, progress=False)
+    assert sorted(p.name for p in precious.iterdir()) == ["dataset.json", "thesis.tex"]
 
 
 def test_split_arithmetic() -> None:

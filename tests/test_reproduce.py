@@ -18,7 +18,7 @@ from itmatch.errors import ItmatchError
 from itmatch.models import create_model
 from itmatch.papers import list_papers, load_paper
 from itmatch.papers.plan import recipe, scaled
-from itmatch.papers.tables import FOLDER
+from itmatch.papers.tables import FOLDER, measured_value
 
 PAPERS = ["hrem", "sgraf", "sgraf_reproduction", "tshsr"]
 TINY = [*SMALL, "data.batch_size=16"]
@@ -105,7 +105,11 @@ def test_dry_run_lists_exactly_the_rows_of_the_published_table(name, capsys):
         for printed, row in zip(rows, table["rows"]):
             method = printed.split(" | ")[0]
             assert method == (f"[{row['group']}] " if "group" in row else "") + row["method"]
-            assert printed.split(" | ")[2] == (" + ".join(row["runs"]) if "runs" in row else "published only")
+            how = printed.split(" | ")[2]
+            if "checkpoint" in row:
+                assert how == f"released checkpoint {row['checkpoint']} (give --checkpoint {row['checkpoint']}=PATH)"
+            else:
+                assert how == (" + ".join(row["runs"]) if "runs" in row else "published only")
 
 
 def test_dry_run_estimates_and_errors(capsys):
@@ -175,3 +179,86 @@ def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
     assert not (rebuilt / "runs").exists()
     assert math.isclose(sgr["rsum"], json.loads((out / "results" / "sgr_f30k.full.json").read_text())["rsum"])
     assert saf["protocol"] == "full"
+
+
+def test_released_checkpoint_rows_are_evaluated_without_training(tmp_path, capsys):
+    """Seed 000's "Pre" rows: --checkpoint NAME=PATH evaluates a file in the authors' release layout; with
+    --rows-from nothing is trained, the "Full" rows stay "not run", and the numbers are itmatch evaluate's."""
+    from conftest import small_model
+    from test_release import save_parts, split_parts
+
+    from itmatch.data.vocab import load_vocab
+    from itmatch.evaluate import evaluate_split
+
+    data = tmp_path / "data"
+    folder = write_synthetic(data / "f30k_precomp", n_images={"train": 8, "dev": 4, "test": 10},
+                             feature_dim=FEATURE_DIM)
+    size = len(load_vocab(folder / "vocab.json").word2idx)
+    releases = {}
+    for seed, module in enumerate(("SGR", "SAF")):
+        releases[module] = tmp_path / module / "model_best.pth.tar"
+        releases[module].parent.mkdir()
+        model = small_model(module.lower(), seed=seed, img_dim=FEATURE_DIM, vocab_size=size)
+        save_parts(releases[module], split_parts(model), module_name=module)
+    out = tmp_path / "seed000"
+    args = ["reproduce", "--paper", "sgraf_reproduction", "--table", "1", "--data", str(data), "--rows-from",
+            str(out), "--whole-split", "--no-progress", "--checkpoint", f"SAF={releases['SAF']}",
+            "--checkpoint", f"SGR={releases['SGR']}"]
+    assert main(args) == 0
+    assert "2 of 4 reproducible rows measured" in capsys.readouterr().out
+    doc = json.loads((out / "table.json").read_text())
+    assert [(r["method"], r["status"], r["checkpoint"]) for r in doc["rows"]] == [
+        ("(Full)SAF", "not run", ""), ("(Pre)SAF", "measured", "SAF"), ("(Full)SGR", "not run", ""),
+        ("(Pre)SGR", "measured", "SGR")]
+    assert not (out / "runs").exists()
+    for row in (doc["rows"][1], doc["rows"][3]):
+        want = evaluate_split(folder, "test", checkpoints=[releases[row["checkpoint"]]], vocab=folder / "vocab.json",
+                              progress=False)
+        assert row["measured"] == {c: round(measured_value(c, want, tuple(doc["columns"])), 2)
+                                   for c in doc["columns"]}
+    assert "| (Pre)SGR | f30k | full |" in (out / "table.md").read_text()
+    stamp = (out / "results" / "checkpoint-SAF.full.json").stat().st_mtime_ns
+    assert main(args) == 0  # kept: the same file is not evaluated again
+    assert (out / "results" / "checkpoint-SAF.full.json").stat().st_mtime_ns == stamp
+    assert main([*args[:-4], "--checkpoint", "SAF"]) == 2
+    assert "write NAME=PATH" in capsys.readouterr().err
+    assert main([*args[:-4], "--checkpoint", "MV=x.pth.tar"]) == 2
+    assert "table 1 evaluates the released checkpoints SAF, SGR" in capsys.readouterr().err
+
+
+def test_assumed_decay_epochs_are_printed_in_the_table(tmp_path):
+    from itmatch.papers.plan import plan_table
+    from itmatch.papers.report import table_doc, table_markdown
+
+    paper = load_paper("sgraf_reproduction")
+    plan = plan_table(paper, paper.table("2"), tmp_path)
+    assert [recipe(paper.runs[r].recipe, ()).schedule.lr_decay_epochs for r in ("saf_f30k_short", "sgr_f30k_short")
+            ] == [[10], [20]]
+    md = table_markdown(table_doc(plan, [None, None, None]))
+    assert "ASSUMPTION (saf_f30k_short: lr decay (x0.2) at epoch 10 of 20" in md
+    assert "ASSUMPTION (sgr_f30k_short: lr decay (x0.2) at epoch 20 of 40" in md
+    sgr = recipe("sgr_f30k_short", ())
+    assert (sgr.optim.lr, sgr.schedule.lr_decay, sgr.schedule.epochs) == (0.0003, 0.2, 40)
+
+
+def test_tshsr_rows_are_labelled_with_their_reading(tmp_path):
+    """Every measured TSHSR row says which reading of the paper it was trained with (docs/models.md,
+    "Departures"); the declared defaults are the model's, and --set changes the label."""
+    import dataclasses
+
+    from itmatch.models.tshsr import TSHSRConfig
+    from itmatch.papers.plan import plan_table
+    from itmatch.papers.report import table_doc, table_markdown
+
+    paper = load_paper("tshsr")
+    defaults = {f.name: f.default for f in dataclasses.fields(TSHSRConfig)}
+    assert paper.readings == {k: defaults[k] for k in ("readout", "relation_norm")}
+    table = paper.table("1")
+    fake = {"i2t": {"r1": 1.0, "r5": 2.0, "r10": 3.0}, "t2i": {"r1": 4.0, "r5": 5.0, "r10": 6.0}, "rsum": 21.0}
+    results = [fake if row.runs else None for row in table.rows]
+    for overrides, label in (((), "reading: readout=sigmoid, relation_norm=softmax"),
+                             (("model.args.readout=inner",), "reading: readout=inner, relation_norm=softmax")):
+        doc = table_doc(plan_table(paper, table, tmp_path, overrides=overrides), results)
+        labelled = {row["method"] for row in doc["rows"] if row["reading"]}
+        assert labelled == {"Ours (HSR)", "Ours (TSHSR)"}  # not the SGR rows, not published-only ones
+        assert table_markdown(doc).count(label) == 4  # two rows on each dataset

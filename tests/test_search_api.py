@@ -65,7 +65,7 @@ def test_search_returns_the_searchers_ranking(client, searcher):
 
 
 @pytest.mark.parametrize("params, words", [
-    ({}, "the query is empty"),
+    ({}, "q: Field required"),  # required, as the OpenAPI schema says
     ({"q": ""}, "the query is empty"),
     ({"q": "   "}, "the query is empty"),
     ({"q": "a" * 201}, "longer than 200 characters"),
@@ -122,7 +122,8 @@ def test_explain(client, searcher):
     ({"image": 10, "q": "a dog"}, 404, "no image 10"),
     ({"image": -3, "q": "a dog"}, 422, "image: "),
     ({"image": "../../etc/passwd", "q": "a dog"}, 422, "image: "),
-    ({"image": 1}, 422, "the query is empty"),
+    ({"image": 1}, 422, "q: Field required"),
+    ({"image": 1, "q": " "}, 422, "the query is empty"),
     ({"q": "a dog"}, 422, "image: "),
 ])
 def test_explain_refuses_bad_requests(client, params, status, words):

@@ -12,9 +12,9 @@ import torch
 
 from search_support import picture_dataset, picture_models, save_models, synthetic_data
 from itmatch.cli import main
-from itmatch.data.precomp import load_split, write_split
+from itmatch.data.precomp import ImageRows, load_split, write_split
 from itmatch.errors import ItmatchError
-from itmatch.evaluate import ImageRows, load_models
+from itmatch.loading import load_models
 from itmatch.models.ensemble import Ensemble
 from itmatch.scoring import score_matrix
 from itmatch.search import Searcher, add_to_index, build_index, open_index
@@ -163,8 +163,9 @@ def test_the_cli_builds_searches_and_adds(tmp_path, capsys):
     assert "00_red_circle.png" in table or "re-ranked 10 with sgr" in table
     assert main(["index", "add", "--index", str(out), "--features", str(data.parent / "features"),
                  "--no-progress"]) == 0
-    assert "20 pictures, 20 captions in 2 segments" in capsys.readouterr().out
-    picture = open_index(out).pictures[12]["path"]
+    # the same pictures again: nothing is added twice
+    assert "10 pictures, 20 captions in 1 segments; skipped 10 pictures already in it" in capsys.readouterr().out
+    picture = open_index(out).pictures[2]["path"]
     assert main(["search", "--index", str(out), "--image", picture, "--top", "2", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 2
 
@@ -191,7 +192,7 @@ def test_user_mistakes_are_one_line_errors(synthetic_index, tmp_path, capsys):
     (occupied / "notes.txt").write_text("mine")
     assert main(["index", "build", "--features", str(data), "--split", "test", "--embedder", str(models["vse"]),
                  "--out", str(occupied)]) == 2
-    assert "exists and is not a search index" in capsys.readouterr().err
+    assert "holds files itmatch did not write (e.g. notes.txt)" in capsys.readouterr().err
 
 
 def test_a_failed_build_leaves_an_earlier_index_untouched(synthetic_index, tmp_path):

@@ -95,3 +95,17 @@ def test_a_missing_dev_split(data: Path, tmp_path: Path, capsys: pytest.CaptureF
     fails(capsys, train_args("sgr", copy, out), "no dev split (dev_ims.npy missing)", "validates on dev")
     assert not out.exists()
     fails(capsys, train_args("sgr", tmp_path / "nowhere", out), "vocab.json")
+
+
+def test_each_epoch_prints_one_line_matching_the_log(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+                                                     ) -> None:
+    """Even without a progress bar a run is never silent: one line per epoch with the logged loss, dev rsum and
+    seconds, then the summary."""
+    out = tmp_path / "run"
+    assert main(["train", *train_args("sgr", data, out, "schedule.epochs=2")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and len(lines) == 3 and lines[2].startswith("trained ")
+    for line, entry in zip(lines, log):
+        assert line == (f"epoch {entry['epoch']} of 2: loss {entry['loss']:.4f}, dev rsum {entry['dev']['rsum']:.1f}, "
+                        f"{entry['time']:.1f} s")

@@ -34,7 +34,7 @@ def test_gradients_and_update_equal_the_per_caption_reference(name: str) -> None
     torch.manual_seed(0)
     model = create_model(name, vocab_size=50, img_dim=24, word_dim=12, embed_size=32, sim_dim=16,
                          dropout=0.0).train()
-    reference = copy.deepcopy(model)
+    reference = copy.deepcopy(model).requires_grad_(True)  # the authors train every parameter, SGR's key bias too
     config = small_config(name)
     batch = sorted_batch()
 

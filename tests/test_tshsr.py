@@ -192,6 +192,43 @@ def test_t2i_hsr_replaces_the_pooling_only():
     assert float((hsr["t2i"] - pooled["t2i"]).abs().max()) > 1e-2
 
 
+def test_inner_product_readout_is_the_logit_of_the_sigmoid_one():
+    """readout="inner" scores w_eval · S* (Eq. 9's inner product): with the same weights, exactly the sigmoid
+    read-out's logit, and equal to the reference's; the model's other parts are untouched."""
+    feats, captions = make_inputs(6, LENGTHS[:8], seed=5)
+    model = sharpen(model_for("tshsr", seed=6), feats, captions)
+    inner = create_model("tshsr", **{**SMALL, "readout": "inner"}).eval()
+    inner.load_state_dict(model.state_dict())
+    got = score_matrix(inner, feats.numpy(), captions)
+    np.testing.assert_allclose(got, reference_scores(inner, feats, captions).numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(torch.sigmoid(torch.as_tensor(got)).numpy(), score_matrix(model, feats.numpy(),
+                                                                                         captions), atol=1e-6)
+    assert got.min() < 0 or got.max() > 1  # not squashed
+
+
+@pytest.mark.parametrize("overrides", [{"hsr_layers": 2}, {"hsr_layers": 1, "t2i_hsr": True, "hsr_conv": False}])
+def test_unnormalised_relation_equals_reference(overrides):
+    """relation_norm="none" (R of Eq. 4 as printed): the tiles' padded relation is zero past each caption, as
+    the reference's unpadded R. Without the softmax, node coordinates grow with L and the layers (to ~280 here),
+    so the comparison is partly relative."""
+    feats, captions = make_inputs(5, LENGTHS, seed=2)
+    model = excite(small_model("tshsr", seed=4, relation_norm="none", **overrides), 4)
+    expected = reference_vectors(model, feats, captions)
+    got = batch_vectors(model, feats, captions)
+    for name in expected:
+        assert float(expected[name].std()) > 1e-2
+        torch.testing.assert_close(got[name], expected[name], rtol=2e-5, atol=1e-5)
+
+
+def test_unnormalised_relation_differs_from_the_softmax_one():
+    feats, captions = make_inputs(4, LENGTHS[:6], seed=7)
+    model = model_for("tshsr", seed=8)
+    raw = create_model("tshsr", **{**SMALL, "relation_norm": "none"}).eval()
+    raw.load_state_dict(model.state_dict())
+    a, b = score_matrix(model, feats.numpy(), captions), score_matrix(raw, feats.numpy(), captions)
+    assert np.abs(a - b).max() > 1e-4
+
+
 def test_config_errors():
     with pytest.raises(ItmatchError, match="streams"):
         create_model("tshsr", streams="t2v")
@@ -201,6 +238,10 @@ def test_config_errors():
         create_model("tshsr_i2t", streams="both")
     with pytest.raises(ItmatchError, match="hsr_layers"):
         create_model("tshsr", hsr_layers=-1)
+    with pytest.raises(ItmatchError, match="readout must be one of sigmoid, inner, got 'dot'"):
+        create_model("tshsr", readout="dot")
+    with pytest.raises(ItmatchError, match="relation_norm must be one of softmax, none"):
+        create_model("tshsr", relation_norm="l1")
 
 
 def test_every_parameter_gets_a_gradient():

@@ -14,7 +14,7 @@ from itmatch.checkpoint import load_model, save_model
 from itmatch.data.precomp import load_split
 from itmatch.data.synthetic import write_synthetic
 from itmatch.data.vocab import load_vocab
-from itmatch.evaluate import caption_tokens
+from itmatch.loading import caption_tokens
 from itmatch.metrics import retrieval_metrics
 from itmatch.models import create_model
 from itmatch.models.pooling import GPO, Pool, mean_pool, topk_max_pool
@@ -283,7 +283,7 @@ def test_vse_learns_on_planted_data(planted):
 # -- itmatch encode ---------------------------------------------------------------------------------------------
 
 def test_encode_writes_embeddings_that_reproduce_the_scores(tmp_path, capsys):
-    from itmatch.cli.encode import encode, load_embeddings
+    from itmatch.cli.encode import encode
 
     data = write_synthetic(tmp_path / "data", n_images={"train": 3, "test": 7}, feature_dim=20)
     vocab = load_vocab(data / "vocab.json")
@@ -292,12 +292,12 @@ def test_encode_writes_embeddings_that_reproduce_the_scores(tmp_path, capsys):
     encode(checkpoint=tmp_path / "hrem.safetensors", data=data, out=tmp_path / "emb", split="test", vocab=None,
            device="cpu", batch_size=3, trust_checkpoint=False, progress=False)
     assert "7 images, 35 captions, 32-d (hrem)" in capsys.readouterr().out
-    emb = load_embeddings(tmp_path / "emb")
-    assert isinstance(emb.images, np.memmap) and emb.images.shape == (7, 32) and emb.captions.shape == (35, 32)
+    images, captions = (np.load(tmp_path / "emb" / f"{name}.npy", mmap_mode="r") for name in ("images", "captions"))
+    assert isinstance(images, np.memmap) and images.shape == (7, 32) and captions.shape == (35, 32)
     split = load_split(data, "test")
-    np.testing.assert_array_equal(emb.caption_image, split.caption_image)
+    np.testing.assert_array_equal(np.load(tmp_path / "emb" / "caption_image.npy"), split.caption_image)
     expected = score_matrix(model, split.image_features(np.arange(7)), vocab.encode_all(split.captions))
-    np.testing.assert_allclose(emb.images @ emb.captions.T, expected, atol=1e-5)
+    np.testing.assert_allclose(images @ captions.T, expected, atol=1e-5)
     assert not list((tmp_path / "emb").glob(".*.tmp"))
 
 

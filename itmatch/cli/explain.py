@@ -34,7 +34,7 @@ def explain(
 
       itmatch explain --index index/tuxpaint --image 12 --text "a red apple" --out apple.png --json apple.json
     """
-    from itmatch.evaluate import load_models
+    from itmatch.loading import load_models
     from itmatch.features.images import load_image
     from itmatch.fileio import write_json
     from itmatch.search import Searcher, explain_pair

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,12 +70,17 @@ def extract(
       itmatch extract --images photos/ --out photos-features
 
       itmatch extract --images manifest.jsonl --out feats --extractor precomputed --option features_dir=butd/
+
+      torchrun --nproc_per_node 8 -m itmatch extract --images photos/ --out photos-features (a share of the
+      pictures per process, merged at the end; see docs/scale.md)
     """
     from itmatch.features import extract_features
 
     pictures = list_pictures(images)
     result = extract_features(pictures, out, extractor=extractor, regions=regions, batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable, **parse_options(option))
+    if int(os.environ.get("RANK", "0")):  # under torchrun rank 0 reports
+        return
     n, r, d = result.features.shape
     failed = int((~result.ok).sum())
     rate = f", {result.computed / result.seconds:.1f} pictures/s" if result.computed and result.seconds else ""

@@ -18,7 +18,9 @@ ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 @app.command("build")
 def build(
-    features: FeaturesOption,
+    features: Annotated[list[Path], typer.Option(
+        help="An `itmatch extract` folder (features.npy, images.jsonl) or a dataset folder (with --split); repeat "
+             "for several folders (e.g. shards of one large extraction), each becomes a segment.")],
     embedder: Annotated[Path, typer.Option(help="Embedding model (vse, hrem) that shortlists by one vector each.")],
     out: Annotated[Path, typer.Option(help="New index folder (an earlier index there is replaced).")],
     reranker: Annotated[list[Path] | None, typer.Option(
@@ -28,9 +30,16 @@ def build(
     vocab: Annotated[Path | None, typer.Option(
         help="Vocabulary JSON for checkpoints that store none (e.g. the authors' releases).")] = None,
     index_type: Annotated[str, typer.Option(
-        help="auto (exact below 100,000 pictures, IVF above), flat (exact) or ivf.")] = "auto",
+        help="auto (exact below 100,000 pictures, IVF above), flat (exact), ivf, or ivfpq (product-quantised: "
+             "--m bytes a picture, for millions; see docs/scale.md).")] = "auto",
     nlist: Annotated[int | None, typer.Option(help="IVF lists (default about 4·sqrt(pictures)).", min=1)] = None,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists searched per query (default nlist/8).", min=1)] = None,
+    m: Annotated[int | None, typer.Option(
+        "--m", help="IVF-PQ bytes (sub-vectors) per picture; must divide the embedding size (default size/4).",
+        min=1)] = None,
+    store_dtype: Annotated[str, typer.Option(
+        help="float32, or float16: half the disk for the stored region features and re-ranker encodings "
+             "(scores change by less than 1e-3; docs/scale.md).")] = "float32",
     device: DeviceOption = "cpu",
     progress: ProgressOption = True,
 ) -> None:
@@ -45,11 +54,15 @@ def build(
 
       itmatch index build --features photos-features --embedder vse.safetensors --reranker sgr.safetensors
         --out index/photos
+
+      itmatch index build --features part1 --features part2 --embedder vse.pt --reranker sgr.pt --reranker saf.pt
+        --index-type ivfpq --nlist 4096 --m 32 --nprobe 64 --store-dtype float16 --out index/millions
     """
     from itmatch.search import build_index
 
     meta = build_index(features, out, embedder=embedder, rerankers=reranker or [], split=split, vocab=vocab,
-                       index_type=index_type, nlist=nlist, nprobe=nprobe, device=device, progress=progress)
+                       index_type=index_type, nlist=nlist, nprobe=nprobe, m=m, store_dtype=store_dtype,
+                       device=device, progress=progress)
     typer.echo(f"wrote {out}: {meta['n_images']} pictures, {meta['n_captions']} captions, {meta['faiss']['kind']} "
                f"FAISS index; {_models(meta)}")
 
@@ -62,7 +75,9 @@ def add(
     device: DeviceOption = "cpu",
     progress: ProgressOption = True,
 ) -> None:
-    """Add pictures to an index as a new segment, encoded with the index's models; nothing is rebuilt.
+    """Add pictures to an index as a new segment, encoded with the index's models and stored in its formats
+    (FAISS kind, --store-dtype); nothing is rebuilt, and pictures the index already holds (same file, size and
+    modification time) are skipped.
 
     Example: itmatch extract --images new_photos/ --out new-features && itmatch index add --index index/photos
       --features new-features
@@ -70,8 +85,9 @@ def add(
     from itmatch.search import add_to_index
 
     meta = add_to_index(index, features, split=split, device=device, progress=progress)
+    skipped = f"; skipped {meta['skipped']} pictures already in it" if meta["skipped"] else ""
     typer.echo(f"updated {index}: {meta['n_images']} pictures, {meta['n_captions']} captions in "
-               f"{len(meta['segments'])} segments")
+               f"{len(meta['segments'])} segments{skipped}")
 
 
 def _models(meta: dict) -> str:

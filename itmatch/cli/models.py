@@ -15,10 +15,14 @@ Checkpoints = Annotated[Optional[list[Path]], typer.Option(
 
 
 def evaluate(
-    data: Annotated[Path, typer.Option(help="Precomp folder ({split}_ims.npy, {split}_caps.txt).")],
+    data: Annotated[Optional[Path], typer.Option(
+        help="Precomp folder ({split}_ims.npy, {split}_caps.txt); optional with --sims in the n × 5n layout.")] = None,
     checkpoint: Checkpoints = None,
     sims: Annotated[Optional[list[Path]], typer.Option(
         help="Saved score matrix .npy (images × captions) instead of a model; repeat to average.")] = None,
+    captions_per_image: Annotated[Optional[int], typer.Option(
+        help="With --sims and no --data: captions per image, in image order (default 5, the authors' layout).")
+    ] = None,
     split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",
     vocab: Annotated[Optional[Path], typer.Option(
         help="The authors' vocabulary JSON (default: the one stored in the checkpoint).")] = None,
@@ -46,6 +50,11 @@ def evaluate(
         --checkpoint SGR/model_best.pth.tar --checkpoint SAF/model_best.pth.tar --protocol f30k
 
       itmatch evaluate --data data/coco_precomp --split testall --protocol coco1k --sims sgr.npy --sims saf.npy
+
+      itmatch evaluate --sims sims_f30k_test.npy --protocol f30k        # a 1,000 × 5,000 matrix needs no --data
+
+      torchrun --nproc_per_node 4 -m itmatch evaluate --device cuda ... (each process scores a share of the
+      images on its own GPU; rank 0 writes the report; see docs/scale.md)
     """
     from itmatch.evaluate import evaluate_split
     from itmatch.fileio import write_json
@@ -53,8 +62,11 @@ def evaluate(
 
     result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
                             protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
-                            save_sims_to=save_sims, device=device, precision=precision,
+                            save_sims_to=save_sims, captions_per_image=captions_per_image, device=device,
+                            precision=precision,
                             max_memory=max_memory << 20 if max_memory else None, progress=progress)
+    if result is None:  # a torchrun process other than rank 0: rank 0 reports
+        return
     typer.echo(format_table(result))
     if output is None and checkpoint:
         first = checkpoint[0]
@@ -67,25 +79,48 @@ def evaluate(
 
 def convert(
     source: Annotated[Path, typer.Argument(help="An SGRAF release (.pth.tar) or any itmatch model file.")],
-    target: Annotated[Path, typer.Argument(help="Output .safetensors file.")],
+    target: Annotated[Path, typer.Argument(help="Output file: *.safetensors (native) or *.pth.tar (release).")],
+    to: Annotated[str, typer.Option(
+        help="native (safetensors + JSON config, no pickle) or release (the SGRAF authors' .pth.tar layout, "
+             "for their evaluation.py; SGR and SAF only).")] = "native",
     vocab: Annotated[Optional[Path], typer.Option(help="Vocabulary JSON to store inside the model file.")] = None,
+    data_name: Annotated[Optional[str], typer.Option(
+        help="--to release: opt.data_name, which picks the authors' vocabulary file (default: f30k_precomp or "
+             "coco_precomp from the vocabulary size).")] = None,
     trust_checkpoint: Annotated[bool, typer.Option(
         help="Allow a source holding arbitrary pickled objects (only for files you trust).")] = False,
 ) -> None:
-    """Convert a model file to the native format (safetensors + JSON config; loads without pickle).
+    """Convert a model file to the native format, or an SGR/SAF model to the authors' release layout.
 
-    Example: itmatch convert runs/f30k_SGR/model_best.pth.tar sgr_f30k.safetensors --vocab f30k_precomp_vocab.json
+    Examples:
+
+      itmatch convert runs/f30k_SGR/model_best.pth.tar sgr_f30k.safetensors --vocab f30k_precomp_vocab.json
+
+      itmatch convert runs/sgr/best.pt runs/sgr/model_best.pth.tar --to release
     """
     from itmatch.checkpoint import load_checkpoint, save_model
     from itmatch.data.vocab import load_vocab
+    from itmatch.release import save_release
 
+    if to not in ("native", "release"):
+        raise ItmatchError(f"--to must be native or release, got {to!r}")
+    wanted = ".safetensors" if to == "native" else ".pth.tar"
+    if not target.name.endswith(wanted):
+        raise ItmatchError(f"{target}: --to {to} writes a {wanted} file; name the output *{wanted}")
     loaded = load_checkpoint(source, trust=trust_checkpoint)
+    if to == "release":
+        if vocab is not None:
+            raise ItmatchError("--vocab: the release layout holds no vocabulary (the authors' scripts read "
+                               "vocab/{data_name}_vocab.json); leave --vocab out")
+        info = loaded.info
+        save_release(target, loaded.model, epoch=info.get("epoch", 0), best_rsum=info.get("best_rsum", 0.0),
+                     eiters=info.get("step", 0), data_name=data_name, training=info.get("config"))
+        typer.echo(f"wrote {target} ({loaded.model.model_name} in the authors' layout, from a {loaded.source} file)")
+        return
     words = load_vocab(vocab).to_json() if vocab is not None else loaded.vocab
-    size = getattr(loaded.model.config, "vocab_size", None)
+    size = loaded.model.vocab_size
     if words is not None and size is not None and len(words["word2idx"]) != size:
         raise ItmatchError(f"{vocab}: {len(words['word2idx'])} words, but {source} was trained with {size}")
-    if target.suffix != ".safetensors":
-        raise ItmatchError(f"{target}: the native format is a .safetensors file; name the output *.safetensors")
     save_model(target, loaded.model, vocab=words)
     typer.echo(f"wrote {target} ({loaded.model.model_name}, from a {loaded.source} file)")
 

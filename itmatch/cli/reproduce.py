@@ -33,6 +33,11 @@ def reproduce(
         "--dry-run", help="List the rows and runs with their estimated cost; train nothing.")] = False,
     rows_from: Annotated[Optional[Path], typer.Option(
         help="Rebuild the table from the finished runs of this run directory; train nothing.")] = None,
+    checkpoints: Annotated[Optional[list[str]], typer.Option(
+        "--checkpoint", help="NAME=PATH: the released model a row evaluates without training (e.g. the "
+                             "\"Pre\" rows of sgraf_reproduction: SGR=..., SAF=...); repeat for several.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(
+        help="Allow released checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Reproduce a paper's table: train each row's variant with the paper's recipe, evaluate it with the paper's
@@ -48,9 +53,12 @@ def reproduce(
       itmatch reproduce --paper sgraf --table 4 --data data --out runs/quick --epochs-scale 0.1
 
       itmatch reproduce --paper sgraf --table 5 --rows-from runs/sgraf-t3 --out runs/sgraf-t5
+
+      itmatch reproduce --paper sgraf_reproduction --table 1 --data data --vocab vocab --out runs/seed000
+        --checkpoint SGR=f30k/SGR/model_best.pth.tar --checkpoint SAF=f30k/SAF/model_best.pth.tar
     """
     from itmatch.papers import load_paper
-    from itmatch.papers.plan import describe, plan_table
+    from itmatch.papers.plan import describe, parse_checkpoints, plan_table
     from itmatch.papers.report import table_doc, write_table
     from itmatch.papers.runner import Runner
 
@@ -62,19 +70,21 @@ def reproduce(
     target = out or rows_from
     if target is None and not dry_run:
         raise ItmatchError("give --out RUN_DIR (where the runs and the table go), or --dry-run")
-    plan = plan_table(document, document.table(table), rows_from or target or Path("RUN_DIR"),
+    chosen = document.table(table)
+    plan = plan_table(document, chosen, rows_from or target or Path("RUN_DIR"),
                       epochs_scale=epochs_scale, overrides=tuple(overrides or ()),
-                      protocol="full" if whole_split else None)
+                      protocol="full" if whole_split else None,
+                      checkpoints=parse_checkpoints(checkpoints or [], chosen))
     if dry_run:
         typer.echo(describe(plan))
         return
     runner = Runner(plan, data=data, vocab=vocab, train=rows_from is None, device=device, progress=progress,
-                    echo=typer.echo)
-    results = [runner.row_result(row) if row.runs else None for row in plan.table.rows]
+                    trust=trust_checkpoint, echo=typer.echo)
+    results = [runner.row_result(row) if row.runs or row.checkpoint else None for row in plan.table.rows]
     doc = table_doc(plan, results)
     md, js = write_table(target, doc)
     measured = sum(row["status"] == "measured" for row in doc["rows"])
-    runnable = sum(bool(row["runs"]) for row in doc["rows"])
+    runnable = sum(row["status"] != "published only" for row in doc["rows"])
     typer.echo(f"{paper} table {table}: {measured} of {runnable} reproducible rows measured; wrote {md} and {js}")
 
 

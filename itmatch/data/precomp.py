@@ -90,6 +90,20 @@ class PrecompSplit:
         return out
 
 
+@dataclass
+class ImageRows:
+    """Lazy (n, R, D) view of chosen images of a split: slicing reads only those rows of the memmap."""
+
+    split: PrecompSplit
+    images: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.split.image_features(self.images[index])
+
+
 def load_split(directory: str | os.PathLike, split: str, *, dev_subset: bool = False) -> PrecompSplit:
     """Open ``split`` of the precomp ``directory``; ``dev_subset`` keeps the authors' first 1,000 dev images.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from itmatch.data.folder import VOCAB_FILE
 from itmatch.data.precomp import CAPTIONS_PER_IMAGE, SPLITS, features_writer, write_captions
 from itmatch.data.vocab import build_vocab, save_vocab
 from itmatch.errors import ItmatchError
@@ -91,7 +92,7 @@ def write_synthetic(
         write_captions(out, split, captions, None if repeat_images else caption_image)
         if split in ("train", "dev"):
             vocab_captions += captions
-    save_vocab(build_vocab(vocab_captions, threshold=vocab_threshold), out / "vocab.json")
+    save_vocab(build_vocab(vocab_captions, threshold=vocab_threshold), out / VOCAB_FILE)
     return out
 
 

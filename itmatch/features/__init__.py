@@ -18,7 +18,8 @@ from itmatch.features.base import (
     register_extractor,
 )
 from itmatch.features.images import UnreadableImage, find_images, load_image
-from itmatch.features.store import FeatureSet, extract_features, open_features
+from itmatch.features.extract import extract_features
+from itmatch.features.store import FeatureSet, open_features
 
 DEFAULT_EXTRACTOR = ssd.NAME
 

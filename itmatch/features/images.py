@@ -8,26 +8,20 @@ picture with alpha is decoded both ways and the alpha plane is turned the way th
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from itmatch.errors import ItmatchError
-
-#: Longest side, in pixels, at which SVG drawings are rendered (the detector looks at 300 x 300).
-SVG_SIZE = 512
+from itmatch.errors import UnreadableImage  # noqa: F401  (raised here; part of this module's interface)
+from itmatch.features import svg
+from itmatch.features.svg import SVG_SIZE  # noqa: F401  (part of this module's interface)
 
 #: File name suffixes :func:`find_images` collects (OpenCV's formats plus SVG).
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".pbm", ".pgm", ".ppm", ".pnm",
      ".pxm", ".sr", ".ras", ".jp2", ".exr", ".hdr", ".pic", ".avif", ".gif", ".svg"}
 )
-
-# A DOCTYPE with an internal subset, and the internal (quoted-value) entity declarations in it.
-_DOCTYPE = re.compile(rb"<!DOCTYPE[^\[>]*\[(?P<subset>.*?)\]\s*>", re.DOTALL)
-_ENTITY = re.compile(rb"<!ENTITY\s+(?P<name>[\w.:-]+)\s+(?P<quote>[\"'])(?P<value>.*?)(?P=quote)\s*>", re.DOTALL)
 
 # The eight EXIF orientations as array operations (raw -> upright), identity first.
 _ORIENTATIONS = (
@@ -42,17 +36,15 @@ _ORIENTATIONS = (
 )
 
 
-class UnreadableImage(ItmatchError):
-    """A picture file that cannot be decoded (missing, truncated, not a picture)."""
-
-
 def find_images(directory: Path) -> list[Path]:
     """Every picture file under ``directory`` (recursively, symlinks to files included), sorted by path."""
     return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, reduce: int = 1) -> np.ndarray:
     """Decode ``path`` into an upright BGR ``uint8`` array of shape (H, W, 3); transparent parts become white.
+    ``reduce`` (1, 2, 4 or 8) decodes a picture at that fraction of its size (see :func:`decode_image`; SVG
+    drawings are always rendered at :data:`SVG_SIZE`).
 
     Raises :class:`UnreadableImage` naming the file when it cannot be read or decoded.
     """
@@ -62,17 +54,44 @@ def load_image(path: str | Path) -> np.ndarray:
     except OSError as exc:
         raise UnreadableImage(f"{path}: cannot read the file ({exc.strerror}); check the path") from None
     if path.suffix.lower() == ".svg":
-        return _composite(_decode_unchanged(_render_svg(data, path), path))
+        return _composite(_decode_unchanged(svg.RENDERER.render(data, path), path))
+    return decode_image(data, path, reduce)
+
+
+#: OpenCV's colour decode at 1/1, 1/2, 1/4 and 1/8 of the size.
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def reduction(width: int, height: int, side: int) -> int:
+    """The largest of 1, 2, 4, 8 that keeps both sides of a ``width`` x ``height`` picture at least ``side``."""
+    return max(k for k in _REDUCED if k == 1 or min(width, height) // k >= side)
+
+
+def decode_image(data: bytes, name: str | Path, reduce: int = 1) -> np.ndarray:
+    """Decode the picture file bytes ``data`` (named ``name`` in errors) like :func:`load_image`, at 1/``reduce``
+    of its size (1, 2, 4 or 8). A JPEG is decoded at that size directly (its decoder scales the blocks), so a
+    huge photo never occupies memory at full size; other formats are scaled after decoding."""
     buffer = np.frombuffer(data, np.uint8)
-    colour = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    colour = cv2.imdecode(buffer, _REDUCED[reduce]) if buffer.size else None
     if colour is None:
-        raise UnreadableImage(f"{path}: not a picture OpenCV can decode; convert it to PNG or JPEG")
+        raise UnreadableImage(f"{name}: not a picture OpenCV can decode (not a picture, or cut short); "
+                              "convert it to PNG or JPEG")
     if data[:2] == b"\xff\xd8":  # JPEG: never has alpha, the colour decode is the answer
         return colour
-    raw = _decode_unchanged(data, path)
+    raw = _decode_unchanged(data, Path(name))
     if raw.ndim == 3 and raw.shape[2] == 4:
+        if reduce > 1:
+            raw = _resize_like(raw, colour)
         return _composite(_orient_like(raw, colour))
     return colour
+
+
+def _resize_like(raw: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """``raw`` scaled (area averaging) to ``colour``'s size, or to its transpose when the orientation turned it."""
+    height, width = colour.shape[:2]
+    turned = (raw.shape[0] > raw.shape[1]) != (height > width)
+    return cv2.resize(raw, (height, width) if turned else (width, height), interpolation=cv2.INTER_AREA)
 
 
 def _decode_unchanged(data: bytes, path: Path) -> np.ndarray:
@@ -113,41 +132,3 @@ def _composite(image: np.ndarray) -> np.ndarray:
     alpha = image[..., 3:4].astype(np.float32) / 255.0
     out = image[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
     return np.ascontiguousarray(np.clip(out.round(), 0, 255).astype(np.uint8))
-
-
-def _render_svg(data: bytes, path: Path) -> bytes:
-    """Render SVG bytes to PNG bytes whose longest side is :data:`SVG_SIZE`, transparent background."""
-    try:
-        import cairosvg
-    except (ImportError, OSError) as exc:  # OSError: libcairo2 missing
-        raise ItmatchError(
-            f"{path}: SVG needs cairosvg and the libcairo2 system library ({exc}); "
-            "run `pip install cairosvg` and scripts/install_system_deps.sh"
-        ) from None
-    data = _expand_internal_entities(data)
-    try:
-        png = cairosvg.svg2png(bytestring=data, output_width=SVG_SIZE)
-        height, width = _png_size(png)
-        if height > width:
-            png = cairosvg.svg2png(bytestring=data, output_height=SVG_SIZE)
-    except Exception as exc:  # noqa: BLE001 -- cairosvg raises many kinds (XML, value, cairo) for bad drawings
-        raise UnreadableImage(f"{path}: cannot render this SVG ({type(exc).__name__}: {exc}); fix or drop it") from None
-    return png
-
-
-def _expand_internal_entities(data: bytes) -> bytes:
-    """Replace internal entities (``<!ENTITY ns_svg "http://...">``, common in Adobe Illustrator exports) by their
-    values and drop the DOCTYPE: cairosvg's safe parser refuses entities, and external ones must stay refused."""
-    doctype = _DOCTYPE.search(data)
-    if doctype is None:
-        return data
-    entities = {m["name"]: m["value"] for m in _ENTITY.finditer(doctype["subset"])}
-    body = data[: doctype.start()] + data[doctype.end():]
-    for name, value in entities.items():
-        body = body.replace(b"&" + name + b";", value)
-    return body
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    """(height, width) from a PNG's IHDR chunk."""
-    return int.from_bytes(png[20:24], "big"), int.from_bytes(png[16:20], "big")

@@ -29,15 +29,23 @@ import numpy as np
 from tqdm import tqdm
 
 from itmatch.errors import ItmatchError
-from itmatch.features.base import Extractor, Regions, check_regions, get_extractor
+from itmatch.features.base import Extractor, Regions, check_regions
 from itmatch.features.images import UnreadableImage
-from itmatch.fileio import write_json, write_text
+from itmatch.fileio import FolderFormat, write_json, write_text
 
 FORMAT_VERSION = 1
 ARRAYS = ("features", "boxes", "labels", "scores")
 INFO_FILE = "extractor.json"
 IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
+SHARDS = ".shards"  # the processes' shares of a `torchrun` extraction (itmatch.features.sharded)
+#: What an extraction writes in its folder (the scratch folders included, with all they hold).
+WRITTEN = (*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new", SHARDS)
+#: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions, finished or interrupted: by
+#: their names and INFO_FILE or the partial run's plan).
+FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=WRITTEN,
+                      legacy_files=((INFO_FILE, ("extractor", "count")),
+                                    (f"{PARTIAL}/plan.json", ("config", "images"))))
 
 
 @dataclass
@@ -104,42 +112,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def extract_features(
-    images: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    extractor: str | Extractor = "ssd-mobilenet-v2",
-    regions: int = 36,
-    batch_size: int = 8,
-    progress: bool = True,
-    skip_unreadable: bool = False,
-    **options: Any,
-) -> FeatureSet:
-    """Extract R region features for every picture in ``images`` into ``out_dir`` and open the result.
-
-    ``extractor`` is a registered name (created with ``regions`` and ``options``) or an :class:`Extractor`.
-    Resumable and incremental: finished pictures are never extracted again (see the module docstring). Row i of
-    every array belongs to ``images[i]``. With ``skip_unreadable`` a picture that cannot be decoded gets zero rows
-    and an ``error`` in ``images.jsonl`` instead of stopping the run (see :attr:`FeatureSet.ok`).
-    """
-    started = time.perf_counter()
-    if isinstance(extractor, str):
-        extractor = get_extractor(extractor, regions=regions, **options)
-    paths = [Path(p) for p in images]
-    if not paths:
-        raise ItmatchError(f"{out_dir}: no pictures to extract; give a folder or manifest that lists some")
-    keys = [image_key(p) for p in paths]
-    seen: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        if key["path"] in seen:
-            raise ItmatchError(f"{paths[i]}: listed twice (items {seen[key['path']] + 1} and {i + 1}); list it once")
-        seen[key["path"]] = i
+def extract_here(extractor: Extractor, paths: list[Path], keys: list[dict[str, Any]], out: Path, batch_size: int,
+                  progress: bool, skip_unreadable: bool, started: float, reuse: Sequence[Path] = ()) -> FeatureSet:
+    """``extract_features`` in this process; rows are also reused from the features folders ``reuse`` and from
+    the shares of an unfinished ``torchrun`` extraction into ``out`` (whatever its number of processes)."""
     config = extractor.config()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if _finished_plan(out) == (config, [_key_tuple(k) for k in keys]):
+    if is_finished(out, config, keys):
         return open_features(out)
-
-    run = _Partial.prepare(out, config, keys, extractor.regions)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Partial.prepare(out, config, keys, extractor.regions, [*reuse, *shard_folders(out)])
     todo = [i for i in range(len(keys)) if i not in run.done]
     bar = _progress(len(todo), progress)
     try:
@@ -149,10 +130,20 @@ def extract_features(
     finally:
         bar.close()
     run.finish()
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
     result = open_features(out)
     result.computed = len(todo)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def merge_folders(out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int,
+                  folders: Sequence[Path]) -> FeatureSet:
+    """Write the finished features folder ``out`` of the pictures ``keys`` (made with ``config``) from the
+    finished features folders ``folders``, which together hold every picture; resumable like an extraction."""
+    run = _Partial.prepare(out, config, keys, regions, folders)
+    run.finish()
+    return open_features(out)
 
 
 def _extract_batch(extractor: Extractor, paths: list[Path], skip_unreadable: bool) -> list[Regions | str]:
@@ -184,6 +175,20 @@ def _finished_plan(out: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]
     return info.get("extractor"), [_key_tuple(r) for r in _read_jsonl(out / IMAGES_FILE)]
 
 
+def shard_folders(out: Path, other_than: int | None = None) -> list[Path]:
+    """The folders (finished, partial) of the shares of ``torchrun`` extractions into ``out``; with
+    ``other_than`` W, not those of a run with W processes."""
+    shares = sorted((out / SHARDS).glob("*"))
+    if other_than is not None:
+        shares = [share for share in shares if not share.name.endswith(f"-of-{other_than}")]
+    return [folder for share in shares for folder in (share, share / PARTIAL)]
+
+
+def is_finished(out: Path, config: dict[str, Any], keys: list[dict[str, Any]]) -> bool:
+    """Whether ``out`` holds the finished features of exactly the pictures ``keys`` made with ``config``."""
+    return _finished_plan(out) == (config, [_key_tuple(k) for k in keys])
+
+
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -206,8 +211,10 @@ class _Partial:
         self.arrays: dict[str, np.ndarray] | None = None
 
     @classmethod
-    def prepare(cls, out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int) -> _Partial:
-        """Resume the matching partial run, or start one that reuses every row it can."""
+    def prepare(cls, out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int,
+                reuse: Sequence[Path] = ()) -> _Partial:
+        """Resume the matching partial run, or start one that reuses every row it can; either way rows still
+        missing are copied from the features folders ``reuse`` (finished or partial) where they hold them."""
         here = out / PARTIAL
         plan = _read_plan(here)
         if plan is not None and plan["config"] == config and plan["images"] == keys:
@@ -215,29 +222,22 @@ class _Partial:
             run.done = _read_done(here)
             if (here / "features.npy").is_file():
                 run.arrays = {n: np.load(here / f"{n}.npy", mmap_mode="r+") for n in ARRAYS}
+            run._reuse(reuse)
             return run
 
         fresh = out / (PARTIAL + ".new")
         shutil.rmtree(fresh, ignore_errors=True)
         fresh.mkdir()
         run = cls(fresh, out, config, keys, regions)
-        run._reuse(out, plan)
+        run._reuse([out, out / PARTIAL, *reuse])
         shutil.rmtree(here, ignore_errors=True)
         fresh.rename(here)
         run.directory = here
         return run
 
-    def _reuse(self, out: Path, old_plan: dict[str, Any] | None) -> None:
-        """Copy rows of unchanged pictures from the finished output and from an older partial run (same config)."""
-        sources: list[tuple[dict[tuple[str, int, int], tuple[int, dict[str, Any]]], Path]] = []
-        finished = _finished_plan(out)
-        if finished is not None and finished[0] == self.config:
-            index = {_key_tuple(r): (r["row"], _outcome(r)) for r in _read_jsonl(out / IMAGES_FILE)}
-            sources.append((index, out))
-        if old_plan is not None and old_plan["config"] == self.config and (out / PARTIAL / "features.npy").is_file():
-            old_keys = old_plan["images"]
-            index = {_key_tuple(old_keys[r]): (r, outcome) for r, outcome in _read_done(out / PARTIAL).items()}
-            sources.append((index, out / PARTIAL))
+    def _reuse(self, folders: Sequence[Path]) -> None:
+        """Copy rows of unchanged pictures (same config) from finished features folders and partial runs."""
+        sources = [source for source in map(self._rows_of, folders) if source is not None]
         copied: list[int] = []
         for index, folder in sources:
             matches = [(i, index[_key_tuple(k)]) for i, k in enumerate(self.keys)
@@ -253,6 +253,18 @@ class _Partial:
                 copied.append(i)
         if copied:
             self._commit(copied)
+
+    def _rows_of(self, folder: Path) -> tuple[dict[tuple[str, int, int], tuple[int, dict[str, Any]]], Path] | None:
+        """(picture key -> (row, outcome), folder) of a finished features folder or a partial run made with this
+        run's config, or None."""
+        finished = _finished_plan(folder)
+        if finished is not None and finished[0] == self.config:
+            return {_key_tuple(r): (r["row"], _outcome(r)) for r in _read_jsonl(folder / IMAGES_FILE)}, folder
+        plan = _read_plan(folder)
+        if plan is not None and plan["config"] == self.config and (folder / "features.npy").is_file():
+            keys = plan["images"]
+            return {_key_tuple(keys[r]): (r, outcome) for r, outcome in _read_done(folder).items()}, folder
+        return None
 
     def _allocate(self, dim: int) -> dict[str, np.ndarray]:
         """The full-size memmaps, created (with ``plan.json``) the first time, once D is known."""

@@ -7,7 +7,7 @@ downstream (the scoring engine, evaluation, training losses, search) talks only 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Self
+from typing import Any, Callable, Self
 
 import torch
 from torch import nn
@@ -68,24 +68,38 @@ class TextEncoding(Encoding):
 
 
 class Matcher(nn.Module):
-    """An image-text matching model.
+    """An image-text matching model: the one interface evaluation, training, search and the service talk to.
+
+    Required (every model implements them):
 
     - ``encode_images(features (B, R, D), n_regions (B,) | None) -> Encoding`` — independent of any text;
     - ``encode_texts(tokens (B, L) int64, lengths (B,)) -> Encoding`` — independent of any image;
     - ``score(images, texts) -> Tensor (n_images, n_texts)`` — similarity of every pair.
 
-    ``pair_bytes_per_word()`` tells the scoring engine how to tile: the working memory one (image, caption
-    word) pair needs inside ``score`` (0 for embedding models scored by one matrix product). Subclasses set
-    ``config`` (a dataclass whose fields rebuild the model); the registry sets ``model_name``.
+    Optional hooks, declared here with defaults that suit a plain cross-attention model trained on its score
+    matrix; a model overrides only what differs (no caller probes with ``hasattr``):
+
+    - ``is_embedding``: encodings are one L2-normalised vector ``emb`` per item, scored by their dot product
+      (VSE, HREM): such a model can shortlist from a vector index and write embeddings;
+    - ``pair_bytes_per_word()``: how the scoring engine tiles (0 when scoring is one matrix product);
+    - ``vocab_size`` / ``tokenize``: how captions become token ids (a vocabulary of that size, or the model's
+      own tokenizer);
+    - ``init_word_embeddings(vocab)``: called once before the first training step (e.g. GloVe vectors);
+    - ``parameter_groups(lr)``: optimizer groups (e.g. a pretrained text encoder at a smaller rate);
+    - ``head_scores(images, texts)``: the score heads trained with one loss each (one head: ``score``);
+    - ``has_own_objective`` with ``encode_train_batch``/``batch_loss``: a training loss of the model's own
+      (otherwise the ranking loss of the batch's score matrix);
+    - ``set_caption_stats_gather(gather)``: data-parallel training hands in a collective for per-caption
+      statistics (SAF's BatchNorm);
+    - ``can_explain`` with ``explain(image, text)``: what one pair's score looks at.
+
+    Subclasses set ``config`` (a dataclass whose fields rebuild the model); the registry sets ``model_name``.
     """
 
     model_name: str = ""
     config: Any = None
 
-    def pair_bytes_per_word(self) -> int:
-        """Bytes of working memory per (image, word) pair inside ``score``; 0 when scoring is one matmul."""
-        return 0
-
+    # -- required ------------------------------------------------------------------------------------------
     def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> Encoding:
         raise NotImplementedError
 
@@ -103,3 +117,71 @@ class Matcher(nn.Module):
     def model_args(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model with ``create_model(model_name, **args)``."""
         return dataclasses.asdict(self.config)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    @property
+    def is_embedding(self) -> bool:
+        """Whether encodings are single vectors ``emb`` (N, d), L2-normalised, and ``score`` their dot product."""
+        return False
+
+    def pair_bytes_per_word(self) -> int:
+        """Bytes of working memory per (image, word) pair inside ``score``; 0 when scoring is one matmul."""
+        return 0
+
+    # -- captions --------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int | None:
+        """Words in the table the model reads word ids into (its vocabulary must have exactly that many), or
+        None when it reads no vocabulary's ids (its own ``tokenize``)."""
+        return None
+
+    @property
+    def tokenize(self) -> Callable[[list[str]], list[list[int]]] | None:
+        """captions -> token ids with the model's own tokenizer; None when captions are read with a vocabulary."""
+        return None
+
+    # -- training --------------------------------------------------------------------------------------------
+    def init_word_embeddings(self, vocab: Any) -> int:
+        """Initialise word vectors for the words of ``vocab`` before the first step (not when resuming);
+        returns how many were set (0: nothing to do)."""
+        return 0
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups; each group's ``lr_factor`` scales the scheduled rate. Default: one group, 1×."""
+        return [{"params": list(self.parameters()), "lr": lr, "lr_factor": 1.0}]
+
+    def head_scores(self, images: Encoding, texts: Encoding) -> torch.Tensor:
+        """Score matrices (H, I, C) of the heads trained with one ranking loss each; one head: ``score``."""
+        return self.score(images, texts)[None]
+
+    @property
+    def has_own_objective(self) -> bool:
+        """Whether training uses ``encode_train_batch`` + ``batch_loss`` instead of the score-matrix loss."""
+        return False
+
+    def encode_train_batch(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+                           n_regions: torch.Tensor | None = None) -> Any:
+        """Encode a training batch (pair i = image i, caption i) into a dataclass or NamedTuple of tensors with
+        the batch on dim 0 (data-parallel runs gather it); only with ``has_own_objective``."""
+        raise NotImplementedError(f"{type(self).__name__} has no objective of its own")
+
+    def batch_loss(self, batch: Any, *, margin: float = 0.2, hardest_negative: bool = True,
+                   same_image: torch.Tensor | None = None, step: int = 0, epoch: int = 0
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss, {name: value}) of an encoded (gathered) batch; only with ``has_own_objective``."""
+        raise NotImplementedError(f"{type(self).__name__} has no objective of its own")
+
+    def set_caption_stats_gather(self, gather: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Data-parallel training: ``gather`` maps this process's per-caption statistics (C_local, k) to the
+        global batch's (C, k); a model without per-caption statistics ignores it."""
+
+    # -- explanations ----------------------------------------------------------------------------------------
+    @property
+    def can_explain(self) -> bool:
+        """Whether ``explain`` is implemented (cross-attention models)."""
+        return False
+
+    def explain(self, image: Encoding, text: Encoding) -> dict[str, torch.Tensor | None]:
+        """What one pair's score looks at: ``attention`` (L, R), ``gates`` (L,) or None, ``global_gate``,
+        ``score``; only with ``can_explain``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot explain its scores")

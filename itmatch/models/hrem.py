@@ -10,8 +10,12 @@ embedding is ``l2norm(w · topk_max(local) + (1 - w) · mean(transformer(local))
 Instance level (training only, after ``instance_warmup`` iterations): a graph over the batch's 2B embeddings
 (B images then B captions).
 
-- Connection ``A`` (no gradient): each row keeps its top ``connect_fraction`` of columns (ties kept), ranked
-  by embedding cosine within a modality and by the mean word–region matching score across modalities.
+- Connection ``A`` (no gradient): each row keeps its top ``connect_fraction`` of columns (ties kept). The
+  cross-modal blocks rank by the mean word–region matching score. The same-modality blocks rank, by default
+  (``same_modality_rank = "cross"``), as the release's ``lib/mca.py`` did from its first upload (2023-06-13)
+  to 2023-10-25, most likely what the published models were trained with: the image–image block by ``v·tᵀ``
+  and the text–text block by ``t·vᵀ``; ``"within"`` ranks them by ``v·vᵀ`` and ``t·tᵀ``, the paper's reading
+  and the release since the authors' change of 2023-10-25 (commit fb854a9).
 - Relevance ``S``: ``exp(-||x - y|| / sigma)`` within a modality; across modalities a small MLP over the top-K
   word–region matches plus their mean (one MLP per direction).
 - Word–region matching (SCAN-style, on detached local features): ``s = LeakyReLU_0.1(ŵ · r̂)``. Caption→image:
@@ -52,6 +56,7 @@ from itmatch.models.registry import register_model
 from itmatch.models.vse import VSE, TrainBatch, VSEConfig
 
 INTERACTIONS = ("fusion", "standalone", "off")
+SAME_MODALITY_RANKS = ("cross", "within")
 
 
 @dataclasses.dataclass
@@ -70,6 +75,7 @@ class HREMConfig(VSEConfig):
     instance_heads: int = 16
     instance_dropout: float = 0.1
     connect_fraction: float = 0.5            # threshold
+    same_modality_rank: str = "cross"        # A's same-modality ranking: "cross" (v·tᵀ, t·vᵀ) | "within"
     relation_topk: int = 10                  # topk
     relevance_weight: float = 1.0            # mask_weight (λ): 1.0 Flickr30K, 1.5 MS-COCO
     sigma: float = 1.0
@@ -90,6 +96,9 @@ class HREMConfig(VSEConfig):
         if self.interaction != "off" and not (self.instance_intra or self.instance_inter):
             raise ItmatchError("instance_intra and instance_inter are both off; for no instance level set "
                                "interaction = 'off'")
+        if self.same_modality_rank not in SAME_MODALITY_RANKS:
+            raise ItmatchError(f"same_modality_rank must be one of {', '.join(SAME_MODALITY_RANKS)}, got "
+                               f"{self.same_modality_rank!r}")
         if not 0 < self.connect_fraction <= 1:
             raise ItmatchError(f"connect_fraction must lie in (0, 1], got {self.connect_fraction}")
         if self.embed_size % self.relation_heads or self.embed_size % self.instance_heads:
@@ -192,17 +201,31 @@ def row_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
                     log_target=True)
 
 
+def same_modality_scores(v: torch.Tensor, t: torch.Tensor, rank: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (B, B) scores that rank the image–image and text–text blocks of ``A``: ``v·tᵀ`` and ``t·vᵀ``
+    ("cross", the release as the published models were trained) or ``v·vᵀ`` and ``t·tᵀ`` ("within")."""
+    if rank == "within":
+        return v @ v.T, t @ t.T
+    if len(v) != len(t):
+        raise ItmatchError(f"same_modality_rank 'cross' needs as many captions as images in a batch, got "
+                           f"{len(t)} and {len(v)}")
+    cross = v @ t.T
+    return cross, cross.T
+
+
 class AssociationGraph(nn.Module):
     """Builds the connection and relevance matrices of a batch (``mlp_t2i``/``mlp_i2t``: K → K → 1).
 
     Without ``connection`` every pair is connected; without ``relevance`` the relevance is 0 (no MLPs, no
-    regulariser)."""
+    regulariser). ``same_modality_rank`` says how the same-modality blocks of ``A`` are ranked (see
+    ``same_modality_scores``)."""
 
     def __init__(self, topk: int, connect_fraction: float, sigma: float, connection: bool = True,
-                 relevance: bool = True) -> None:
+                 relevance: bool = True, same_modality_rank: str = "cross") -> None:
         super().__init__()
         self.topk, self.connect_fraction, self.sigma = topk, connect_fraction, sigma
         self.connection, self.relevance = connection, relevance
+        self.same_modality_rank = same_modality_rank
         if relevance:
             self.mlp_t2i = nn.Sequential(nn.Linear(topk, topk), nn.ReLU(), nn.Linear(topk, 1))
             self.mlp_i2t = nn.Sequential(nn.Linear(topk, topk), nn.ReLU(), nn.Linear(topk, 1))
@@ -218,8 +241,9 @@ class AssociationGraph(nn.Module):
         if self.connection:
             with torch.no_grad():
                 top = self.connect_fraction
-                connect = torch.cat([torch.cat([keep_top(v @ v.T, top), keep_top(stats.i2t_mean, top)], 1),
-                                     torch.cat([keep_top(stats.t2i_mean, top), keep_top(t @ t.T, top)], 1)], 0)
+                images, texts = same_modality_scores(v, t, self.same_modality_rank)
+                connect = torch.cat([torch.cat([keep_top(images, top), keep_top(stats.i2t_mean, top)], 1),
+                                     torch.cat([keep_top(stats.t2i_mean, top), keep_top(texts, top)], 1)], 0)
         else:
             connect = torch.ones(n_nodes, n_nodes, dtype=torch.bool, device=v.device)
         if not self.relevance:
@@ -286,7 +310,7 @@ class HREM(VSE):
         self.txt_rel = FragmentRelation(d, heads, dropout) if config.textual_relation else None
         if config.interaction != "off":
             self.graph = AssociationGraph(config.relation_topk, config.connect_fraction, config.sigma,
-                                          config.connection, config.relevance)
+                                          config.connection, config.relevance, config.same_modality_rank)
             self.interaction = InstanceInteraction(config.interaction, d, config.instance_heads,
                                                    config.instance_dropout, config.relevance_weight,
                                                    config.instance_intra, config.instance_inter)

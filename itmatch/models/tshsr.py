@@ -19,7 +19,8 @@ No code was released; this module implements the paper's equations. Per image-ca
 Ablation switches (tables III-V): ``hsr_layers`` (M), ``hsr_conv`` (off: ``R' = R``, the re-weighting removed and
 nothing else, i.e. SGR's softmax-edge propagation in the HSR layer's residual form — Table IV's "traditional
 similarity reasoning"), ``streams`` ("both" | "i2t" = the paper's "Ours (HSR)" | "t2i"), and ``t2i_hsr`` (HSR on
-the text-to-image stream instead of Eq. 7's pooling — Table V's T2I rows, with ``streams="t2i"``).
+the text-to-image stream instead of Eq. 7's pooling — Table V's T2I rows, with ``streams="t2i"``). Readings of
+the paper (below, "Departures"): ``readout`` ("sigmoid" | "inner") and ``relation_norm`` ("softmax" | "none").
 
 Where the paper leaves a detail open, the choice and its reason:
 
@@ -52,6 +53,26 @@ Where the paper leaves a detail open, the choice and its reason:
    ``sigmoid(w_eval · S*)``. The global similarity ``W`` (``sim_tranglo_w``) is shared by both streams (``s^g``
    is one quantity in the paper); each stream has its own local ``W`` (``sim_tranloc_w``) and HSR weights.
 
+Departures from the printed equations (docs/models.md lists them too; ``itmatch reproduce`` labels every TSHSR
+row with the ``readout`` and ``relation_norm`` it was trained with):
+
+a. Score read-out. Eq. 9 scores with ``S_γ``, "e.g. inner product"; ``S*`` is a similarity vector, not a pair
+   of embeddings, so the default reads it as SGR does, ``sigmoid(w_eval · S*)``. ``readout = "inner"`` scores
+   with the inner product ``w_eval · S* + b`` itself, unsquashed (the hinge of Eq. 9 then sees raw scores).
+b. Eq. 1's normalisation. Printed ``W |x - y|² / ‖x - y‖₂``; computed ``W |x - y|² / ‖W |x - y|²‖₂``, the
+   equation of SGRAF that Eq. 1 quotes ("Diao et al. [17] used a vector ... by"). No switch: the printed
+   denominator is read as a slip in quoting it.
+c. R of Eq. 4 is printed unnormalised, ``(W_p S)ᵀ(W_q S)``; the default softmaxes each row (choice 4).
+   ``relation_norm = "none"`` uses R as printed (zero at padding). Then node values grow with the caption's
+   length and over the layers (at the published sizes and a random start, the largest image-to-text output
+   coordinate over captions of 5-40 words is ~5 against ~0.3 with the softmax; at small sizes, far more).
+d. M = 0 (Table III's "0"): Eq. 6 needs M ≥ 1. Read as "no HSR": the image-to-text stream is mean-pooled like
+   Eq. 7's text-to-image stream. Reading "the global alignment at the last layer" literally would give the
+   initial global node ``s^g`` alone; not offered.
+e. Table IV's "traditional similarity reasoning": read as this HSR layer with the convolution off
+   (``hsr_conv = False``: R' = R, with ``W_r``, ``W_g`` and the residual kept), so the table isolates Eq. 5's
+   re-weighting. SGR's own step (``ReLU(W_g(R S))``, no residual, no ``W_r``) is the other reading; not offered.
+
 How it is computed fast (image × caption tiles, no loop per caption):
 - the attention of both directions is one matrix product per tile; ``similarity_vectors`` makes
   ``attended - own`` in cache-sized blocks, squares each in place and projects it (in training its backward
@@ -73,37 +94,33 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
 from itmatch.models.layers import cached_weights, l2norm, length_mask, xavier_init_
+from itmatch.models.region_word_config import RegionWordConfig
 from itmatch.models.registry import register_model
 from itmatch.models.sgraf import RegionEncoding, RegionWordMatcher, WordEncoding, squared_difference
 
 STREAMS = ("both", "i2t", "t2i")
+READOUTS = ("sigmoid", "inner")
+RELATION_NORMS = ("softmax", "none")
 T2I_WORDS = 8  # words over which pair_bytes_per_word spreads the text-to-image stream's per-pair memory
 
 
 @dataclasses.dataclass
-class TSHSRConfig:
-    """Hyper-parameters of TSHSR: SGR's encoder and similarity sizes plus the HSR/stream ablation switches."""
+class TSHSRConfig(RegionWordConfig):
+    """Hyper-parameters of TSHSR: SGR's encoder and similarity sizes (``RegionWordConfig``, GloVe and frozen word
+    tables included) plus the HSR/stream ablation switches."""
 
-    vocab_size: int = 8481         # the authors' (SGRAF) Flickr30K vocabulary
-    img_dim: int = 2048
-    word_dim: int = 300
-    embed_size: int = 1024
-    sim_dim: int = 256
-    num_layers: int = 1
-    bi_gru: bool = True
-    lambda_softmax: float = 9.0
-    num_regions: int = 36
-    img_norm: bool = True
-    txt_norm: bool = True
-    dropout: float = 0.4
     hsr_layers: int = 3            # M; 0 = no reasoning, the stream is average-pooled
     hsr_conv: bool = True          # the 3×3 convolution re-weighting of R (Eq. 5); off: R' = R
     streams: str = "both"          # "both" (TSHSR), "i2t" (the paper's "HSR"), "t2i"
     t2i_hsr: bool = False          # HSR on the text-to-image stream instead of average pooling (Table V)
+    # readings of the paper where two are plausible (module docstring, "Departures")
+    readout: str = "sigmoid"       # "sigmoid": sigmoid(w_eval · S*) (SGR's); "inner": w_eval · S* (Eq. 9)
+    relation_norm: str = "softmax"  # R of Eq. 4: "softmax" over each row (SGR's edges); "none": R as printed
 
     def __post_init__(self) -> None:
-        if self.streams not in STREAMS:
-            raise ItmatchError(f"streams must be one of {', '.join(STREAMS)}, got {self.streams!r}")
+        for name, allowed in (("streams", STREAMS), ("readout", READOUTS), ("relation_norm", RELATION_NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ItmatchError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.hsr_layers < 0:
             raise ItmatchError(f"hsr_layers must be >= 0, got {self.hsr_layers}")
         if self.t2i_hsr and self.streams == "i2t":
@@ -121,8 +138,9 @@ class TSHSRConfig:
 class HSRLayer(nn.Module):
     """One hierarchical similarity reasoning layer (Eqs. 4-6) over each pair's similarity nodes."""
 
-    def __init__(self, sim_dim: int, conv: bool) -> None:
+    def __init__(self, sim_dim: int, conv: bool, normalise: bool = True) -> None:
         super().__init__()
+        self.normalise = normalise
         self.w_p = nn.Linear(sim_dim, sim_dim)
         self.w_q = nn.Linear(sim_dim, sim_dim, bias=False)  # a key bias is constant along a softmax row
         self.w_g = nn.Linear(sim_dim, sim_dim)
@@ -147,11 +165,17 @@ class HSRLayer(nn.Module):
         if readout:
             return self._readout(nodes, n_nodes, valid, fold, bias, mix, mix_bias)
         query, value = (nodes @ torch.cat([fold, mix], 1)).split(fold.shape[1], dim=2)
-        logits = torch.bmm(query + bias, nodes.transpose(1, 2)).masked_fill(~valid[:, None, :], float("-inf"))
-        relation = torch.softmax(logits, dim=2) * valid[:, :, None]
+        relation = self._relation(torch.bmm(query + bias, nodes.transpose(1, 2)), valid) * valid[:, :, None]
         if self.conv is not None:
             relation = relation * torch.sigmoid(self.conv(relation[:, None]))[:, 0]
         return torch.baddbmm(mix_bias, relation, value) + nodes
+
+    def _relation(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """R from its logits (P, rows, N): a softmax over each row's valid columns (``valid`` (P, N)), or with
+        ``normalise`` off the logits themselves; zero in padded columns either way."""
+        if self.normalise:
+            return torch.softmax(logits.masked_fill(~valid[:, None, :], float("-inf")), dim=2)
+        return logits.masked_fill(~valid[:, None, :], 0.0)
 
     def _readout(self, nodes: torch.Tensor, n_nodes: torch.Tensor, valid: torch.Tensor, fold: torch.Tensor,
                  bias: torch.Tensor, mix: torch.Tensor, mix_bias: torch.Tensor) -> torch.Tensor:
@@ -160,9 +184,7 @@ class HSRLayer(nn.Module):
         reach = 2 if self.conv is not None else 1
         index = (n_nodes[:, None] - torch.arange(reach, 0, -1, device=nodes.device))[:, :, None]
         rows = nodes.gather(1, index.expand(-1, -1, nodes.shape[2]))                        # (P, reach, k)
-        logits = torch.bmm(rows @ fold + bias, nodes.transpose(1, 2)).masked_fill(~valid[:, None, :],
-                                                                                  float("-inf"))
-        relation = torch.softmax(logits, dim=2)                                              # (P, reach, N)
+        relation = self._relation(torch.bmm(rows @ fold + bias, nodes.transpose(1, 2)), valid)  # (P, reach, N)
         if self.conv is not None:
             window = nn.functional.pad(relation, (0, 0, 0, 1))[:, None]                      # rows p-1, p, p+1
             gate = torch.sigmoid(nn.functional.conv2d(window, self.conv.weight, self.conv.bias, padding=(0, 1)))
@@ -174,11 +196,11 @@ class SimilarityStream(nn.Module):
     """One stream: local similarity vectors ``l2norm(W (x - y)²)``, then HSR read at the global node, or the
     mean of the nodes (Eq. 7) when it has no HSR layers."""
 
-    def __init__(self, embed_size: int, sim_dim: int, hsr_layers: int, conv: bool) -> None:
+    def __init__(self, embed_size: int, sim_dim: int, hsr_layers: int, conv: bool, normalise: bool = True) -> None:
         super().__init__()
         self.sim_tranloc_w = nn.Linear(embed_size, sim_dim)
         xavier_init_(self.sim_tranloc_w)
-        self.hsr = nn.ModuleList([HSRLayer(sim_dim, conv) for _ in range(hsr_layers)])
+        self.hsr = nn.ModuleList([HSRLayer(sim_dim, conv, normalise) for _ in range(hsr_layers)])
 
     def forward(self, nodes: torch.Tensor, n_nodes: torch.Tensor) -> torch.Tensor:
         """nodes (P, N, k), the global node at n_nodes - 1 and zeros past it -> stream vector (P, k)."""
@@ -201,10 +223,12 @@ class TwoStreamSimilarity(nn.Module):
         self.sim_eval_w = nn.Linear(cfg.sim_dim, 1)
         xavier_init_(self.sim_tranglo_w)
         xavier_init_(self.sim_eval_w)
+        normalise = cfg.relation_norm == "softmax"
         make = SimilarityStream
-        self.i2t = make(cfg.embed_size, cfg.sim_dim, cfg.hsr_layers, cfg.hsr_conv) if cfg.uses_i2t else None
-        self.t2i = (make(cfg.embed_size, cfg.sim_dim, cfg.hsr_layers if cfg.t2i_hsr else 0, cfg.hsr_conv)
-                    if cfg.uses_t2i else None)
+        self.i2t = (make(cfg.embed_size, cfg.sim_dim, cfg.hsr_layers, cfg.hsr_conv, normalise) if cfg.uses_i2t
+                    else None)
+        self.t2i = (make(cfg.embed_size, cfg.sim_dim, cfg.hsr_layers if cfg.t2i_hsr else 0, cfg.hsr_conv,
+                         normalise) if cfg.uses_t2i else None)
 
     def stream_vectors(self, images: RegionEncoding, texts: WordEncoding) -> dict[str, torch.Tensor]:
         """The active streams' output vectors, each (I, C, sim_dim), keyed "i2t"/"t2i"."""
@@ -239,7 +263,8 @@ class TwoStreamSimilarity(nn.Module):
     def forward(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         """Scores (I, C) of every image × caption pair."""
         total = sum(self.stream_vectors(images, texts).values())
-        return torch.sigmoid(self.sim_eval_w(total)).squeeze(2)
+        logits = self.sim_eval_w(total).squeeze(2)
+        return torch.sigmoid(logits) if self.cfg.readout == "sigmoid" else logits
 
 
 class TSHSR(RegionWordMatcher):

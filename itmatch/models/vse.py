@@ -163,7 +163,19 @@ class VSE(Matcher):
         self.img_pool = Pool(config.pooling, config.pool_k)
         self.txt_pool = Pool(config.pooling, config.pool_k)
 
+    @property
+    def is_embedding(self) -> bool:
+        return True
+
+    @property
+    def has_own_objective(self) -> bool:
+        return True
+
     # -- text side ---------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int | None:
+        return self.config.vocab_size
+
     @property
     def tokenize(self) -> Callable[[list[str]], list[list[int]]] | None:
         """captions -> token ids for a text encoder with its own tokenizer; None when captions are read with

@@ -40,7 +40,8 @@ class PlannedRun:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The runs behind ``table``'s rows, trained under ``out/runs``; ``epochs_scale`` and ``overrides`` say how
-    the recipes differ from the paper's (1.0 and none: the published recipes)."""
+    the recipes differ from the paper's (1.0 and none: the published recipes); ``checkpoints`` are the released
+    model files given for the rows that evaluate one (name -> path)."""
 
     paper: Paper
     table: Table
@@ -49,6 +50,7 @@ class Plan:
     epochs_scale: float
     overrides: tuple[str, ...]
     protocol: str | None
+    checkpoints: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     @property
     def changes_recipes(self) -> bool:
@@ -94,8 +96,24 @@ def scaled(config: TrainConfig, scale: float) -> TrainConfig:
         model=dataclasses.replace(config.model, args=args))
 
 
+def parse_checkpoints(items: list[str] | tuple[str, ...], table: Table) -> dict[str, Path]:
+    """``--checkpoint NAME=PATH`` items as {name: path}; a name no row of ``table`` evaluates is an error."""
+    known = table.checkpoint_names()
+    found = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ItmatchError(f"--checkpoint {item!r}: write NAME=PATH, e.g. SAF=runs/f30k_SAF/model_best.pth.tar")
+        if name not in known:
+            what = "the released checkpoints " + ", ".join(known) if known else "no released checkpoint"
+            raise ItmatchError(f"--checkpoint {name}: table {table.id} evaluates {what}")
+        found[name] = Path(path)
+    return found
+
+
 def plan_table(paper: Paper, table: Table, out: str | Path, *, epochs_scale: float = 1.0,
-               overrides: tuple[str, ...] = (), protocol: str | None = None) -> Plan:
+               overrides: tuple[str, ...] = (), protocol: str | None = None,
+               checkpoints: dict[str, Path] | None = None) -> Plan:
     """The plan of reproducing ``table`` into run directory ``out``."""
     out = Path(out)
     runs = {}
@@ -105,7 +123,15 @@ def plan_table(paper: Paper, table: Table, out: str | Path, *, epochs_scale: flo
         config = scaled(recipe(spec.recipe, [*spec.overrides, *overrides]), epochs_scale)
         protocols = tuple(dict.fromkeys(protocol or row.protocol for row in table.rows if run_id in row.runs))
         runs[run_id] = PlannedRun(run_id, spec.dataset, config, published, out / "runs" / run_id, protocols)
-    return Plan(paper, table, runs, out, epochs_scale, tuple(overrides), protocol)
+    return Plan(paper, table, runs, out, epochs_scale, tuple(overrides), protocol, dict(checkpoints or {}))
+
+
+def checkpoint_label(plan: Plan, name: str) -> str:
+    """How a row without runs is obtained: "published only", or the released checkpoint it evaluates."""
+    if not name:
+        return "published only"
+    given = plan.checkpoints.get(name)
+    return f"released checkpoint {name} ({given if given else f'give --checkpoint {name}=PATH'})"
 
 
 def run_state(directory: Path) -> str:
@@ -129,7 +155,7 @@ def describe(plan: Plan) -> str:
     lines = [f"{paper.name} table {table.id}: {table.caption}", f"recipe: {plan.recipe_label}",
              f"rows ({len(table.rows)}):"]
     for index, row in enumerate(table.rows, 1):
-        how = " + ".join(row.runs) if row.runs else "published only"
+        how = " + ".join(row.runs) if row.runs else checkpoint_label(plan, row.checkpoint)
         group = f"[{row.group}] " if row.group else ""
         lines.append(f"  row {index}: {group}{row.method} | {row.dataset} {plan.protocol or row.protocol} | {how}")
     lines.append(f"runs ({len(plan.runs)}):")
@@ -141,6 +167,8 @@ def describe(plan: Plan) -> str:
         total += hours
         lines.append(f"  {run.id}: {spec.recipe}{' ' + changes if changes else ''} | {run.config.schedule.epochs} "
                      f"epochs | {run.state()} | ~{hours:.1f} GPU-h")
+        if spec.assumption:
+            lines.append(f"    assumption: {spec.assumption}")
     datasets = sorted({run.dataset for run in plan.runs.values()})
     lines.append(f"total: ~{total:.1f} GPU-hours (estimates from FLOP counts at {cost.SUSTAINED_TFLOPS:g} "
                  "TFLOP/s sustained, see docs/reproducing.md; not measured)")

@@ -15,8 +15,9 @@ LABELS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_
 
 def table_doc(plan: Plan, results: list[dict | None]) -> dict:
     """The table as JSON: per row the published, measured and difference columns (None where absent), its
-    status ("measured", "not run", "published only") and the keys in which its runs' recipes differ from the
-    paper's. ``results`` holds each row's evaluation result, in row order."""
+    status ("measured", "not run", "published only"), the keys in which its runs' recipes differ from the
+    paper's, and what those recipes assume where the paper is silent. ``results`` holds each row's evaluation
+    result, in row order."""
     table, paper = plan.table, plan.paper
     rows = []
     for row, result in zip(table.rows, results):
@@ -25,17 +26,34 @@ def table_doc(plan: Plan, results: list[dict | None]) -> dict:
         difference = ({c: None if row.published[c] is None else round(measured[c] - row.published[c], 2)
                        for c in table.columns} if measured is not None else None)
         changes = sorted({key for run_id in row.runs for key in _changes(plan, run_id)}) if measured else []
-        status = "published only" if not row.runs else ("measured" if measured else "not run")
+        runnable = bool(row.runs or row.checkpoint)
+        status = "published only" if not runnable else ("measured" if measured else "not run")
+        assumptions = [f"{run_id}: {paper.runs[run_id].assumption}" for run_id in row.runs
+                       if paper.runs[run_id].assumption]
         rows.append({"method": row.method, "group": row.group, "dataset": row.dataset,
-                     "protocol": plan.protocol or row.protocol, "runs": list(row.runs), "status": status,
-                     "published": row.published, "measured": measured, "difference": difference,
-                     "recipe_changes": changes, "note": row.note})
+                     "protocol": plan.protocol or row.protocol, "runs": list(row.runs),
+                     "checkpoint": row.checkpoint, "status": status, "published": row.published,
+                     "measured": measured, "difference": difference, "recipe_changes": changes,
+                     "assumptions": assumptions, "reading": _reading(plan, row.runs), "note": row.note})
     recipe = plan.recipe_label
     if not plan.changes_recipes and any(row["recipe_changes"] for row in rows):
         recipe = "CHANGED recipes in some runs (see the notes): not a reproduction"
     return {"paper": paper.name, "title": paper.title, "venue": paper.venue, "source": paper.source,
             "table": table.id, "caption": table.caption, "columns": list(table.columns), "recipe": recipe,
             "epochs_scale": plan.epochs_scale, "overrides": list(plan.overrides), "rows": rows}
+
+
+def _reading(plan: Plan, run_ids: tuple[str, ...]) -> dict[str, object]:
+    """The paper's reading switches (``Paper.readings``) as the row's runs of its ``reading_models`` are
+    configured: {key: value}, or {key: [values]} when an ensemble's runs differ; {} for other models."""
+    configs = [plan.runs[r].config for r in run_ids]
+    args = [c.model.args for c in configs if c.model.name in plan.paper.reading_models]
+    reading = {}
+    for key, default in plan.paper.readings.items():
+        values = list(dict.fromkeys(a.get(key, default) for a in args))
+        if values:
+            reading[key] = values[0] if len(values) == 1 else values
+    return reading
 
 
 def _changes(plan: Plan, run_id: str) -> list[str]:
@@ -56,11 +74,15 @@ def table_markdown(doc: dict) -> str:
     for index, row in enumerate(doc["rows"], 1):
         name = f"{row['group']}: {row['method']}" if row["group"] else row["method"]
         cells = [_cell(row, c) for c in doc["columns"]]
-        runs = " + ".join(row["runs"]) if row["runs"] else "published only"
+        runs = (" + ".join(row["runs"]) if row["runs"] else
+                f"checkpoint {row['checkpoint']}" if row["checkpoint"] else "published only")
         if row["status"] == "not run":
             runs += " (not run)"
         lines.append("| " + " | ".join([name, row["dataset"], row["protocol"], *cells, runs]) + " |")
         extra = [row["note"]] if row["note"] else []
+        extra += [f"ASSUMPTION ({text})" for text in row["assumptions"]]
+        if row["reading"] and row["measured"] is not None:
+            extra.append("reading: " + ", ".join(f"{k}={v}" for k, v in row["reading"].items()))
         if row["recipe_changes"]:
             extra.append("trained with recipe changes in " + ", ".join(row["recipe_changes"]))
         if extra:

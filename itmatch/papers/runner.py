@@ -29,21 +29,27 @@ def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, P
 
 
 def result_path(plan: Plan, row: Row) -> Path:
-    """Where the test result of ``row`` (its runs under its protocol) is kept."""
-    return plan.out / "results" / f"{'+'.join(row.runs)}.{plan.protocol or row.protocol}.json"
+    """Where the test result of ``row`` (its runs, or its released checkpoint, under its protocol) is kept."""
+    name = "+".join(row.runs) if row.runs else f"checkpoint-{row.checkpoint}"
+    return plan.out / "results" / f"{name}.{plan.protocol or row.protocol}.json"
 
 
 class Runner:
     """Produces the measured result of each row of ``plan``; ``train`` off (``--rows-from``) only evaluates
-    finished runs. ``engine`` goes to the trainer and the evaluation (``device``, ``progress``)."""
+    finished runs. ``device`` and ``progress`` go to the trainer and the evaluation; ``trust`` lets released
+    checkpoints holding arbitrary pickled objects load."""
 
     def __init__(self, plan: Plan, *, data: Path | None, vocab: Path | None, train: bool = True,
-                 device: str = "auto", progress: bool = True, echo: Callable[[str], None] = print) -> None:
+                 device: str = "auto", progress: bool = True, trust: bool = False,
+                 echo: Callable[[str], None] = print) -> None:
         self.plan, self.data, self.vocab, self.train = plan, data, vocab, train
-        self.device, self.progress, self.echo = device, progress, echo
+        self.device, self.progress, self.trust, self.echo = device, progress, trust, echo
 
     def row_result(self, row: Row) -> dict | None:
-        """The row's evaluation result (``itmatch evaluate``'s JSON), or None when its runs are not finished."""
+        """The row's evaluation result (``itmatch evaluate``'s JSON), or None when its runs are not finished
+        (or its released checkpoint was not given)."""
+        if row.checkpoint:
+            return self._checkpoint_result(row)
         path = result_path(self.plan, row)
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
@@ -67,6 +73,26 @@ class Runner:
         write_json(path, result)
         return result
 
+    def _checkpoint_result(self, row: Row) -> dict | None:
+        """A released checkpoint's result: kept from an earlier call if it came from the same file, else
+        evaluated now (no training); None, with a line saying what to pass, when no file was given."""
+        path = result_path(self.plan, row)
+        given = self.plan.checkpoints.get(row.checkpoint)
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if given is None or (kept is not None and kept.get("sources") == [str(given)]):
+            if kept is None:
+                self.echo(f"{row.method}: give --checkpoint {row.checkpoint}=PATH (the released model) to "
+                          "evaluate it")
+            return kept
+        if self.data is None:
+            raise ItmatchError(f"{row.method}: give --data to evaluate the released checkpoint {given}")
+        if not (self.data / DATASETS[row.dataset]).is_dir():
+            self.echo(f"{row.method}: {self.data / DATASETS[row.dataset]} not found; row not run")
+            return None
+        result = self._evaluate(row, [given])
+        write_json(path, result)
+        return result
+
     def _train(self, run: PlannedRun) -> None:
         from itmatch.train import train
 
@@ -86,8 +112,8 @@ class Runner:
         folder, vocab = dataset_paths(self.data, self.vocab, row.dataset)
         protocol = self.plan.protocol or row.protocol
         split = "test" if self.plan.protocol else PROTOCOL_SPLITS[protocol]
-        self.echo(f"evaluating {' + '.join(row.runs)} on {folder}/{split} ({protocol})")
+        self.echo(f"evaluating {' + '.join(row.runs) or checkpoints[0]} on {folder}/{split} ({protocol})")
         device = None if self.device == "auto" else self.device
         return evaluate_split(folder, split, checkpoints=checkpoints, vocab=vocab,
                               protocol=None if protocol == "full" else protocol, device=device,
-                              progress=self.progress)
+                              trust=self.trust, progress=self.progress)

@@ -1,10 +1,14 @@
 """Published tables: one TOML file per paper in this folder, read into checked dataclasses.
 
-A file has ``[paper]`` (name, title, venue, source), ``[runs]`` (run id -> ``{recipe, dataset, set}``: a recipe
-of ``configs/`` with ``--set`` overrides) and ``[[tables]]`` (id, caption, columns, rows). A row names its method,
-dataset (``f30k`` | ``coco``), protocol (``f30k`` | ``coco1k`` | ``coco5k``), the ``published`` numbers in the order
-of ``columns`` (``nan`` = not reported) and, where the row can be reproduced, the ``runs`` behind it (several =
-an ensemble: the mean of their score matrices).
+A file has ``[paper]`` (name, title, venue, source, and optionally ``readings``: model arguments with their
+defaults that choose between readings of the paper, printed with every measured row of the ``reading_models``),
+``[runs]`` (run id -> ``{recipe, dataset, set, assume}``: a
+recipe of ``configs/`` with ``--set`` overrides, and what the recipe assumes where the paper is silent) and
+``[[tables]]`` (id, caption, columns, rows). A row names its method, dataset (``f30k`` | ``coco``), protocol
+(``f30k`` | ``coco1k`` | ``coco5k``), the ``published`` numbers in the order of ``columns`` (``nan`` = not
+reported) and, where the row can be reproduced, either the ``runs`` behind it (several = an ensemble: the mean of
+their score matrices) or the name of a released ``checkpoint`` it evaluates without training (``itmatch
+reproduce --checkpoint NAME=PATH``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class RunSpec:
     recipe: str
     dataset: str
     overrides: tuple[str, ...] = ()
+    assumption: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Row:
     runs: tuple[str, ...] = ()
     note: str = ""
     group: str = ""
+    checkpoint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,10 @@ class Table:
         """The runs its rows need, each once, in order of first use."""
         return list(dict.fromkeys(run for row in self.rows for run in row.runs))
 
+    def checkpoint_names(self) -> list[str]:
+        """The released checkpoints its rows evaluate, each once, in order of first use."""
+        return list(dict.fromkeys(row.checkpoint for row in self.rows if row.checkpoint))
+
 
 @dataclasses.dataclass(frozen=True)
 class Paper:
@@ -73,6 +83,8 @@ class Paper:
     source: str
     runs: dict[str, RunSpec]
     tables: tuple[Table, ...]
+    readings: dict[str, object] = dataclasses.field(default_factory=dict)
+    reading_models: tuple[str, ...] = ()
 
     def table(self, table_id: str) -> Table:
         """The table ``table_id`` (as printed: "3", "3a", ...)."""
@@ -97,13 +109,14 @@ def load_paper(name: str) -> Paper:
     runs = {run_id: _run(run_id, spec, path) for run_id, spec in raw.get("runs", {}).items()}
     tables = tuple(_table(t, runs, path) for t in raw["tables"])
     info = raw["paper"]
-    return Paper(info["name"], info["title"], info["venue"], info["source"], runs, tables)
+    return Paper(info["name"], info["title"], info["venue"], info["source"], runs, tables,
+                 dict(info.get("readings", {})), tuple(info.get("reading_models", ())))
 
 
 def _run(run_id: str, spec: dict, path: Path) -> RunSpec:
     if spec.get("dataset") not in DATASETS:
         raise ItmatchError(f"{path}: run {run_id!r} needs dataset = one of {', '.join(DATASETS)}")
-    return RunSpec(run_id, spec["recipe"], spec["dataset"], tuple(spec.get("set", ())))
+    return RunSpec(run_id, spec["recipe"], spec["dataset"], tuple(spec.get("set", ())), spec.get("assume", ""))
 
 
 def _table(raw: dict, runs: dict[str, RunSpec], path: Path) -> Table:
@@ -122,9 +135,11 @@ def _table(raw: dict, runs: dict[str, RunSpec], path: Path) -> Table:
         for run_id in row.get("runs", ()):
             if run_id not in runs or runs[run_id].dataset != row["dataset"]:
                 raise ItmatchError(f"{label}: run {run_id!r} is not a {row['dataset']} run of [runs]")
+        if row.get("runs") and row.get("checkpoint"):
+            raise ItmatchError(f"{label}: a row is trained (runs) or evaluates a released checkpoint, not both")
         published = {c: (None if math.isnan(v) else float(v)) for c, v in zip(columns, row["published"])}
         rows.append(Row(row["method"], row["dataset"], row["protocol"], published, tuple(row.get("runs", ())),
-                        row.get("note", ""), row.get("group", "")))
+                        row.get("note", ""), row.get("group", ""), row.get("checkpoint", "")))
     return Table(table_id, raw["caption"], columns, tuple(rows))
 
 

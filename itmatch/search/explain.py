@@ -15,14 +15,14 @@ import torch
 from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import SPECIAL_TOKENS, UNK, Vocabulary
 from itmatch.errors import ItmatchError
-from itmatch.evaluate import caption_tokens
+from itmatch.loading import caption_tokens
 from itmatch.models.base import Matcher
 from itmatch.scoring import pad_tokens
 
 
 def explainable(models: Sequence[tuple[Matcher, Vocabulary | None]]) -> list[tuple[Matcher, Vocabulary | None]]:
     """The models (with their vocabularies) that can explain a pair: the cross-attention ones."""
-    return [(model, vocab) for model, vocab in models if callable(getattr(model, "explain", None))]
+    return [(model, vocab) for model, vocab in models if model.can_explain]
 
 
 def explain_pair(models: Sequence[tuple[Matcher, Vocabulary | None]], features: np.ndarray, text: str,

@@ -8,12 +8,12 @@ search returns, and the extractor settings that made the features (so a query pi
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from itmatch.data.folder import read_boxes, read_info, read_pictures
 from itmatch.data.precomp import SPLITS, load_split
 from itmatch.errors import ItmatchError
 
@@ -38,12 +38,47 @@ class Gallery:
     extractor: dict[str, Any] | None
     source: dict[str, Any]
 
+    def __len__(self) -> int:
+        return self.n_images
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Features (k, R, D) float32 of a slice of the pictures: a gallery reads like an (n, R, D) array."""
+        return self.read_features(np.arange(self.n_images)[rows])
+
+    def subset(self, ids: np.ndarray) -> Gallery:
+        """The pictures ``ids`` (sorted, unique) of this gallery, with their captions."""
+        ids = np.asarray(ids, dtype=np.int64)
+        new_id = np.full(self.n_images, -1, dtype=np.int64)
+        new_id[ids] = np.arange(len(ids))
+        kept = np.flatnonzero(new_id[self.caption_image] >= 0) if len(self.caption_image) else np.zeros(0, np.int64)
+        return dataclasses.replace(
+            self, n_images=len(ids), read_features=lambda rows: self.read_features(ids[rows]),
+            boxes=None if self.boxes is None else np.asarray(self.boxes[ids]),
+            pictures=[self.pictures[i] for i in ids], captions=[self.captions[j] for j in kept],
+            caption_image=new_id[self.caption_image[kept]])
+
 
 def check_image_id(image: int, n_images: int) -> int:
     """``image`` if it is one of ``n_images`` pictures, else an error naming the valid ids."""
     if not 0 <= image < n_images:
         raise ItmatchError(f"no image {image} here; ids run from 0 to {n_images - 1}")
     return image
+
+
+def already_in(pictures: Sequence[dict[str, Any]], indexed: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(len(pictures),) bool: which ``pictures`` are among ``indexed``, keyed as `extract` keys them (path, size,
+    modification time; by path alone where one side does not know the size and time). Pictures without a file are
+    never the same."""
+    known: dict[str, set[tuple[Any, Any]]] = {}
+    for picture in indexed:
+        if picture.get("path"):
+            known.setdefault(picture["path"], set()).add((picture.get("bytes"), picture.get("mtime_ns")))
+    found = np.zeros(len(pictures), dtype=bool)
+    for i, picture in enumerate(pictures):
+        stamps = known.get(picture.get("path") or "")
+        stamp = (picture.get("bytes"), picture.get("mtime_ns"))
+        found[i] = stamps is not None and (stamp in stamps or None in stamp or any(None in s for s in stamps))
+    return found
 
 
 def open_gallery(directory: str | Path, split: str | None = None) -> Gallery:
@@ -78,27 +113,17 @@ def _features_folder(directory: Path) -> Gallery:
 def _dataset_split(directory: Path, split: str) -> Gallery:
     data = load_split(directory, split)
     rows = data.image_rows
-    boxes_path = directory / f"{split}_boxes.npy"
-    boxes = np.load(boxes_path, mmap_mode="r")[rows] if boxes_path.is_file() else None
-    if boxes is not None and boxes.shape != (len(rows), data.n_regions, 4):
-        raise ItmatchError(f"{boxes_path}: shape {boxes.shape}, expected ({len(rows)}, {data.n_regions}, 4); "
-                           "build the dataset again")
-    listing = directory / f"{split}_images.jsonl"
-    by_row: dict[int, dict[str, Any]] = {}
-    if listing.is_file():
-        for line in listing.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                by_row[int(entry["row"])] = _picture(entry, directory)
-    info_path = directory / "dataset.json"
-    extractor = json.loads(info_path.read_text(encoding="utf-8")).get("extractor") if info_path.is_file() else None
+    boxes = read_boxes(directory, split, rows, data.n_regions)
+    by_row = {row: _picture(entry, directory) for row, entry in (read_pictures(directory, split) or {}).items()}
+    extractor = (read_info(directory) or {}).get("extractor")
     return Gallery(data.n_images, data.n_regions, data.feature_dim, data.image_features, boxes,
                    [by_row.get(int(row), {}) for row in rows], list(data.captions), data.caption_image,
                    extractor, {"kind": "dataset", "path": str(directory.absolute()), "split": split})
 
 
 def _picture(entry: dict[str, Any], base: Path) -> dict[str, Any]:
-    """``path`` (absolute), ``width``, ``height`` of a listing entry."""
+    """``path`` (absolute), ``width``, ``height`` (and ``bytes``, ``mtime_ns`` where listed) of a listing entry."""
     path = Path(entry["path"])
     return {"path": str(path if path.is_absolute() else (base / path).absolute()),
-            "width": entry.get("width"), "height": entry.get("height")}
+            "width": entry.get("width"), "height": entry.get("height"),
+            **{key: entry[key] for key in ("bytes", "mtime_ns") if key in entry}}

@@ -16,9 +16,14 @@
                             re-ranking a shortlist is pair scoring only, not encoding
 
 The FAISS index is exact (``IndexFlatIP``) below ``IVF_MIN_IMAGES`` pictures and an inverted file
-(``IndexIVFFlat``, nlist ≈ 4·√n) above, unless ``index_type`` says otherwise. ``add`` writes a new segment, adds
-its embeddings to the FAISS indexes (an IVF keeps its trained centroids) and rewrites ``index.json``; the FAISS
-files get a new generation number, so a reader never sees a FAISS file that ``index.json`` does not describe.
+(``IndexIVFFlat``, nlist ≈ 4·√n) above, unless ``index_type`` says otherwise: ``ivfpq`` (``IndexIVFPQ``) keeps
+``m`` bytes per picture instead of 4·d, for galleries of millions (docs/scale.md). Inverted files are trained on a
+sample of at most ``TRAIN_SAMPLE`` pictures and filled segment by segment from the memory-mapped embeddings.
+``build`` makes one segment per features folder. ``store_dtype`` ``float16`` halves the region features and the
+re-rankers' encodings on disk (they are read back as float32). ``add`` writes a new segment in the index's
+formats, adds its embeddings to the FAISS indexes (an IVF keeps its trained centroids and codebooks) and rewrites
+``index.json``; the FAISS files get a new generation number, so a reader never sees a FAISS file that
+``index.json`` does not describe.
 """
 
 from __future__ import annotations
@@ -33,13 +38,22 @@ from typing import Any, Sequence
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import atomic_dir, atomic_path, write_json
-from itmatch.search.gallery import Gallery, open_gallery
+from itmatch.fileio import FolderFormat, atomic_dir, atomic_path, check_folder, mark_folder, remove_stale, write_json
+from itmatch.search.gallery import Gallery, already_in, open_gallery
 
 FORMAT = "itmatch-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
-INDEX_TYPES = ("auto", "flat", "ivf")
+INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq")
+#: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: index.json).
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
+                                                      "seg-*"), legacy_files=((INDEX_FILE, ("segments", "faiss")),))
+STORE_DTYPES = ("float32", "float16")
+#: Pictures an inverted file (its centroids, and an IVF-PQ's codebooks) is trained on, at most.
+TRAIN_SAMPLE = 200_000
+#: Embeddings added to a FAISS index at once.
+ADD_BLOCK = 65_536
 #: Galleries at least this large get an IVF index under ``index_type="auto"``.
 IVF_MIN_IMAGES = 100_000
 BLOCK = 256  # pictures encoded at once while building
@@ -54,24 +68,60 @@ def choose_kind(n: int, index_type: str) -> str:
     return index_type
 
 
-def make_faiss(vectors: np.ndarray, kind: str, nlist: int | None = None) -> Any:
-    """A FAISS inner-product index over ``vectors`` (n, d): exact, or IVF trained on them (nlist ≈ 4·√n)."""
+def make_faiss(vectors: np.ndarray | Sequence[np.ndarray], kind: str, nlist: int | None = None,
+               m: int | None = None) -> Any:
+    """A FAISS inner-product index over ``vectors`` (n, d), or over several (memory-mapped) arrays in turn:
+    exact, IVF (nlist ≈ 4·√n) or IVF-PQ (``m`` bytes a vector, default ``default_m(d)``); an inverted file is
+    trained on a fixed random sample of at most ``TRAIN_SAMPLE`` vectors."""
     import faiss
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    dim = vectors.shape[1]
+    parts = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
+    n, dim = sum(len(p) for p in parts), parts[0].shape[1]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     else:
-        nlist = nlist or max(1, min(len(vectors), round(4 * math.sqrt(len(vectors)))))
-        if len(vectors) < nlist:
-            raise ItmatchError(f"an IVF index with {nlist} lists needs at least {nlist} pictures to train on, got "
-                               f"{len(vectors)}; use --index-type flat or a smaller --nlist")
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
+        nlist = nlist or max(1, min(n, round(4 * math.sqrt(n))))
+        needed = max(nlist, 256) if kind == "ivfpq" else nlist  # 256 centroids per PQ sub-vector
+        if n < needed:
+            raise ItmatchError(f"an {kind.upper()} index with {nlist} lists needs at least {needed} pictures to "
+                               f"train on, got {n}; use --index-type flat or a smaller --nlist")
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivfpq":
+            m = m or default_m(dim)
+            if dim % m:
+                raise ItmatchError(f"--m {m} must divide the embedding size {dim}; try {default_m(dim)}")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(_sample(parts, TRAIN_SAMPLE))
         index.nprobe = max(1, nlist // 8)
-    index.add(vectors)
+    for part in parts:
+        for start in range(0, len(part), ADD_BLOCK):
+            index.add(np.ascontiguousarray(part[start:start + ADD_BLOCK], dtype=np.float32))
     return index
+
+
+def default_m(dim: int) -> int:
+    """IVF-PQ sub-vectors for embeddings of ``dim``: the largest divisor of ``dim`` up to ``dim / 4`` (four
+    dimensions a byte; 32 bytes a picture for the demo's 128-d VSE)."""
+    return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
+
+
+def _sample(parts: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """At most ``size`` rows of the arrays ``parts`` taken together, a fixed random choice, float32."""
+    n = sum(len(p) for p in parts)
+    pick = np.sort(np.random.default_rng(0).choice(n, size, replace=False)) if n > size else np.arange(n)
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    return np.ascontiguousarray(np.concatenate([np.asarray(part[pick[(pick >= lo) & (pick < hi)] - lo])
+                                                for part, lo, hi in zip(parts, offsets[:-1], offsets[1:])]),
+                                dtype=np.float32)
+
+
+def check_store_dtype(store_dtype: str) -> np.dtype:
+    """The numpy dtype of ``--store-dtype`` (float32 or float16)."""
+    if store_dtype not in STORE_DTYPES:
+        raise ItmatchError(f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {store_dtype!r}")
+    return np.dtype(store_dtype)
 
 
 class _Stack:
@@ -100,6 +150,33 @@ class _Stack:
         return out
 
 
+class _Pictures(Sequence[dict[str, Any]]):
+    """The entries of the segments' ``pictures.jsonl`` files, each parsed when asked for from the memory-mapped
+    file: an index of millions of pictures keeps only their line offsets (8 bytes a picture) in memory."""
+
+    CHUNK = 1 << 24  # bytes scanned for line ends at once
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self._maps = [np.memmap(f, mode="r", dtype=np.uint8) if f.stat().st_size else np.zeros(0, np.uint8)
+                      for f in files]
+        self._ends = [np.concatenate([np.flatnonzero(m[lo:lo + self.CHUNK] == 10) + lo
+                                      for lo in range(0, len(m), self.CHUNK)] or [np.zeros(0, np.int64)])
+                      for m in self._maps]
+        self._offsets = np.cumsum([0] + [len(e) for e in self._ends])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, image: int) -> dict[str, Any]:  # type: ignore[override]
+        if not 0 <= image < len(self):
+            raise IndexError(image)
+        segment = int(np.searchsorted(self._offsets, image, side="right") - 1)
+        row = image - int(self._offsets[segment])
+        ends = self._ends[segment]
+        start = int(ends[row - 1]) + 1 if row else 0
+        return json.loads(bytes(self._maps[segment][start:int(ends[row])]))
+
+
 @dataclasses.dataclass
 class Index:
     """An opened index folder: metadata, FAISS indexes, and memory-mapped per-picture arrays (see the module)."""
@@ -108,7 +185,7 @@ class Index:
     meta: dict[str, Any]
     image_faiss: Any
     caption_faiss: Any | None
-    pictures: list[dict[str, Any]]
+    pictures: Sequence[dict[str, Any]]
     captions: list[str]
     caption_image: np.ndarray
     _arrays: dict[str, _Stack]
@@ -122,16 +199,9 @@ class Index:
     def n_captions(self) -> int:
         return len(self.captions)
 
-    def model_file(self, entry: dict[str, Any]) -> Path:
-        """The path of a stored model (an ``embedder``/``rerankers`` entry of the metadata)."""
-        return self.directory / entry["file"]
-
-    def vocab_file(self) -> Path | None:
-        return self.directory / self.meta["vocab"] if self.meta.get("vocab") else None
-
     def features(self, ids: np.ndarray) -> np.ndarray:
-        """Region features (k, R, D) float32 of pictures ``ids``."""
-        return self._arrays["features"].take(ids)
+        """Region features (k, R, D) float32 of pictures ``ids`` (stored float32 or float16)."""
+        return self._arrays["features"].take(ids).astype(np.float32, copy=False)
 
     def image_embeddings(self, ids: np.ndarray) -> np.ndarray:
         return self._arrays["image_emb"].take(ids)
@@ -140,9 +210,11 @@ class Index:
         return self._arrays["caption_emb"].take(ids)
 
     def encoding_fields(self, reranker: int, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Re-ranker ``reranker``'s stored image encoding of pictures ``ids``, field by field."""
-        return {name: self._arrays[f"reranker-{reranker}/{name}"].take(ids)
-                for name in self.meta["rerankers"][reranker]["fields"]}
+        """Re-ranker ``reranker``'s stored image encoding of pictures ``ids``, field by field (float fields as
+        float32, whatever ``store_dtype`` they are kept in)."""
+        fields = {name: self._arrays[f"reranker-{reranker}/{name}"].take(ids)
+                  for name in self.meta["rerankers"][reranker]["fields"]}
+        return {name: v.astype(np.float32) if v.dtype == np.float16 else v for name, v in fields.items()}
 
     def boxes(self, image: int) -> np.ndarray | None:
         """Region boxes (R, 4) of one picture (x1, y1, x2, y2 in [0, 1]), or None when its source had none."""
@@ -157,8 +229,10 @@ class Index:
         return self.captions[at] if at < self.n_captions and self.caption_image[at] == image else None
 
 
-def open_index(directory: str | Path) -> Index:
-    """Open an index folder written by ``build_index``; memory-maps its arrays and reads its FAISS files."""
+def open_index(directory: str | Path, *, writable: bool = False) -> Index:
+    """Open an index folder written by ``build_index``: its arrays and FAISS files memory-mapped (the memory a
+    reader holds does not grow with the gallery), or the FAISS files read into memory when ``writable`` (to add
+    to them)."""
     import faiss
 
     directory = Path(directory)
@@ -172,69 +246,104 @@ def open_index(directory: str | Path) -> Index:
     names = ["features", "image_emb", "caption_emb"] + [f"reranker-{k}/{field}" for k, entry in
                                                        enumerate(meta["rerankers"]) for field in entry["fields"]]
     arrays = {name: _Stack([np.load(f / f"{name}.npy", mmap_mode="r") for f in folders]) for name in names}
-    pictures, captions, caption_image = [], [], []
-    for folder in folders:
-        offset = len(pictures)
-        pictures += [json.loads(line) for line in (folder / "pictures.jsonl").read_text(encoding="utf-8").splitlines()]
+    pictures = _Pictures([folder / "pictures.jsonl" for folder in folders])
+    captions: list[str] = []
+    caption_image = []
+    for folder, offset in zip(folders, arrays["features"].offsets):
         text = (folder / "captions.txt").read_text(encoding="utf-8")
         captions += text.split("\n")[:-1] if text else []
         caption_image.append(np.load(folder / "caption_image.npy") + offset)
     boxes = [np.load(f / "boxes.npy", mmap_mode="r") if (f / "boxes.npy").is_file() else None for f in folders]
     files = meta["faiss"]
-    image_faiss = faiss.read_index(str(directory / files["images"]))  # an IVF file keeps its nprobe
-    caption_faiss = faiss.read_index(str(directory / files["captions"])) if files.get("captions") else None
+    # mapping FAISS files needs a faiss with IO_FLAG_MMAP_IFC (1.15 tested); an older one reads them into memory
+    flags = 0 if writable else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+    image_faiss = faiss.read_index(str(directory / files["images"]), flags)  # an IVF file keeps its nprobe
+    caption_faiss = faiss.read_index(str(directory / files["captions"]), flags) if files.get("captions") else None
     return Index(directory, meta, image_faiss, caption_faiss, pictures, captions,
                  np.concatenate(caption_image).astype(np.int64), arrays, boxes)
 
 
-def build_index(features: str | Path, out: str | Path, *, embedder: str | Path,
+def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *, embedder: str | Path,
                 rerankers: Sequence[str | Path] = (), split: str | None = None, vocab: str | Path | None = None,
                 index_type: str = "auto", nlist: int | None = None, nprobe: int | None = None,
-                device: str = "cpu", progress: bool = False) -> dict[str, Any]:
-    """Index the pictures of ``features`` (``split`` of a dataset folder) into the new folder ``out``.
+                m: int | None = None, store_dtype: str = "float32", device: str = "cpu",
+                progress: bool = False) -> dict[str, Any]:
+    """Index the pictures of ``features`` -- one folder, or several (e.g. the shards of a large extraction),
+    each its own segment; ``split`` of dataset folders -- into the new folder ``out``.
 
     ``embedder`` is an embedding model (VSE, HREM) that shortlists; ``rerankers`` (SGR, SAF, TSHSR, ...) re-rank
     the shortlist, their scores averaged. The models (and ``vocab``, for checkpoints without one) are copied into
-    the index. Built in a temporary folder and renamed: ``out`` is never half-written. Returns the metadata.
+    the index. ``index_type``/``nlist``/``nprobe``/``m``: the FAISS index (module docstring); ``store_dtype``:
+    float32, or float16 for the stored region features and re-ranker encodings. Built in a temporary folder and
+    renamed: ``out`` is never half-written, and an existing ``out`` is replaced only when it is an index that holds
+    nothing but what itmatch wrote. Returns the metadata.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / INDEX_FILE).is_file())):
-        raise ItmatchError(f"{out}: exists and is not a search index; give a new or empty folder")
-    gallery = open_gallery(features, split)
-    kind = choose_kind(gallery.n_images, index_type)
-    with atomic_dir(out) as tmp:
+    check_folder(out, FOLDER)  # before any work (checked again when the new index takes its place)
+    dtype = check_store_dtype(store_dtype)
+    choose_kind(0, index_type)  # a wrong --index-type is reported before any work
+    sources = [features] if isinstance(features, (str, Path)) else list(features)
+    if not sources:
+        raise ItmatchError("no features to index; give --features FOLDER (repeat it for several folders)")
+    galleries = [open_gallery(source, split) for source in sources]
+    first = galleries[0]
+    for source, gallery in zip(sources[1:], galleries[1:]):
+        _check_compatible(source, gallery, first.n_regions, first.dim, first.extractor)
+    n_images = sum(g.n_images for g in galleries)
+    kind = choose_kind(n_images, index_type)
+    with atomic_dir(out, FOLDER) as tmp:
         meta = _store_models(tmp, embedder, rerankers, vocab)
         models = load_index_models(tmp, meta, device)
-        segment = _write_segment(tmp / "seg-00000", gallery, models, device, progress)
-        meta.update(format=FORMAT, format_version=FORMAT_VERSION, regions=gallery.n_regions, dim=gallery.dim,
-                    extractor=gallery.extractor, segments=[segment], n_images=gallery.n_images,
-                    n_captions=len(gallery.captions), index_type=index_type)
+        segments = [_write_segment(tmp / f"seg-{k:05d}", gallery, models, device, progress, dtype)
+                    for k, gallery in enumerate(galleries)]
+        meta.update(format=FORMAT, format_version=FORMAT_VERSION, regions=first.n_regions, dim=first.dim,
+                    extractor=first.extractor, segments=segments, n_images=n_images,
+                    n_captions=sum(len(g.captions) for g in galleries), index_type=index_type,
+                    store_dtype=store_dtype)
         meta["rerankers"] = [{**entry, "fields": fields}
-                             for entry, fields in zip(meta["rerankers"], segment.pop("fields"))]
-        meta["faiss"] = _write_faiss(tmp, 1, kind, nlist, nprobe, [tmp / "seg-00000"])
+                             for entry, fields in zip(meta["rerankers"], segments[0]["fields"])]
+        for segment in segments:
+            segment.pop("fields")
+        meta["faiss"] = _write_faiss(tmp, 1, kind, nlist, nprobe, [tmp / s["dir"] for s in segments], m)
         write_json(tmp / INDEX_FILE, meta)
     return meta
+
+
+def _check_compatible(source: str | Path, gallery: Gallery, regions: int, dim: int,
+                      extractor: dict[str, Any] | None) -> None:
+    """``gallery`` must hold features like the index's: R regions of D dims, made by the same extractor."""
+    if (gallery.n_regions, gallery.dim) != (regions, dim):
+        raise ItmatchError(f"{source}: {gallery.n_regions} regions × {gallery.dim} dims per picture, but the index "
+                           f"holds {regions} × {dim}; extract them with the index's extractor")
+    if gallery.extractor and extractor and gallery.extractor != extractor:
+        raise ItmatchError(f"{source}: made by another extractor or settings ({gallery.extractor}) than the "
+                           f"index ({extractor}); extract them the same way")
 
 
 def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | None = None, device: str = "cpu",
                  progress: bool = False) -> dict[str, Any]:
     """Append the pictures of ``features`` (``split`` of a dataset) to the index ``index_dir`` as a new segment,
-    encoded with the index's own models; nothing already indexed is read again. Returns the new metadata."""
+    encoded with the index's own models; nothing already indexed is read again, and pictures already in the index
+    (same file, size and modification time, as `extract` keys them) are skipped. Returns the new metadata plus
+    ``skipped``: how many pictures were already there."""
     index_dir = Path(index_dir)
-    index = open_index(index_dir)
+    index = open_index(index_dir, writable=True)
     meta = index.meta
+    remove_stale(index_dir)  # what a killed `add` left
     gallery = open_gallery(features, split)
-    if (gallery.n_regions, gallery.dim) != (meta["regions"], meta["dim"]):
-        raise ItmatchError(f"{features}: {gallery.n_regions} regions × {gallery.dim} dims per picture, but the index "
-                           f"holds {meta['regions']} × {meta['dim']}; extract them with the index's extractor")
-    if gallery.extractor and meta["extractor"] and gallery.extractor != meta["extractor"]:
-        raise ItmatchError(f"{features}: made by another extractor or settings ({gallery.extractor}) than the "
-                           f"index ({meta['extractor']}); extract them the same way")
+    new = ~already_in(gallery.pictures, index.pictures)
+    skipped = int((~new).sum())
+    if not new.any():
+        return {**meta, "skipped": skipped}
+    gallery = gallery.subset(np.flatnonzero(new)) if skipped else gallery
+    _check_compatible(features, gallery, meta["regions"], meta["dim"], meta["extractor"])
     models = load_index_models(index_dir, meta, device)
     number = len(meta["segments"])
     name = f"seg-{number:05d}"
+    dtype = check_store_dtype(meta.get("store_dtype", "float32"))  # the index's own format
+    mark_folder(index_dir, FOLDER, claim=[name, f"images.{number + 1}.faiss", f"captions.{number + 1}.faiss"])
     with atomic_dir(index_dir / name) as tmp:  # replaces a segment left behind by an interrupted `add`
-        segment = _write_segment(tmp, gallery, models, device, progress)
+        segment = _write_segment(tmp, gallery, models, device, progress, dtype)
     segment.pop("fields")
     n_images = meta["n_images"] + gallery.n_images
     kind = choose_kind(n_images, meta["index_type"])
@@ -249,7 +358,7 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     write_json(index_dir / INDEX_FILE, meta)
     for old in old_files:
         (index_dir / old).unlink(missing_ok=True)
-    return meta
+    return {**meta, "skipped": skipped}
 
 
 def _store_models(folder: Path, embedder: str | Path, rerankers: Sequence[str | Path],
@@ -286,13 +395,12 @@ class IndexModels:
 def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -> IndexModels:
     """The models stored in the index ``folder`` whose metadata is ``meta`` (their ``model_name`` is noted in
     ``meta``); the first stage must be an embedding model."""
-    from itmatch.evaluate import load_models
-    from itmatch.models.vse import VSE
+    from itmatch.loading import load_models
 
     vocab = folder / meta["vocab"] if meta.get("vocab") else None
     embedder, embedder_vocab = load_models([folder / meta["embedder"]["file"]], vocab, device=device)
     source = meta["embedder"].get("source", meta["embedder"]["file"])
-    if not isinstance(embedder, VSE):
+    if not embedder.is_embedding:
         raise ItmatchError(f"{source}: the first stage needs an embedding model (vse, hrem), not "
                            f"{embedder.model_name or type(embedder).__name__}; pass it as --reranker instead")
     meta["embedder"]["model_name"] = embedder.model_name
@@ -304,35 +412,33 @@ def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -
     return IndexModels(embedder, embedder_vocab, rerankers)
 
 
-def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: str, progress: bool
-                   ) -> dict[str, Any]:
-    """Write one segment (see the module docstring) into the new folder ``folder``; its metadata entry, with
-    ``fields``: each re-ranker's encoding field names."""
+def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: str, progress: bool,
+                   dtype: np.dtype = np.dtype(np.float32)) -> dict[str, Any]:
+    """Write one segment (see the module docstring) into the new folder ``folder``, region features and
+    re-ranker encodings as ``dtype``; its metadata entry, with ``fields``: each re-ranker's encoding field
+    names."""
     import torch
-    from tqdm import tqdm
 
-    from itmatch.evaluate import caption_tokens
-    from itmatch.scoring import encode_texts
+    from itmatch.loading import caption_tokens
+    from itmatch.scoring import feature_batches, text_batches
 
     folder.mkdir(parents=True, exist_ok=True)
     n = gallery.n_images
-    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float32,
+    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=dtype,
                                          shape=(n, gallery.n_regions, gallery.dim))
     dim = models.embedder.config.embed_size
     image_emb = np.lib.format.open_memmap(folder / "image_emb.npy", mode="w+", dtype=np.float32, shape=(n, dim))
     encodings: list[dict[str, np.ndarray]] = [{} for _ in models.rerankers]
     with torch.inference_mode():
-        for start in tqdm(range(0, n, BLOCK), desc="index pictures", disable=not progress, leave=False):
-            ids = np.arange(start, min(start + BLOCK, n))
-            block = gallery.read_features(ids)
-            features[ids] = block
-            feats = torch.from_numpy(block).to(device)
+        for ids, block in feature_batches(gallery, BLOCK, progress, desc="index pictures"):
+            features[ids] = block.numpy()
+            feats = block.to(device)
             image_emb[ids] = models.embedder.encode_images(feats).emb.float().cpu().numpy()
             for k, (model, _) in enumerate(models.rerankers):
-                _store_encoding(folder / f"reranker-{k}", encodings[k], model.encode_images(feats), ids, n)
+                _store_encoding(folder / f"reranker-{k}", encodings[k], model.encode_images(feats), ids, n, dtype)
         caption_emb = np.zeros((len(gallery.captions), dim), dtype=np.float32)
         tokens = caption_tokens(models.embedder, models.embedder_vocab, gallery.captions)
-        for index, chunk in encode_texts(models.embedder, tokens, torch.device(device), progress=progress):
+        for index, chunk in text_batches(models.embedder, tokens, torch.device(device), progress=progress):
             caption_emb[index] = chunk.emb.float().cpu().numpy()
     for array in [features, image_emb, *(a for group in encodings for a in group.values())]:
         array.flush()
@@ -346,32 +452,38 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
             "fields": [list(group) for group in encodings]}
 
 
-def _store_encoding(folder: Path, arrays: dict[str, np.ndarray], encoding: Any, ids: np.ndarray, n: int) -> None:
-    """Write the tensor fields of ``encoding`` (rows ``ids``) into ``folder/FIELD.npy`` memmaps of ``n`` rows."""
+def _store_encoding(folder: Path, arrays: dict[str, np.ndarray], encoding: Any, ids: np.ndarray, n: int,
+                    dtype: np.dtype) -> None:
+    """Write the tensor fields of ``encoding`` (rows ``ids``) into ``folder/FIELD.npy`` memmaps of ``n`` rows,
+    floating fields as ``dtype``."""
     for field in dataclasses.fields(encoding):
         value = getattr(encoding, field.name)
         if field.name not in arrays:
             folder.mkdir(exist_ok=True)
             arrays[field.name] = np.lib.format.open_memmap(folder / f"{field.name}.npy", mode="w+",
-                                                           dtype=np.float32 if value.is_floating_point() else
+                                                           dtype=dtype if value.is_floating_point() else
                                                            np.int64, shape=(n, *value.shape[1:]))
         arrays[field.name][ids] = value.cpu().numpy()
 
 
 def _write_faiss(folder: Path, generation: int, kind: str, nlist: int | None, nprobe: int | None,
-                 segments: list[Path]) -> dict[str, Any]:
-    """FAISS indexes over all segments' image (and caption) embeddings; their metadata entry."""
+                 segments: list[Path], m: int | None = None) -> dict[str, Any]:
+    """FAISS indexes over all segments' image (and caption) embeddings, read memory-mapped; their metadata
+    entry."""
     entry: dict[str, Any] = {"kind": kind, "images": f"images.{generation}.faiss", "captions": None}
-    images = make_faiss(np.concatenate([np.load(s / "image_emb.npy") for s in segments]), kind, nlist)
-    captions = np.concatenate([np.load(s / "caption_emb.npy") for s in segments])
-    if kind == "ivf":
+    images = make_faiss([np.load(s / "image_emb.npy", mmap_mode="r") for s in segments], kind, nlist, m)
+    captions = [np.load(s / "caption_emb.npy", mmap_mode="r") for s in segments]
+    if kind != "flat":
         images.nprobe = nprobe or images.nprobe
         entry.update(nlist=images.nlist, nprobe=images.nprobe)
+    if kind == "ivfpq":
+        entry.update(m=images.pq.M)
     _save_faiss(images, folder / entry["images"])
-    if len(captions):
+    n_captions = sum(len(c) for c in captions)
+    if n_captions:
         entry["captions"] = f"captions.{generation}.faiss"
-        caption_kind = choose_kind(len(captions), "auto") if kind == "ivf" else "flat"
-        _save_faiss(make_faiss(captions, caption_kind), folder / entry["captions"])
+        caption_kind = choose_kind(n_captions, "auto") if kind != "flat" else "flat"
+        _save_faiss(make_faiss([c for c in captions if len(c)], caption_kind), folder / entry["captions"])
     return entry
 
 

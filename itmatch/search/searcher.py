@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from itmatch.errors import ItmatchError
-from itmatch.evaluate import caption_tokens
+from itmatch.loading import caption_tokens
 from itmatch.models.base import Encoding, Matcher
-from itmatch.scoring import default_tiling, encode_texts, resolve_device
+from itmatch.scoring import default_tiling, encode_texts, images_per_tile, resolve_device
 from itmatch.search.explain import explain_pair
 from itmatch.search.gallery import check_image_id
 from itmatch.search.index import Index, load_index_models, open_index
@@ -106,7 +106,7 @@ class Searcher:
                             tokens: dict[int, list[list[int]]]) -> list[Encoding]:
         """One encoding per query (encoded in batches of similar length); ``tokens`` caches token ids by
         tokenizer (the vocabulary, or a model's own tokenizer)."""
-        key = id(model if getattr(model, "tokenize", None) is not None else vocab)
+        key = id(model if model.tokenize is not None else vocab)
         if key not in tokens:
             tokens[key] = caption_tokens(model, vocab, list(queries))
         out: list[Encoding] = [None] * len(queries)  # type: ignore[list-item]
@@ -121,8 +121,7 @@ class Searcher:
         budget = default_tiling(self.device)[0]
         total = np.zeros(len(ids), dtype=np.float64)
         for k, ((model, _), text) in enumerate(zip(self.rerankers, texts)):
-            per_pair = model.pair_bytes_per_word() * (int(text.lengths.max()) + 1 if hasattr(text, "lengths") else 1)
-            step = max(1, budget // per_pair) if per_pair else len(ids)
+            step = images_per_tile(model, text, len(ids), budget)
             for lo in range(0, len(ids), step):
                 images = self._stored_encoding(k, ids[lo:lo + step])
                 total[lo:lo + step] += model.score(images, text)[:, 0].float().cpu().numpy()

@@ -1,13 +1,17 @@
-"""Checks on an uploaded query picture before anything decodes it: its kind (by its first bytes, not by the name or
-type the client claims) and its pixel count (read from the header, so a small file that would decode into a
+"""Checks on an uploaded query picture before anything decodes it: the request's size (refused on its
+Content-Length, and while it streams in, by :class:`BodyLimit`), the picture's kind (by its first bytes, not by the
+name or type the client claims) and its pixel count (read from the header, so a small file that would decode into a
 huge picture is refused)."""
 
 from __future__ import annotations
 
+import json
 import struct
+from typing import Any, Awaitable, Callable
 
-#: The kinds of picture a query may be: name -> file suffix (the decoder picks the format by content).
-KINDS = {"JPEG": ".jpg", "PNG": ".png", "WebP": ".webp"}
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class UploadRejected(Exception):
@@ -71,11 +75,17 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> str:
-    """The file suffix for an acceptable query picture ``data``; raises ``UploadRejected`` (413 too large, 415 not
+def too_large(max_bytes: int) -> str:
+    """The answer to an upload over ``max_bytes``."""
+    size = f"{max_bytes >> 20} MiB" if max_bytes % (1 << 20) == 0 else f"{max_bytes:,} bytes"
+    return f"the picture is larger than {size}; send a smaller one"
+
+
+def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """The (width, height) of an acceptable query picture ``data``; raises ``UploadRejected`` (413 too large, 415 not
     a JPEG/PNG/WebP picture or too many pixels) otherwise."""
     if len(data) > max_bytes:
-        raise UploadRejected(413, f"the picture is larger than {max_bytes // (1 << 20)} MiB; send a smaller one")
+        raise UploadRejected(413, too_large(max_bytes))
     if not data:
         raise UploadRejected(415, "the upload is empty; send a JPEG, PNG or WebP picture")
     kind = picture_kind(data)
@@ -83,5 +93,59 @@ def check_upload(data: bytes, max_bytes: int, max_pixels: int) -> str:
         raise UploadRejected(415, "the upload is not a JPEG, PNG or WebP picture")
     size = picture_size(data, kind)
     if size is None or size[0] * size[1] > max_pixels or min(size) < 1:
-        raise UploadRejected(415, f"the {kind} picture's size cannot be read or is over {max_pixels:,} pixels")
-    return KINDS[kind]
+        raise UploadRejected(415, f"the {kind} picture's size cannot be read or is over {max_pixels:,} pixels; send "
+                                  "a smaller one")
+    return size
+
+
+class _TooLarge(Exception):
+    """Raised into the app when a request body passes the limit: it stops reading it."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request to one of ``paths`` with a body over ``limit`` bytes is answered 413 with
+    ``{"error": message}``: on its Content-Length before any of the body is read, and otherwise (no length, or a
+    false one) as soon as the bytes received pass the limit; the app is never handed more than ``limit`` bytes."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int, paths: tuple[str, ...],
+                 message: str) -> None:
+        self.app, self.limit, self.paths, self.message = app, limit, paths, message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            await self._refuse(send)
+            return
+        received, over, answered = 0, False, False
+
+        async def limited() -> dict[str, Any]:
+            nonlocal received, over
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                over = True
+                raise _TooLarge
+            return message
+
+        async def unless_over(message: dict[str, Any]) -> None:
+            nonlocal answered
+            if not over:  # once over, the app's own answer to the cut-off body is replaced by the 413
+                answered = True
+                await send(message)
+
+        try:
+            await self.app(scope, limited, unless_over)
+        except _TooLarge:
+            pass
+        if over and not answered:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"error": self.message}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

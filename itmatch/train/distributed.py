@@ -20,7 +20,6 @@ DDP's gradient buckets.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import torch
@@ -28,62 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from itmatch.errors import ItmatchError
-
-
-@dataclasses.dataclass
-class DistInfo:
-    """This process's place: ``rank`` of ``world_size``, its ``device``, and the group for the batch gathers."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-    group: Any = None
-    owns_process_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        """``obj`` of every process, in rank order (a one-element list in a single process)."""
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.owns_process_group:
-            dist.destroy_process_group()
-
-
-def setup(device: str | None = "auto") -> DistInfo:
-    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else run as one process.
-
-    ``device``: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; under ``torchrun`` a GPU
-    run uses ``cuda:LOCAL_RANK``. GPUs communicate with NCCL, CPUs with gloo.
-    """
-    want = "auto" if device is None else device
-    use_cuda = torch.cuda.is_available() if want == "auto" else torch.device(want).type == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ItmatchError(f"--device {want} was asked for but no CUDA GPU is visible; use --device cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        if want == "auto":
-            return DistInfo(0, 1, torch.device("cuda" if use_cuda else "cpu"))
-        return DistInfo(0, 1, torch.device(want))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), dev, dist.new_group(), owns)
+from itmatch.models.base import Matcher
 
 
 class _GatherRows(torch.autograd.Function):
@@ -180,7 +124,7 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
         return out
 
 
-def synchronize_batch_statistics(model: nn.Module, group: Any) -> None:
+def synchronize_batch_statistics(model: Matcher, group: Any) -> None:
     """Make ``model``'s BatchNorms use global-batch statistics: every ``BatchNorm1d`` becomes a
     ``GlobalBatchNorm1d`` (same parameters and buffers, so state dicts are unchanged), and modules that keep
     per-caption statistics (``gather_caption_stats``, SAF) see all ranks' captions. Call before building the
@@ -197,6 +141,4 @@ def synchronize_batch_statistics(model: nn.Module, group: Any) -> None:
             elif isinstance(child, nn.modules.batchnorm._BatchNorm) and type(child) is not GlobalBatchNorm1d:
                 raise ItmatchError(f"distributed training synchronises BatchNorm1d only; {name} is a "
                                    f"{type(child).__name__}")
-    for module in model.modules():
-        if hasattr(module, "gather_caption_stats"):
-            module.gather_caption_stats = lambda stats: gather_rows(stats, group)
+    model.set_caption_stats_gather(lambda stats: gather_rows(stats, group))

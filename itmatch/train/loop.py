@@ -22,11 +22,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from itmatch import distributed as processes
 from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
-from itmatch.fileio import write_text
+from itmatch.fileio import remove_stale, write_text
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
 from itmatch.protocols import evaluate_blocks, protocol_blocks
@@ -86,7 +87,7 @@ def build_model(config: TrainConfig, vocab_size: int) -> Matcher:
             raise ItmatchError(f"config [model]: {exc}") from None
 
     model = create()
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    size = model.vocab_size
     if size is not None and size != vocab_size:
         if "vocab_size" in args:
             raise ItmatchError(f"config model.args.vocab_size = {size}, but the vocabulary has {vocab_size} words; "
@@ -96,11 +97,10 @@ def build_model(config: TrainConfig, vocab_size: int) -> Matcher:
 
 
 def make_optimizer(config: TrainConfig, model: Matcher) -> torch.optim.Optimizer:
-    """Adam (the SGRAF authors') or AdamW over all parameters, or over the model's ``parameter_groups(lr)``
-    (each group's ``lr_factor`` scales the scheduled rate, e.g. BERT weights at 0.1×)."""
+    """Adam (the SGRAF authors') or AdamW over the model's ``parameter_groups(lr)`` (each group's ``lr_factor``
+    scales the scheduled rate, e.g. BERT weights at 0.1×; by default one group of all parameters)."""
     kind = torch.optim.Adam if config.optim.name == "adam" else torch.optim.AdamW
-    groups = model.parameter_groups(config.optim.lr) if hasattr(model, "parameter_groups") else model.parameters()
-    return kind(groups, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    return kind(model.parameter_groups(config.optim.lr), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int) -> None:
@@ -129,6 +129,12 @@ def training_step(objective: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return logs
 
 
+def epoch_line(record: dict, epochs: int) -> str:
+    """The one line printed after each epoch: mean loss, dev rsum, training seconds (``record``: a log entry)."""
+    return (f"epoch {record['epoch']} of {epochs}: loss {record['loss']:.4f}, dev rsum {record['dev']['rsum']:.1f}, "
+            f"{record['time']:.1f} s")
+
+
 def validate(model: Matcher, vocab: Vocabulary, split: PrecompSplit, device: torch.device,
              precision: str) -> dict:
     """Dev metrics (rsum, R@K both ways) with the code of ``itmatch evaluate`` (whole split, one block)."""
@@ -144,7 +150,7 @@ def train(config: TrainConfig, *, data: str | Path, vocab: str | Path, out: str 
     ``out`` is the run directory: a new one, or with ``resume`` one to continue from its ``last.pt`` (a run
     killed at any step continues to the same weights). Under ``torchrun`` every rank calls this.
     """
-    info = distributed.setup(device)
+    info = processes.setup(device)
     try:
         return _Trainer(config, Path(data), Path(vocab), Path(out), resume, info, progress).run()
     finally:
@@ -155,7 +161,7 @@ class _Trainer:
     """One run: set up from a fresh or resumed run directory, then ``run``."""
 
     def __init__(self, config: TrainConfig, data: Path, vocab: Path, out: Path, resume: bool,
-                 info: distributed.DistInfo, progress: bool) -> None:
+                 info: processes.DistInfo, progress: bool) -> None:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self.vocab = load_vocab(vocab)
@@ -167,8 +173,7 @@ class _Trainer:
             self._check_same_run(checkpoint, vocab)
             self.model.load_state_dict(checkpoint["state_dict"])
         else:
-            if hasattr(self.model, "init_word_embeddings"):  # e.g. GloVe vectors for a Bi-GRU's word table
-                self.model.init_word_embeddings(self.vocab)
+            self.model.init_word_embeddings(self.vocab)  # e.g. GloVe vectors for a Bi-GRU's word table
             if info.rank:  # dropout draws differ between processes; rank 0 continues the seed's stream
                 torch.manual_seed(int(np.random.SeedSequence([config.run.seed, info.rank]).generate_state(1)[0]))
         if info.world_size > 1:
@@ -182,7 +187,7 @@ class _Trainer:
                                                 if info.device.type == "cuda" else None,
                                                 find_unused_parameters=True, broadcast_buffers=False)
         self.objective = objective
-        tokenize = getattr(self.model, "tokenize", None) or self.vocab.encode_all
+        tokenize = self.model.tokenize or self.vocab.encode_all
         clusters = None
         if config.data.neighbour_clusters:  # deterministic, so every rank and every resume gets the same ones
             clusters = image_clusters(self.train_split.features, config.data.neighbour_clusters,
@@ -197,8 +202,7 @@ class _Trainer:
         info.barrier()
         if info.is_main:
             write_text(out / "config.toml", dumps(config))
-            for stale in out.glob(".*.tmp"):  # a write cut short by a kill
-                stale.unlink(missing_ok=True)
+            remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
             self._write_log(None)
 
     def run(self) -> TrainResult:
@@ -256,6 +260,7 @@ class _Trainer:
         pos.epoch, pos.step_in_epoch, pos.loss_sums, pos.seconds = pos.epoch + 1, 0, {}, 0.0
         if record is not None:
             self._write_log(record)
+            tqdm.write(epoch_line(record, self.config.schedule.epochs))
         self._save_last()
 
     def _model_content(self) -> dict[str, Any]:

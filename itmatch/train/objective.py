@@ -2,11 +2,12 @@
 
 By default a model is trained as the SGRAF authors train SGR/SAF: the (B, B) score matrix of the batch
 (``model(features, tokens, lengths)``, image i with caption i) under ``itmatch.losses.ranking_loss``. A model with
-an objective of its own provides two methods, split so that data-parallel runs can gather between them:
+an objective of its own (``has_own_objective``) provides two methods, split so that data-parallel runs can gather
+between them:
 ``encode_train_batch(features, tokens, lengths) -> batch`` (a NamedTuple or dataclass of tensors, batch on dim 0)
 and ``batch_loss(batch, *, margin, hardest_negative, same_image, step, epoch) -> (loss, {name: value})``
-(VSE and HREM do). A model with several score heads over shared parts (``head_scores(images, texts) -> (H, I, C)``,
-e.g. SGR and SAF trained jointly) is trained on the sum of the heads' losses.
+(VSE and HREM do). Every other model is trained on the sum of its heads' losses (``head_scores(images, texts) ->
+(H, I, C)``: one head by default, two for SGR and SAF trained jointly over shared parts).
 
 With a process ``group`` each process passes its slice of the batch and gets the loss of the whole batch (see
 ``itmatch.train.distributed``): a score-matrix model gathers all image encodings, scores them against its own
@@ -34,11 +35,6 @@ from itmatch.train.distributed import gather_fields, gather_rows
 CPU_CAPTION_CHUNK = 8
 
 
-def has_own_objective(model: Matcher) -> bool:
-    """Whether ``model`` defines its training loss (``encode_train_batch`` + ``batch_loss``)."""
-    return hasattr(model, "encode_train_batch") and hasattr(model, "batch_loss")
-
-
 class TrainingObjective(nn.Module):
     """``forward(features, tokens, lengths, images, step, epoch) -> (loss, {name: value})`` of the global batch.
 
@@ -56,23 +52,22 @@ class TrainingObjective(nn.Module):
         same_image = (images[:, None] == images[None, :]) if self.loss.mask_same_image else None
         options = {"margin": self.loss.margin, "hardest_negative": self.loss.hardest_negative,
                    "same_image": same_image}
-        if has_own_objective(self.model):
+        if self.model.has_own_objective:
             batch = self.model.encode_train_batch(features, tokens, lengths)
             if self.group is not None:
                 batch = gather_fields(batch, self.group)
             return self.model.batch_loss(batch, step=step, epoch=epoch, **options)
-        scores = self.scores(features, tokens, lengths).float()
-        heads = scores if scores.dim() == 3 else scores[None]
+        heads = self.scores(features, tokens, lengths).float()
         loss = ranking_loss(heads[0], **options)
         for head in heads[1:]:
             loss = loss + ranking_loss(head, **options)
         return loss, {"loss": float(loss.detach())}
 
     def scores(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The (B, B) score matrix of the global batch (images × captions, pairs on the diagonal), or (H, B, B)
-        for a model with ``head_scores``."""
+        """The (H, B, B) score matrices of the model's heads (``head_scores``; H = 1 for most models) on the
+        global batch (images × captions, pairs on the diagonal)."""
         images, texts = self.model.encode_images(features), self.model.encode_texts(tokens, lengths)
-        score = getattr(self.model, "head_scores", self.model.score)
+        score = self.model.head_scores
         if self.group is None:
             return score_in_chunks(self.model, images, texts, recompute=self.recompute, score=score)
         # one score call per process and step: SAF gathers its per-caption statistics once, in caption order

@@ -7,14 +7,9 @@ A manifest lists pictures and their captions, paths relative to the manifest's f
 
 :func:`build_from_manifest` checks every line first (missing picture, undecodable picture, empty caption, picture
 listed twice, malformed line) and reports all problems at once as ``file:line: reason``; then splits the pictures
-deterministically, extracts region features (cached and resumable, see :mod:`itmatch.features`), and writes a precomp
-directory (built in a temporary folder beside ``out`` and renamed at the end, so ``out`` is never half-written)::
-
-    {split}_ims.npy  {split}_caps.txt  {split}_cap2img.npy   the precomp split (see itmatch.data.precomp)
-    {split}_boxes.npy      (images, R, 4) region boxes, x1 y1 x2 y2 in [0, 1]
-    {split}_images.jsonl   per feature row: {"row", "path", "width", "height", "source"}
-    vocab.json             built from the train captions, threshold 1
-    dataset.json           what was built from what (source, extractor, split sizes, skipped lines)
+deterministically, extracts region features (cached and resumable, see :mod:`itmatch.features`), and writes a
+dataset folder (:mod:`itmatch.data.folder`; built in a temporary folder beside ``out`` and renamed at the end, so
+``out`` is never half-written).
 """
 
 from __future__ import annotations
@@ -24,8 +19,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from itmatch.data.folder import DATASET_FILE, VOCAB_FILE, write_info, write_pictures
 from itmatch.data.precomp import features_writer, write_captions
 from itmatch.data.sources.debian import cache_dir
 from itmatch.data.vocab import build_vocab, save_vocab
@@ -48,10 +42,14 @@ from itmatch.features import (
     get_extractor,
     load_image,
 )
-from itmatch.fileio import write_json, write_npy, write_text
+from itmatch.fileio import FolderFormat, atomic_dir, check_folder
 
 SPLIT_NAMES = ("train", "dev", "test")
-DATASET_FILE = "dataset.json"
+#: The dataset folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: dataset.json).
+FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
+                                                    "*_images.jsonl", VOCAB_FILE, DATASET_FILE),
+                      legacy_files=((DATASET_FILE, ("splits", "extractor")),))
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,8 @@ class Problem:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
+        text = f"{self.where}: {self.reason}"  # may quote the manifest: its line breaks would break the listing
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ManifestError(ItmatchError):
@@ -149,7 +148,12 @@ def read_manifest(path: str | os.PathLike, check_images: bool = True, progress: 
     base = path.parent.resolve()
     by_image: dict[Path, list[tuple[int, str, list[str]]]] = {}
     for line, image, captions in entries:
-        by_image.setdefault((base / image).resolve(), []).append((line, image, captions))
+        try:
+            resolved = (base / image).resolve()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system, a link loop
+            problems.append(Problem(f"{path}:{line}", f"not a usable picture path ({exc}); fix the path"))
+            continue
+        by_image.setdefault(resolved, []).append((line, image, captions))
     bad_images = _check_images(list(by_image), check_images, progress, base)
 
     items: list[Item] = []
@@ -236,7 +240,12 @@ def _check_images(images: list[Path], decode: bool, progress: bool, base: Path) 
     bad: dict[Path, str] = {}
     for image in tqdm(images, desc="checking pictures", unit="img", disable=not progress or not decode):
         shown = os.path.relpath(image, base)
-        if not image.is_file():
+        try:
+            found = image.is_file()
+        except OSError as exc:  # e.g. a name too long for the file system
+            bad[image] = f"cannot use the picture path {shown} ({exc.strerror}); fix the path"
+            continue
+        if not found:
             bad[image] = f"picture not found: {shown} (paths are relative to the manifest's folder)"
         elif decode:
             try:
@@ -289,9 +298,9 @@ def split_items(items: Sequence[Item], dev: int, test: int, seed: int = 0) -> di
 
 
 def check_out(out: Path) -> None:
-    """``out`` must be new, empty, or an earlier itmatch dataset (which a build replaces)."""
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / DATASET_FILE).is_file())):
-        raise ItmatchError(f"{out}: exists and is not an itmatch dataset; choose a new --out folder")
+    """``out`` must be new, empty, or an earlier itmatch dataset holding only what itmatch wrote (a build replaces
+    it); checked before the long work starts."""
+    check_folder(out, FOLDER)
 
 
 def write_dataset(
@@ -303,22 +312,15 @@ def write_dataset(
     """Write the precomp directory ``out`` (see the module docstring) from items whose features ``locate`` gives
     as (feature set, row). Built in a temporary folder beside ``out``, renamed at the end. Returns the split
     counts and the vocabulary size."""
-    out = Path(out).absolute()
-    check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is an ordinary folder
-    try:
+    with atomic_dir(out, FOLDER) as tmp:
         counts: dict[str, dict[str, int]] = {}
         for split, items in splits.items():
             if items:
                 counts[split] = _write_split(tmp, split, items, locate)
         vocab = build_vocab((c for item in splits["train"] for c in item.captions), threshold=1)
-        save_vocab(vocab, tmp / "vocab.json")
+        save_vocab(vocab, tmp / VOCAB_FILE)
         any_set = next(iter(locate.values()))[0]
-        write_json(tmp / DATASET_FILE, {
+        write_info(tmp, {
             **info,
             "extractor": any_set.info["extractor"],
             "regions": any_set.info["regions"],
@@ -326,10 +328,6 @@ def write_dataset(
             "splits": counts,
             "vocab_size": len(vocab),
         })
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return counts, len(vocab)
 
 
@@ -349,20 +347,8 @@ def _write_split(folder: Path, split: str, items: Sequence[Item], locate: Mappin
     captions = [caption for item in items for caption in item.captions]
     caption_image = np.repeat(np.arange(len(items), dtype=np.int64), [len(item.captions) for item in items])
     write_captions(folder, split, captions, caption_image)
-    write_npy(folder / f"{split}_boxes.npy", boxes)
-    write_text(folder / f"{split}_images.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_pictures(folder, split, boxes, rows)
     return {"images": len(items), "captions": len(captions)}
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Put the finished folder ``new`` at ``out``, replacing an earlier build or an empty folder."""
-    if not out.exists():
-        new.rename(out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old)
 
 
 def features_cache(kind: str, extractor_config: dict[str, Any], *parts: str) -> Path:
@@ -389,13 +375,19 @@ def build_dataset(
     progress: bool = True,
     info: dict[str, Any] | None = None,
     extractor_options: dict[str, Any] | None = None,
-) -> BuildResult:
-    """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset."""
+) -> BuildResult | None:
+    """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset.
+
+    Under ``torchrun`` the processes extract together (see :mod:`itmatch.features.sharded`) and rank 0 alone
+    writes the dataset and returns its result; the other ranks return None.
+    """
     started = time.perf_counter()
     splits = split_items(items, dev, test, seed)
     feature_set = extract_features([item.image for item in items], features_dir, extractor=extractor,
                                    regions=regions, batch_size=batch_size, progress=progress,
                                    **(extractor_options or {}))
+    if int(os.environ.get("RANK", "0")):
+        return None
     locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
     counts, vocab_size = write_dataset(out, splits, locate, {**(info or {}), "seed": seed})
     return BuildResult(Path(out), counts, vocab_size, computed=feature_set.computed,
@@ -415,7 +407,7 @@ def build_from_manifest(
     batch_size: int = 8,
     progress: bool = True,
     extractor_options: dict[str, Any] | None = None,
-) -> BuildResult:
+) -> BuildResult | None:
     """Check ``manifest``, then build the precomp dataset ``out`` (see the module docstring).
 
     Bad lines raise :class:`ManifestError` listing all of them, before anything is extracted or written, unless
@@ -441,5 +433,6 @@ def build_from_manifest(
         info={"source": "manifest", "manifest": str(read.path.resolve()), "split": list(fractions),
               "skipped": [str(p) for p in read.problems]},
     )
-    result.skipped = read.problems
+    if result is not None:
+        result.skipped = read.problems
     return result

@@ -1,0 +1,51 @@
+"""Trained models ready to score: one checkpoint or an ensemble of several with the vocabulary their captions
+use, and the token ids of captions for a model. What evaluation, search, explanations, encoding and the demo
+load through (none of them needs ``itmatch.evaluate``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from itmatch.checkpoint import load_checkpoint
+from itmatch.data.vocab import Vocabulary, load_vocab, vocab_from_json
+from itmatch.errors import ItmatchError
+from itmatch.models.base import Matcher
+from itmatch.models.ensemble import Ensemble
+
+
+def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None, *, trust: bool = False,
+                device: str = "cpu") -> tuple[Matcher, Vocabulary | None]:
+    """The model of one checkpoint, or the ensemble of several, and the vocabulary their captions use.
+
+    The vocabulary comes from ``vocab_path`` or else from the first checkpoint that stores one; its size
+    must equal every model's word embedding (a model trained with another vocabulary is an error). Models with
+    their own tokenizer (``config.vocab_size`` None, e.g. a BERT-family text encoder) need no vocabulary.
+    """
+    loaded = [load_checkpoint(p, trust=trust, device=device) for p in checkpoints]
+    if vocab_path is not None:
+        vocab = load_vocab(vocab_path)
+    else:
+        stored = next((item.vocab for item in loaded if item.vocab is not None), None)
+        vocab = vocab_from_json(stored, checkpoints[0]) if stored is not None else None
+    for path, item in zip(checkpoints, loaded):
+        size = item.model.vocab_size
+        if size is None:
+            continue
+        if vocab is None:
+            raise ItmatchError(f"{path}: this model reads word ids; give its vocabulary with --vocab VOCAB.json")
+        if len(vocab) != size:
+            raise ItmatchError(f"{vocab_path or path}: the vocabulary has {len(vocab)} words but {path} was "
+                               f"trained with {size}; use the vocabulary the model was trained with")
+    models = [item.model for item in loaded]
+    return (models[0] if len(models) == 1 else Ensemble(models)), vocab
+
+
+def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]) -> list[list[int]]:
+    """Token ids of ``captions`` for ``model``: its own tokenizer when it has one (``model.tokenize``, e.g. a
+    BERT-family text encoder), else the vocabulary's word ids."""
+    if model.tokenize is not None:
+        return model.tokenize(captions)
+    if vocab is None:
+        raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
+    return vocab.encode_all(captions)

@@ -1,0 +1,74 @@
+"""Error messages that fit the case: a checkpoint's blocked object is named with the option that allows it, and NaN
+features are reported by file and row, with no --save-sims file left behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL, small_model
+
+from itmatch.checkpoint import load_model, save_model
+from itmatch.cli import main
+from itmatch.data.synthetic import write_synthetic
+from itmatch.data.vocab import load_vocab
+from itmatch.errors import ItmatchError
+
+
+class Call:
+    """Unpickles into a call of ``os.getcwd`` (harmless, but from a module torch blocks, like ``os.system``)."""
+
+    def __reduce__(self):
+        return os.getcwd, ()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    data = write_synthetic(root / "data", n_images={"train": 4, "dev": 6, "test": 20}, feature_dim=SMALL["img_dim"])
+    model = small_model("sgr", vocab_size=len(load_vocab(data / "vocab.json")))
+    save_model(root / "sgr.safetensors", model, vocab=load_vocab(data / "vocab.json").to_json())
+    return data, root / "sgr.safetensors", model
+
+
+@pytest.mark.parametrize("extra, name", [(Call(), "posix.getcwd"), (np.float64(1.5), "numpy")])
+def test_a_checkpoint_with_a_pickled_object_names_it_and_the_option(dataset, tmp_path, capsys, extra, name):
+    _, _, model = dataset
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "extra": extra}, path)
+    with pytest.raises(ItmatchError, match=rf"model.pt: holds the Python object {name}[\w.]*, beyond tensors and "
+                                           r"options; if you trust its source, pass --trust-checkpoint"):
+        load_model(path)
+    assert main(["evaluate", "--data", str(dataset[0]), "--checkpoint", str(path), "--no-progress"]) == 2
+    assert "--trust-checkpoint" in capsys.readouterr().err
+
+
+def test_nan_features_are_named_by_file_and_row_and_no_scores_are_saved(dataset, tmp_path, capsys):
+    data, checkpoint, _ = dataset
+    broken = tmp_path / "data"
+    broken.mkdir()
+    for path in Path(data).iterdir():
+        (broken / path.name).symlink_to(path)
+    features = np.load(data / "test_ims.npy")
+    features[3, 0, 0] = np.nan
+    features[17, 5, 2] = np.inf
+    (broken / "test_ims.npy").unlink()
+    np.save(broken / "test_ims.npy", features)
+    sims = tmp_path / "sims.npy"
+    assert main(["evaluate", "--data", str(broken), "--checkpoint", str(checkpoint), "--save-sims", str(sims),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken / 'test_ims.npy'}: feature rows 3, 17 hold NaN or infinite values" in err
+    assert not sims.exists() and not list(tmp_path.glob(".sims*"))
+
+
+def test_nan_in_saved_scores_names_the_file(dataset, tmp_path, capsys):
+    data = dataset[0]
+    scores = np.zeros((20, 100), np.float32)
+    scores[7, 3] = np.nan
+    np.save(tmp_path / "scores.npy", scores)
+    assert main(["evaluate", "--data", str(data), "--sims", str(tmp_path / "scores.npy")]) == 2
+    assert f"{tmp_path / 'scores.npy'}: scores of images 7 are NaN; save them again" in capsys.readouterr().err

@@ -1,0 +1,186 @@
+"""No command deletes or overwrites a user's files: output folders are replaced only when itmatch provably wrote
+them (the marker), killed runs' temporary folders are removed by the next run, and `index add` does not add a
+picture twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search_support import picture_dataset, picture_models, save_models, synthetic_data
+from itmatch.cli import main
+from itmatch.errors import ItmatchError
+from itmatch.features import extract_features
+from itmatch.fileio import MARKER, atomic_dir, read_marker
+from itmatch.search import Searcher, add_to_index, build_index, open_index
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    data = synthetic_data()
+    return data, save_models(tmp_path_factory.mktemp("models"), data / "vocab.json", img_dim=24, names=("vse",))
+
+
+def build_argv(data: Path, models: dict[str, Path], out: Path) -> list[str]:
+    return ["index", "build", "--features", str(data), "--split", "test", "--embedder", str(models["vse"]),
+            "--out", str(out), "--no-progress"]
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_index_build_never_replaces_a_folder_it_did_not_write(synthetic, tmp_path, capsys):
+    data, models = synthetic
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.json").write_text('{"format": "itmatch-index", "segments": [], "faiss": {}}')
+    (mine / "thesis.tex").write_text("three years of work")
+    before = listing(mine)
+    assert main(build_argv(data, models, mine)) == 2
+    err = capsys.readouterr().err
+    assert f"{mine}: holds files itmatch did not write (e.g. thesis.tex and 1 more); give --out" in err
+    assert err.count("\n") == 1
+    assert listing(mine) == before and not list(tmp_path.glob(".mine*"))
+
+
+def test_data_build_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    pictures = sorted((picture_dataset().parent / "png").glob("*.png"))
+    manifest = tmp_path / "captions.jsonl"
+    manifest.write_text("".join(json.dumps({"image": str(p), "captions": [p.stem.replace("_", " ")]}) + "\n"
+                                for p in pictures))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "dataset.json").write_text(json.dumps({"splits": {}, "extractor": {}}))
+    (mine / "thesis.tex").write_text("three years of work")
+    before = listing(mine)
+    assert main(["data", "build", "manifest", "--manifest", str(manifest), "--out", str(mine), "--no-progress"]) == 2
+    assert f"{mine}: holds files itmatch did not write (e.g. thesis.tex and 1 more)" in capsys.readouterr().err
+    assert listing(mine) == before
+
+
+def test_a_rebuild_replaces_its_own_index_until_a_user_file_appears(synthetic, tmp_path, capsys):
+    data, models = synthetic
+    out = tmp_path / "index"
+    assert main(build_argv(data, models, out)) == 0
+    marker = read_marker(out)
+    assert marker["format"] == "itmatch-index" and "index.json" in marker["files"]
+    assert set(marker["files"]) == set(listing(out)) - {MARKER}
+    assert main(build_argv(data, models, out)) == 0  # its own folder: replaced
+    (out / "seg-00000" / "my-notes.txt").write_text("keep me")
+    assert main(build_argv(data, models, out)) == 2
+    assert "(e.g. seg-00000/my-notes.txt)" in capsys.readouterr().err
+    assert (out / "seg-00000" / "my-notes.txt").read_text() == "keep me"
+
+
+def test_an_index_of_the_previous_version_is_recognised_by_its_names_only(synthetic, tmp_path, capsys):
+    data, models = synthetic
+    out = tmp_path / "index"
+    build_index(data, out, split="test", embedder=models["vse"])
+    (out / MARKER).unlink()  # as the previous version wrote it
+    build_index(data, out, split="test", embedder=models["vse"])
+    (out / MARKER).unlink()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ItmatchError, match=r"index: holds files itmatch did not write \(e.g. notes.txt and"):
+        build_index(data, out, split="test", embedder=models["vse"])
+    assert (out / "notes.txt").read_text() == "mine" and (out / "index.json").is_file()
+
+
+def killed_while_writing(path: Path) -> Path:
+    """The temporary folder a process killed (SIGKILL) while writing ``path`` with ``atomic_dir`` left behind."""
+    script = ("import os, signal, sys; from itmatch.fileio import atomic_dir\n"
+              "with atomic_dir(sys.argv[1]) as tmp:\n"
+              "    (tmp / 'features.npy').write_bytes(bytes(1 << 20))\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", script, str(path)], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert killed.returncode == -9
+    left = list(path.parent.glob(f".{path.name}.*.tmp"))
+    assert len(left) == 1 and (left[0] / "features.npy").stat().st_size == 1 << 20
+    return left[0]
+
+
+def test_a_killed_build_leaves_a_temporary_folder_that_the_next_build_removes(synthetic, tmp_path):
+    data, models = synthetic
+    out = tmp_path / "index"
+    killed_while_writing(out)
+    build_index(data, out, split="test", embedder=models["vse"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_a_killed_add_leaves_a_segment_that_the_next_add_removes(synthetic, tmp_path):
+    data, models = synthetic
+    out = tmp_path / "index"
+    build_index(data, out, split="test", embedder=models["vse"])
+    stale = killed_while_writing(out / "seg-00001")
+    users = out / f".notes.{dead_pid()}.abcd1234.tmp"  # looks temporary, but is not itmatch's
+    users.write_text("mine")
+    with atomic_dir(out / "seg-00009") as alive:  # a running process's: left alone
+        add_to_index(out, data, split="dev")
+        assert not stale.exists() and alive.is_dir() and users.read_text() == "mine"
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def test_index_add_skips_pictures_already_in_the_index(tmp_path, capsys):
+    data = picture_dataset()
+    models = picture_models()
+    features = data.parent / "features"  # the same 10 pictures as the dataset's test split
+    out = tmp_path / "index"
+    build_index(features, out, embedder=models["vse"])
+    meta = add_to_index(out, features)
+    assert (meta["n_images"], len(meta["segments"]), meta["skipped"]) == (10, 1, 10)
+    paths = sorted(p["path"] for p in open_index(out).pictures)
+    # three of the same pictures and two new ones: only the new ones are added
+    pictures = sorted((data.parent / "png").glob("*.png"))
+    new = []
+    for k in range(2):
+        new.append(tmp_path / f"new_{k}.png")
+        shutil.copyfile(pictures[k], new[-1])
+    more = extract_features(pictures[:3] + new, tmp_path / "more", progress=False)
+    assert main(["index", "add", "--index", str(out), "--features", str(more.directory), "--no-progress"]) == 0
+    assert "12 pictures, 0 captions in 2 segments; skipped 3 pictures already in it" in capsys.readouterr().out
+    index = open_index(out)
+    assert sorted(p["path"] for p in index.pictures) == sorted(paths + [str(p.resolve()) for p in new])
+    np.testing.assert_array_equal(index.features(np.array([10, 11])), np.asarray(more.features[3:5]))
+    hits = Searcher(out).search_text("a red circle", top=12, shortlist=12).hits
+    assert len(hits) == 12 and len({h["path"] for h in hits}) == 12  # each picture once
+
+
+def test_a_features_folder_of_the_previous_version_is_reused(tmp_path):
+    pictures = sorted((picture_dataset().parent / "png").glob("*.png"))[:2]
+    out = tmp_path / "features"
+    extract_features(pictures, out, progress=False)
+    (out / MARKER).unlink()  # as the previous version wrote it
+    again = extract_features(pictures, out, progress=False)
+    assert again.computed == 0 and read_marker(out)["format"] == "itmatch-features"
+
+
+def test_extract_and_encode_refuse_folders_holding_other_files(tmp_path, capsys):
+    data = picture_dataset()
+    pictures = sorted((data.parent / "png").glob("*.png"))[:2]
+    out = tmp_path / "features"
+    out.mkdir()
+    (out / "features.npy").write_bytes(b"my own array")
+    (out / "extractor.json").write_text(json.dumps({"extractor": {}, "count": 1}))
+    (out / "README").write_text("mine")
+    with pytest.raises(ItmatchError, match=r"features: holds files itmatch did not write \(e.g. README and 2 more\)"):
+        extract_features(pictures, out, progress=False)
+    assert (out / "features.npy").read_bytes() == b"my own array"
+    embeddings = tmp_path / "embeddings"
+    embeddings.mkdir()
+    (embeddings / "images.npy").write_bytes(b"mine")
+    assert main(["encode", "--checkpoint", str(picture_models()["vse"]), "--data", str(data), "--split", "test",
+                 "--out", str(embeddings)]) == 2
+    assert "embeddings: holds files itmatch did not write (e.g. images.npy)" in capsys.readouterr().err
+    assert (embeddings / "images.npy").read_bytes() == b"mine"
