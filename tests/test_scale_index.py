@@ -124,4 +124,4 @@ def test_several_feature_folders_make_one_index_of_several_segments(gallery, tmp
     assert len(index.pictures) == 600 and index.pictures[450] == index.pictures[150]
     hits = Searcher(index).search_text("a red circle", top=600, shortlist=600).hits
     score = {h["image"]: h["score"] for h in hits}
-    assert all(score[i] == score[i + 300] for i in range(300))
+    assert all(abs(score[i] - score[i + 300]) <= 1e-6 for i in range(300))  # block order may round differently

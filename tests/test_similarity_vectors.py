@@ -49,6 +49,17 @@ def test_cached_weights_are_recomputed_when_a_parameter_changes():
     assert len(calls) == 3
 
 
+def test_cached_weights_work_for_a_model_made_under_inference_mode():
+    """Inference tensors have no version counter: the weights are computed each time, never cached stale."""
+    with torch.inference_mode():
+        layer = nn.Linear(4, 4)
+        first = cached_weights(layer, lambda: layer.weight.T @ layer.weight)
+        layer.weight.add_(1.0)
+        torch.testing.assert_close(cached_weights(layer, lambda: layer.weight.T @ layer.weight),
+                                   layer.weight.T @ layer.weight)
+    assert not torch.equal(first, layer.weight.T @ layer.weight)
+
+
 @pytest.mark.parametrize("block", [5 * 16, 80 * 16, 1 << 20])
 def test_blocked_backward_equals_autograd_of_the_batched_expression(monkeypatch, block):
     """Training's blocked forward and backward (ProjectedSquares) give the batched expression's values and the

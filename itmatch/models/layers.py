@@ -51,10 +51,12 @@ def batchnorm_eval(x: torch.Tensor, bn: nn.BatchNorm1d, channel_dim: int) -> tor
 def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
     """``compute()`` (products of ``module``'s parameters, e.g. two linear maps folded into one), computed once
     and reused while no gradient is recorded and no parameter has changed (same storage, same version): scoring
-    calls it once per tile, and the products cost as much as the pair work of a few pairs."""
-    if torch.is_grad_enabled():
+    calls it once per tile, and the products cost as much as the pair work of a few pairs. Parameters made
+    under ``torch.inference_mode`` carry no version counter, so for them nothing is cached."""
+    params = list(module.parameters())
+    if torch.is_grad_enabled() or any(p.is_inference() for p in params):
         return compute()
-    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    key = tuple((p.data_ptr(), p._version) for p in params)
     cached = module.__dict__.get("_cached_weights")
     if cached is None or cached[0] != key:
         cached = (key, compute())
