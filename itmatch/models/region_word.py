@@ -87,7 +87,7 @@ class RegionWordMatcher(Matcher):
         initialisation); returns how many were found. The trainer calls it once, before the first step."""
         if self.config.glove is None:
             return 0
-        from itmatch.models.text_encoders import init_embedding_from_glove
+        from itmatch.models.glove import init_embedding_from_glove
 
         return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
 
