@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import itmatch.serve.app as serve_app
+import itmatch.serve.routes.search as search_routes
 from search_support import picture_index
 from itmatch.features.images import decode_image, load_image, reduction
 from itmatch.search import Searcher
@@ -115,7 +115,7 @@ def test_query_pictures_are_decoded_small_on_the_picture_thread(default_client, 
         seen.append((threading.current_thread().name, reduce, picture.shape))
         return picture
 
-    monkeypatch.setattr(serve_app, "decode_image", recording)
+    monkeypatch.setattr(search_routes, "decode_image", recording)
     photo = cv2.imencode(".jpg", np.full((3000, 4000, 3), (40, 40, 220), np.uint8))[1].tobytes()
     response = default_client.post("/search/image?top=2", files={"file": ("photo.jpg", photo, "image/jpeg")})
     assert response.status_code == 200, response.text

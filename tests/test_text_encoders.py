@@ -19,8 +19,9 @@ from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
 from itmatch.models import Ensemble
-from itmatch.models.text_encoders import (augment_tokens, drop_regions, glove_vectors, init_embedding_from_glove,
-                                          resolve_text_encoder)
+from itmatch.models.augment import augment_tokens, drop_regions
+from itmatch.models.encoders import resolve_text_encoder
+from itmatch.models.glove import glove_vectors, init_embedding_from_glove
 from itmatch.scoring import pad_tokens, score_matrix
 
 CAPTIONS = ["A man rides a skateboarding ramp.", "dogs", "Two children, isn't it?  They play on the beach",

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from train_support import ROOT, synthetic_data, train_args
+import torch
+from train_support import ROOT, checkpoint, max_difference, synthetic_data, train_args
 
 from itmatch.cli import main
 
@@ -85,6 +86,34 @@ def test_resume_checks_it_is_the_same_run(data: Path, finished: Path, tmp_path: 
     fails(capsys, [*train_args("sgr", data, tmp_path / "none"), "--resume"], "no training run to resume")
     no_config = [a for a in train_args("sgr", data, tmp_path / "none") if not a.endswith(".toml")]
     fails(capsys, [a for a in no_config if a != "--config"], "give the recipe with --config")
+
+
+#: TSHSR's model arguments added after the first TSHSR runs were saved (and their defaults).
+ADDED_SINCE = {"readout": "sigmoid", "relation_norm": "softmax", "glove": None, "freeze_embeddings": False}
+
+
+def test_resume_of_a_run_saved_before_new_model_fields(data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """A ``last.pt`` whose ``model_args`` lack fields added since resumes as if they held their defaults (to the
+    same weights as the full arguments give); a real change of a value is still refused, naming it."""
+    full, old = tmp_path / "full", tmp_path / "old"
+    assert main(["train", *train_args("tshsr", data, full, "run.max_steps=1")]) == 0
+    shutil.copytree(full, old)
+    saved = checkpoint(old / "last.pt")
+    assert {name: saved["model_args"].pop(name) for name in ADDED_SINCE} == ADDED_SINCE
+    torch.save(saved, old / "last.pt")
+    for run in (full, old):
+        assert main(["train", *train_args("tshsr", data, run, "run.max_steps=2"), "--resume"]) == 0
+    resumed = checkpoint(old / "last.pt")
+    assert resumed["step"] == 2 and resumed["model_args"] == checkpoint(full / "last.pt")["model_args"]
+    assert max_difference(resumed["state_dict"], checkpoint(full / "last.pt")["state_dict"]) == 0.0
+
+    resumed["model_args"]["readout"] = "inner"
+    del resumed["model_args"]["relation_norm"]
+    torch.save(resumed, old / "last.pt")
+    fails(capsys, [*train_args("tshsr", data, old, "run.max_steps=3"), "--resume"],
+          f"{old / 'last.pt'} holds a tshsr with other model arguments than the config (readout 'inner' -> "
+          "'sigmoid'); resume with the run's config")
 
 
 def test_a_missing_dev_split(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

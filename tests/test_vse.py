@@ -17,8 +17,9 @@ from itmatch.data.vocab import load_vocab
 from itmatch.loading import caption_tokens
 from itmatch.metrics import retrieval_metrics
 from itmatch.models import create_model
+from itmatch.models.encoders import RegionMLPEncoder
 from itmatch.models.pooling import GPO, Pool, mean_pool, topk_max_pool
-from itmatch.models.vse import RegionMLPEncoder, distance_weighted_triplet_loss
+from itmatch.models.vse import distance_weighted_triplet_loss
 from itmatch.scoring import pad_tokens, score_matrix
 
 TINY = dict(vocab_size=40, img_dim=20, word_dim=12, embed_size=32)

@@ -13,6 +13,23 @@ import torch
 from torch import nn
 
 
+#: Shown by ``Matcher.changed_args`` for an argument that one side does not have.
+ABSENT = "(absent)"
+
+
+def _field_defaults(config: Any) -> dict[str, Any]:
+    """The default of every field of the dataclass ``config`` that has one, as ``model_args()`` writes it."""
+    if not dataclasses.is_dataclass(config):
+        return {}
+    defaults = {}
+    for field in dataclasses.fields(config):
+        if field.default is not dataclasses.MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            defaults[field.name] = field.default_factory()
+    return defaults
+
+
 @dataclasses.dataclass
 class Encoding:
     """A batch of encoded items: every tensor field has the batch on dimension 0.
@@ -117,6 +134,16 @@ class Matcher(nn.Module):
     def model_args(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this model with ``create_model(model_name, **args)``."""
         return dataclasses.asdict(self.config)
+
+    def changed_args(self, stored: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{name: (stored value, this model's value)} for each argument where ``stored``, the ``model_args()`` of a
+        saved run, differs from this model's. A config field that ``stored`` lacks was added after the run was
+        saved and counts as its default (the default keeps the behaviour the run had): only a real change of a
+        value is reported."""
+        filled = {**_field_defaults(self.config), **stored}
+        now = self.model_args()
+        return {name: (filled.get(name, ABSENT), now.get(name, ABSENT)) for name in sorted(filled.keys() | now.keys())
+                if filled.get(name, ABSENT) != now.get(name, ABSENT)}
 
     # -- scoring ---------------------------------------------------------------------------------------------
     @property

@@ -32,12 +32,11 @@ import torch
 from torch import nn
 
 from itmatch.errors import ItmatchError
-from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions,
-                                      attention_weights, cross_attention, similarity_vectors)
-from itmatch.models.base import Encoding, Matcher, TextEncoding
-from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
+from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
+                                      similarity_vectors)
 from itmatch.models.layers import batchnorm_eval, cached_weights, l1norm, l2norm, length_mask, xavier_init_
-from itmatch.models.region_word_config import RegionWordConfig
+from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
+                                        squared_difference)
 from itmatch.models.registry import register_model
 
 MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
@@ -75,29 +74,6 @@ class SGRAFConfig(RegionWordConfig):
     def uses_local(self) -> bool:
         """Whether the local nodes can reach the score (not for SGR without reasoning over a global node)."""
         return not (self.heads == ("SGR",) and self.sgr_step == 0 and self.global_node)
-
-
-@dataclasses.dataclass
-class RegionEncoding(Encoding):
-    """Encoded images: ``regions`` (B, R, d) L2-normalised, ``glob`` (B, d) self-attended global vector (None
-    for a model without the global node)."""
-
-    regions: torch.Tensor
-    glob: torch.Tensor | None
-
-
-@dataclasses.dataclass
-class WordEncoding(TextEncoding):
-    """Encoded captions: ``words`` (B, L, d) zero-padded, ``lengths`` (B,), ``glob`` (B, d) global vector (or
-    None, as for images)."""
-
-    glob: torch.Tensor | None
-
-
-def squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(a - b)^2`` with broadcasting; in place on the (large) result when no gradient is recorded."""
-    diff = a - b
-    return diff.square_() if not diff.requires_grad else diff.square()
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -294,75 +270,6 @@ class SimilarityEncoder(nn.Module):
         """Scores (I, C); with two heads, the mean of theirs."""
         scores = self.head_scores(images, texts)
         return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
-
-
-class RegionWordMatcher(Matcher):
-    """Front end shared by the SCAN-style matchers (SGR, SAF, TSHSR): region encoder ``img_enc``, GRU text
-    encoder ``txt_enc``, and a pair scorer ``sim_enc`` that owns the self-attention global vectors
-    (``v_global_w``, ``t_global_w``). ``config`` is a ``RegionWordConfig`` (a subclass of it)."""
-
-    def __init__(self, config: RegionWordConfig, make_scorer: Callable[[], nn.Module]) -> None:
-        super().__init__()
-        self.config = config
-        self.img_enc = RegionEncoder(config.img_dim, config.embed_size, config.img_norm)
-        self.txt_enc = GRUTextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
-                                      config.bi_gru, config.dropout, config.txt_norm)
-        self.sim_enc = make_scorer()
-        self.txt_enc.embed.weight.requires_grad_(not config.freeze_embeddings)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def can_explain(self) -> bool:
-        return True
-
-    def init_word_embeddings(self, vocab) -> int:
-        """Fill the word table from ``config.glove`` for the words of ``vocab`` (others keep their random
-        initialisation); returns how many were found. The trainer calls it once, before the first step."""
-        if self.config.glove is None:
-            return 0
-        from itmatch.models.text_encoders import init_embedding_from_glove
-
-        return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
-
-    def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:
-        cfg = self.config
-        if features.dim() != 3 or features.shape[1:] != (cfg.num_regions, cfg.img_dim):
-            raise ItmatchError(f"image features must be (N, {cfg.num_regions}, {cfg.img_dim}) for this model, "
-                               f"got {tuple(features.shape)}")
-        if n_regions is not None and bool((n_regions != features.shape[1]).any()):
-            raise ItmatchError(f"{self.model_name or type(self).__name__} needs all {cfg.num_regions} regions "
-                               "per image; fill missing regions (the extractor's grid boxes do)")
-        regions = self.img_enc(features)
-        glob = self.sim_enc.v_global_w(regions) if self.sim_enc.v_global_w is not None else None
-        return RegionEncoding(regions=regions, glob=glob)
-
-    def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> WordEncoding:
-        words = self.txt_enc(tokens, lengths)
-        lengths = lengths.to(words.device)
-        glob = self.sim_enc.t_global_w(words, lengths) if self.sim_enc.t_global_w is not None else None
-        return WordEncoding(words=words, lengths=lengths, glob=glob)
-
-    def score(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
-        return self.sim_enc(images, texts.trimmed())
-
-    def explain(self, image: RegionEncoding, text: WordEncoding) -> dict[str, torch.Tensor | None]:
-        """What one pair's score looks at (one image, one caption): ``attention`` (L, R), each word's softmax over
-        the regions in the text-to-image attention; ``gates`` (L,) SAF's filtration weight of each word's node and
-        ``global_gate`` that of the global node (None for scorers without ``filtration_gates``); ``score`` the
-        pair's score."""
-        text = text.trimmed()
-        attention = attention_weights(image.regions, text.words, self.config.lambda_softmax)[0, 0]
-        global_gate, gates = self.filtration_gates(image, text)
-        return {"attention": attention, "gates": gates, "global_gate": global_gate,
-                "score": self.score(image, text)[0, 0]}
-
-    def filtration_gates(self, image: RegionEncoding, text: WordEncoding
-                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(global node's gate, word nodes' gates (L,)) of a filtration head for ``explain``; (None, None) here."""
-        return None, None
 
 
 class SGRAF(RegionWordMatcher):

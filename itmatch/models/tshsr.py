@@ -94,9 +94,9 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
 from itmatch.models.layers import cached_weights, l2norm, length_mask, xavier_init_
-from itmatch.models.region_word_config import RegionWordConfig
+from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
+                                        squared_difference)
 from itmatch.models.registry import register_model
-from itmatch.models.sgraf import RegionEncoding, RegionWordMatcher, WordEncoding, squared_difference
 
 STREAMS = ("both", "i2t", "t2i")
 READOUTS = ("sigmoid", "inner")

@@ -3,7 +3,7 @@ pair's score is their dot product, so a whole split is scored by one matrix prod
 
 - regions: ``fc(v) + mlp(v)`` (a linear map plus a two-layer MLP with BatchNorm, VSE∞'s region encoder);
 - words: a Bi-GRU over word embeddings (random or GloVe initialisation; the two directions averaged) or a
-  BERT-family transformer followed by a linear map (``text_encoders.BertTextEncoder``);
+  BERT-family transformer followed by a linear map (``encoders.BertTextEncoder``);
 - pooling of the local features: ``mean``, ``max``, ``topk`` or ``gpo`` (``pooling.Pool``), then ``l2norm``.
 
 Training, in two steps so that data-parallel runs can gather between them: ``encode_train_batch`` applies the
@@ -23,13 +23,13 @@ from torch import nn
 
 from itmatch.errors import ItmatchError
 from itmatch.losses import ranking_loss
+from itmatch.models.augment import augment_tokens, drop_regions
 from itmatch.models.base import Encoding, Matcher
-from itmatch.models.encoders import GRUTextEncoder
-from itmatch.models.layers import l2norm, length_mask, xavier_init_
+from itmatch.models.encoders import DEFAULT_TEXT_ENCODER, BertTextEncoder, GRUTextEncoder, RegionMLPEncoder
+from itmatch.models.glove import init_embedding_from_glove
+from itmatch.models.layers import l2norm
 from itmatch.models.pooling import Pool
 from itmatch.models.registry import register_model
-from itmatch.models.text_encoders import (DEFAULT_TEXT_ENCODER, BertTextEncoder, augment_tokens, drop_regions,
-                                          init_embedding_from_glove)
 
 if TYPE_CHECKING:
     from itmatch.data.vocab import Vocabulary
@@ -92,32 +92,6 @@ class TrainBatch(NamedTuple):
     n_regions: torch.Tensor
     words: torch.Tensor
     lengths: torch.Tensor
-
-
-class RegionMLPEncoder(nn.Module):
-    """VSE∞'s region encoder ``fc(v) + mlp(v)``, mlp = Linear → BatchNorm → ReLU → Linear (hidden embed/2).
-
-    ``forward(features (B, R, D), n_regions (B,)) -> (B, R, embed_size)``, zero past each image's regions;
-    BatchNorm's training statistics come from the valid regions only.
-    """
-
-    def __init__(self, img_dim: int, embed_size: int) -> None:
-        super().__init__()
-        hidden = embed_size // 2
-        self.fc = nn.Linear(img_dim, embed_size)
-        self.mlp = nn.Sequential(nn.Linear(img_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
-                                 nn.Linear(hidden, embed_size))
-        xavier_init_(self)
-
-    def forward(self, features: torch.Tensor, n_regions: torch.Tensor) -> torch.Tensor:
-        mask = length_mask(n_regions, features.shape[1])
-        if bool(mask.all()):
-            return self.fc(features) + self.mlp(features.flatten(0, 1)).view(*features.shape[:2], -1)
-        valid = features[mask]
-        encoded = self.fc(valid) + self.mlp(valid)
-        out = encoded.new_zeros(*features.shape[:2], encoded.shape[1])
-        out[mask] = encoded
-        return out
 
 
 def distance_weighted_triplet_loss(scores: torch.Tensor, positives: torch.Tensor, margin: float, cutoff: float,

@@ -298,9 +298,14 @@ class _Trainer:
         if checkpoint["n_train_captions"] != self.train_split.n_captions:
             raise ItmatchError(f"the train split has {self.train_split.n_captions} captions but the run was "
                                f"trained on {checkpoint['n_train_captions']}; resume with the same --data")
-        if checkpoint["model_name"] != self.model.model_name or checkpoint["model_args"] != self.model.model_args():
+        if checkpoint["model_name"] != self.model.model_name:
+            raise ItmatchError(f"{self.out / 'last.pt'} holds a {checkpoint['model_name']}, not the config's "
+                               f"{self.model.model_name}; resume with the run's config")
+        changed = self.model.changed_args(checkpoint["model_args"])  # fields added since the run take defaults
+        if changed:
+            detail = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
             raise ItmatchError(f"{self.out / 'last.pt'} holds a {checkpoint['model_name']} with other model "
-                               "arguments than the config; resume with the run's config")
+                               f"arguments than the config ({detail}); resume with the run's config")
 
     def _restore(self, checkpoint: dict) -> None:
         """Optimizer, position and random states of ``checkpoint`` (the model is already loaded)."""

@@ -1,0 +1,25 @@
+"""``GET /health``: whether the service is up and what its index holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from itmatch.serve.schema import Health, answers
+from itmatch.serve.service import Service
+
+
+def router(service: Service) -> APIRouter:
+    """The status endpoint of ``service``."""
+    routes = APIRouter()
+    searcher, index = service.searcher, service.index
+
+    @routes.get("/health", summary="Service status and what the index holds", responses=answers(Health))
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "images": index.n_images, "captions": index.n_captions,
+                "models": searcher.model_names, "shortlist": service.shortlist,
+                "explain": any(m.can_explain for m, _ in searcher.rerankers),
+                "picture_queries": bool(index.meta.get("extractor")) and index.n_captions > 0}
+
+    return routes
