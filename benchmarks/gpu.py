@@ -28,6 +28,8 @@ import time
 import numpy as np
 import torch
 from common import flickr_like_captions
+from train_step import CONFIGS as TRAIN_CONFIGS
+from train_step import make_batch
 
 from itmatch.metrics import retrieval_metrics
 from itmatch.models import create_model
@@ -36,7 +38,6 @@ from itmatch.scoring import score_matrix
 #: precision -> (max |score difference| from fp32, max |rsum difference| from fp32)
 TOLERANCES = {"tf32": (5e-3, 1.0), "bf16": (3e-2, 3.0)}
 EXACT = 1e-5
-TRAIN_CONFIGS = {"sgr": "configs/sgr_f30k.toml", "saf": "configs/saf_f30k.toml"}
 
 
 def report(name: str, ok: bool, detail: str, failures: list[str]) -> None:
@@ -77,8 +78,6 @@ def check_scoring(name: str, feats: np.ndarray, captions: list[list[int]], cpu_i
 
 def make_training(name: str, batch_size: int, device: torch.device, seed: int = 0):
     """(objective, optimizer, batch, config) of a batch-``batch_size`` training step of ``name`` on ``device``."""
-    from train_step import make_batch
-
     from itmatch.train.config import load_config
     from itmatch.train.loop import make_optimizer
     from itmatch.train.objective import TrainingObjective

@@ -17,6 +17,7 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from common import flickr_like_captions, peak_rss
@@ -29,7 +30,7 @@ from itmatch.train.loader import Batch
 from itmatch.train.loop import make_optimizer, training_step
 from itmatch.train.objective import TrainingObjective
 
-CONFIGS = {"sgr": "configs/sgr_f30k.toml", "saf": "configs/saf_f30k.toml"}
+CONFIGS = {name: Path(__file__).resolve().parents[1] / "configs" / f"{name}_f30k.toml" for name in ("sgr", "saf")}
 TARGET = 2.0  # speed-up over the authors' step (issue 18)
 
 

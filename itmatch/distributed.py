@@ -65,6 +65,11 @@ class DistInfo:
             dist.destroy_process_group()
 
 
+def launch_rank() -> int:
+    """This process's rank as ``torchrun`` sets it (0 outside ``torchrun``), readable before any process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def setup(device: str | None = "auto", timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else run as one process.
 

@@ -91,7 +91,7 @@ def encode_images(model: Matcher, features: np.ndarray | torch.Tensor, device: t
 
 
 def text_batches(model: Matcher, token_lists: Sequence[Sequence[int]], device: torch.device,
-                 batch_size: int = 128, progress: bool = False) -> Iterator[tuple[np.ndarray, Encoding]]:
+                 batch_size: int = TEXT_BATCH, progress: bool = False) -> Iterator[tuple[np.ndarray, Encoding]]:
     """``(caption indices, encoding)`` of captions encoded longest first, ``batch_size`` at a time."""
     order = np.argsort([-len(t) for t in token_lists], kind="stable")
     for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress, leave=False):
@@ -101,7 +101,7 @@ def text_batches(model: Matcher, token_lists: Sequence[Sequence[int]], device: t
 
 
 def encode_texts(model: Matcher, token_lists: Sequence[Sequence[int]], device: torch.device,
-                 batch_size: int = 128, progress: bool = False) -> list[tuple[np.ndarray, Encoding]]:
+                 batch_size: int = TEXT_BATCH, progress: bool = False) -> list[tuple[np.ndarray, Encoding]]:
     """Encode captions longest first in chunks; returns (caption indices, encoding) per chunk."""
     return list(text_batches(model, token_lists, device, batch_size, progress))
 
@@ -174,4 +174,4 @@ def _caption_tiles(chunks: list[tuple[np.ndarray, Encoding]], size: int) -> Iter
     for index, chunk in chunks:
         for start in range(0, len(index), size):
             tile = chunk.select(slice(start, start + size))
-            yield index[start:start + size], tile.trimmed() if hasattr(tile, "trimmed") else tile
+            yield index[start:start + size], tile.trimmed() if isinstance(tile, TextEncoding) else tile

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,12 +73,13 @@ def extract(
       torchrun --nproc_per_node 8 -m itmatch extract --images photos/ --out photos-features (a share of the
       pictures per process, merged at the end; see docs/scale.md)
     """
+    from itmatch.distributed import launch_rank
     from itmatch.features import extract_features
 
     pictures = list_pictures(images)
     result = extract_features(pictures, out, extractor=extractor, regions=regions, batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable, **parse_options(option))
-    if int(os.environ.get("RANK", "0")):  # under torchrun rank 0 reports
+    if launch_rank():  # under torchrun rank 0 reports
         return
     n, r, d = result.features.shape
     failed = int((~result.ok).sum())

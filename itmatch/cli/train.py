@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +38,7 @@ def train(
 
       torchrun --nproc_per_node 4 -m itmatch train --config configs/sgr_coco.toml ...
     """
+    from itmatch.distributed import launch_rank
     from itmatch.train import load_config
     from itmatch.train import train as run_training
 
@@ -51,7 +51,7 @@ def train(
     recipe = load_config(config, overrides or [])
     result = run_training(recipe, data=data, vocab=vocab, out=out, resume=resume, device=device,
                           progress=progress)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank() == 0:
         typer.echo(result.summary())
 
 

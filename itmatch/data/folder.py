@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import write_json, write_npy, write_text
+from itmatch.fileio import FolderFormat, write_json, write_npy, write_text
 
 DATASET_FILE = "dataset.json"
 VOCAB_FILE = "vocab.json"
+#: The dataset folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
+#: dataset.json).
+FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
+                                                    "*_images.jsonl", VOCAB_FILE, DATASET_FILE),
+                      legacy_files=((DATASET_FILE, ("splits", "extractor")),))
 
 
 def boxes_path(directory: str | os.PathLike, split: str) -> Path:

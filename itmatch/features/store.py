@@ -138,12 +138,10 @@ def extract_here(extractor: Extractor, paths: list[Path], keys: list[dict[str, A
 
 
 def merge_folders(out: Path, config: dict[str, Any], keys: list[dict[str, Any]], regions: int,
-                  folders: Sequence[Path]) -> FeatureSet:
+                  folders: Sequence[Path]) -> None:
     """Write the finished features folder ``out`` of the pictures ``keys`` (made with ``config``) from the
     finished features folders ``folders``, which together hold every picture; resumable like an extraction."""
-    run = _Partial.prepare(out, config, keys, regions, folders)
-    run.finish()
-    return open_features(out)
+    _Partial.prepare(out, config, keys, regions, folders).finish()
 
 
 def _extract_batch(extractor: Extractor, paths: list[Path], skip_unreadable: bool) -> list[Regions | str]:

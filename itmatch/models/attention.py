@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from itmatch.models.layers import l2norm, length_mask, xavier_init_
+from itmatch.models.layers import l2norm, l2norm_, length_mask, xavier_init_
 
 #: Elements of one block of differences in ``similarity_vectors`` per intra-op thread (1 MiB of float32, about a
 #: core's L2 cache; measured faster than 512 KiB at one thread, and 2 threads share a block twice the size).
@@ -159,7 +159,7 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
         out = ProjectedSquares.apply(*inputs) if torch.is_grad_enabled() else _projected_squares(*inputs)
     if torch.is_grad_enabled():
         return l2norm(out).view(n_ctx, n_qry, n_vec, -1)
-    return out.div_(out.norm(dim=2, keepdim=True).add_(eps)).view(n_ctx, n_qry, n_vec, -1)
+    return l2norm_(out, 2, eps).view(n_ctx, n_qry, n_vec, -1)
 
 
 def _blocks(n_ctx: int, rows: int, dim: int) -> Iterator[tuple[slice, slice]]:
@@ -206,7 +206,7 @@ def _difference(weights: torch.Tensor, context: torch.Tensor, queries: torch.Ten
     if eps is None:
         return torch.baddbmm(queries[part], weights[sets, part], context[sets], beta=-1, out=block)
     torch.bmm(weights[sets, part], context[sets], out=block)
-    return block.div_(block.norm(dim=2, keepdim=True).add_(eps)).sub_(queries[part])
+    return l2norm_(block, 2, eps).sub_(queries[part])
 
 
 class ProjectedSquares(torch.autograd.Function):

@@ -16,6 +16,11 @@ def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + eps)
 
 
+def l2norm_(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """:func:`l2norm` in place (no gradient): scoring's large blocks are normalised without a copy."""
+    return x.div_(x.norm(dim=dim, keepdim=True).add_(eps))
+
+
 def l1norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """``x / (sum |x| + eps)`` along ``dim``."""
     return x / (x.abs().sum(dim=dim, keepdim=True) + eps)

@@ -15,6 +15,7 @@ from itmatch.errors import ItmatchError
 from itmatch.models.attention import attention_weights
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
+from itmatch.models.glove import init_embedding_from_glove
 
 
 @dataclasses.dataclass
@@ -87,8 +88,6 @@ class RegionWordMatcher(Matcher):
         initialisation); returns how many were found. The trainer calls it once, before the first step."""
         if self.config.glove is None:
             return 0
-        from itmatch.models.glove import init_embedding_from_glove
-
         return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
 
     def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:

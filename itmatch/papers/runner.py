@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from itmatch.data.folder import VOCAB_FILE
 from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json
 from itmatch.papers.plan import Plan, PlannedRun
@@ -20,7 +21,7 @@ def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, P
     if not folder.is_dir():
         raise ItmatchError(f"{folder}: no such folder; --data must hold {DATASETS[dataset]}/ (the SCAN release's "
                            "data/ folder layout), see docs/reproducing.md")
-    candidates = [(vocab or data) / f"{DATASETS[dataset]}_vocab.json", folder / "vocab.json"]
+    candidates = [(vocab or data) / f"{DATASETS[dataset]}_vocab.json", folder / VOCAB_FILE]
     for path in candidates:
         if path.is_file():
             return folder, path

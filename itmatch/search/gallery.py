@@ -43,7 +43,7 @@ class Gallery:
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         """Features (k, R, D) float32 of a slice of the pictures: a gallery reads like an (n, R, D) array."""
-        return self.read_features(np.arange(self.n_images)[rows])
+        return self.read_features(np.arange(*rows.indices(self.n_images)))
 
     def subset(self, ids: np.ndarray) -> Gallery:
         """The pictures ``ids`` (sorted, unique) of this gallery, with their captions."""

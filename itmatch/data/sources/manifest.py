@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from itmatch.data.folder import DATASET_FILE, VOCAB_FILE, write_info, write_pictures
+from itmatch.data.folder import FOLDER, VOCAB_FILE, write_info, write_pictures
 from itmatch.data.precomp import features_writer, write_captions
 from itmatch.data.sources.debian import cache_dir
 from itmatch.data.vocab import build_vocab, save_vocab
+from itmatch.distributed import launch_rank
 from itmatch.errors import ItmatchError
 from itmatch.features import (
     DEFAULT_EXTRACTOR,
@@ -42,14 +43,9 @@ from itmatch.features import (
     get_extractor,
     load_image,
 )
-from itmatch.fileio import FolderFormat, atomic_dir, check_folder
+from itmatch.fileio import atomic_dir, check_folder
 
 SPLIT_NAMES = ("train", "dev", "test")
-#: The dataset folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
-#: dataset.json).
-FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
-                                                    "*_images.jsonl", VOCAB_FILE, DATASET_FILE),
-                      legacy_files=((DATASET_FILE, ("splits", "extractor")),))
 
 
 @dataclass(frozen=True)
@@ -386,7 +382,7 @@ def build_dataset(
     feature_set = extract_features([item.image for item in items], features_dir, extractor=extractor,
                                    regions=regions, batch_size=batch_size, progress=progress,
                                    **(extractor_options or {}))
-    if int(os.environ.get("RANK", "0")):
+    if launch_rank():
         return None
     locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
     counts, vocab_size = write_dataset(out, splits, locate, {**(info or {}), "seed": seed})

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from itmatch.search.explain import explainable
 from itmatch.serve.schema import Health, answers
 from itmatch.serve.service import Service
 
@@ -19,7 +20,7 @@ def router(service: Service) -> APIRouter:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "images": index.n_images, "captions": index.n_captions,
                 "models": searcher.model_names, "shortlist": service.shortlist,
-                "explain": any(m.can_explain for m, _ in searcher.rerankers),
+                "explain": bool(explainable(searcher.rerankers)),
                 "picture_queries": bool(index.meta.get("extractor")) and index.n_captions > 0}
 
     return routes
