@@ -12,11 +12,7 @@ runs `python -m itmatch` in the current folder: run this from the root of the ch
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,12 +20,7 @@ import uuid
 
 import cv2
 import numpy as np
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from common import start_server
 
 
 def upload(base: str, data: bytes) -> int:
@@ -59,18 +50,9 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=4000)
     parser.add_argument("--kind", choices=("png", "jpeg"), default="png")
     args = parser.parse_args()
-    port = free_port()
+    server, port = start_server(args.index, 1)
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", args.index, "--port", str(port),
-                               "--threads", "1"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=5).close()
-                break
-            except OSError:
-                time.sleep(0.2)
         ramp = np.linspace(0, 255, args.side, dtype=np.uint8)
         picture = np.dstack([np.tile(ramp, (args.side, 1))] * 3 + [np.full((args.side, args.side), 200, np.uint8)])
         data = cv2.imencode(".png", picture)[1].tobytes() if args.kind == "png" else \

@@ -20,16 +20,13 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import numpy as np
 import torch
+from common import start_server
 
 from itmatch.checkpoint import save_model
 from itmatch.data import write_synthetic
@@ -60,12 +57,6 @@ def gallery_index(work: Path, images: int, rerankers: list[str]) -> Path:
         build_index(data, index, split="test", embedder=paths["vse"], rerankers=[paths[n] for n in rerankers],
                     progress=True)
     return index
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -110,22 +101,6 @@ async def run_load(port: int, queries: list[str], concurrency: int) -> tuple[lis
     return latencies, errors, time.perf_counter() - start
 
 
-def start_server(index: Path, port: int, shortlist: int, threads: int) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    server = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", str(index), "--port", str(port),
-                               "--shortlist", str(shortlist), "--threads", str(threads)], env=env,
-                              stdout=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not come up in 120 s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/itmatch-serve-load"))
@@ -142,8 +117,7 @@ def main() -> None:
     captions = read_captions(args.work / f"data-{args.images}" / "test_caps.txt")
     rng = np.random.default_rng(0)
     queries = [captions[i] for i in rng.integers(0, len(captions), args.requests)]
-    port = free_port()
-    server = start_server(index, port, args.shortlist, args.threads)
+    server, port = start_server(index, args.threads, ["--shortlist", str(args.shortlist)])
     try:
         asyncio.run(run_load(port, queries[:args.concurrency], args.concurrency))  # warm-up, not counted
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()

@@ -70,6 +70,16 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``cpu``/``cuda``/``cuda:N`` (default: cuda when available) with a clear error when it is missing."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ItmatchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
 def setup(device: str | None = "auto", timeout: datetime.timedelta | None = None) -> DistInfo:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1), else run as one process.
 
@@ -78,17 +88,11 @@ def setup(device: str | None = "auto", timeout: datetime.timedelta | None = None
     may wait for the other processes (default torch's, 10 to 30 minutes): longer where a process that finished
     its share waits for the slowest one.
     """
-    want = "auto" if device is None else device
-    use_cuda = torch.cuda.is_available() if want == "auto" else torch.device(want).type == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ItmatchError(f"--device {want} was asked for but no CUDA GPU is visible; use --device cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        if want == "auto":
-            return DistInfo(0, 1, torch.device("cuda" if use_cuda else "cpu"))
-        return DistInfo(0, 1, torch.device(want))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    dev = resolve_device(None if device == "auto" else device)
+    use_cuda = dev.type == "cuda"
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return DistInfo(0, 1, dev)
+    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     owns = not dist.is_initialized()

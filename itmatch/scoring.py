@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from itmatch.distributed import resolve_device
 from itmatch.errors import ItmatchError
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.ensemble import Ensemble
@@ -34,16 +35,6 @@ def default_tiling(device: torch.device) -> tuple[int, int]:
         free, _ = torch.cuda.mem_get_info(device)
         return free // 4, 128
     return 64 << 20, 8
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``cpu``/``cuda``/``cuda:N`` (default: cuda when available) with a clear error when it is missing."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ItmatchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return dev
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@ indexes built from them (built once per test session, read-only for the tests)."
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,7 @@ PICTURES = [("red", (40, 40, 220), "circle"), ("blue", (200, 80, 30), "square"),
 FEATURE_DIM = 1286  # the default extractor's
 _BUILT: dict[str, Path] = {}
 _ROOT = Path(tempfile.mkdtemp(prefix="itmatch-search-tests-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # the suite leaves nothing in /tmp
 
 
 def draw_picture(path: Path, colour: tuple[int, int, int], shape: str, size: int = 160) -> Path:

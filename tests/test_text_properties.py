@@ -4,7 +4,9 @@ message (or, for a manifest, each listed problem) is one line."""
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -50,6 +52,7 @@ def read_or_refuse(path: Path) -> None:
 
 
 _FOLDER = Path(tempfile.mkdtemp(prefix="itmatch-text-properties-"))  # one file per suffix, rewritten per example
+atexit.register(shutil.rmtree, _FOLDER, ignore_errors=True)  # the suite leaves nothing in /tmp
 
 
 def write(suffix: str, data: bytes) -> Path:

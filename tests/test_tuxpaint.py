@@ -101,6 +101,14 @@ def test_quick_build_with_limit(stamps: tuple[Path, str], cache: Path, tmp_path:
     assert again.computed == 0 and time.perf_counter() - started < 20
 
 
+def test_only_rank_0_writes_under_torchrun(stamps: tuple[Path, str], cache: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process other than rank 0 extracts its share but writes no dataset (rank 0 writes it alone)."""
+    monkeypatch.setenv("RANK", "1")
+    assert build_tuxpaint(tmp_path / "tux", limit=12, dev=3, test=3, progress=False) is None
+    assert not (tmp_path / "tux").exists()
+
+
 def test_openclipart_drawings_join_train(stamps: tuple[Path, str], cache: Path, tmp_path: Path) -> None:
     try:
         result = build_tuxpaint(tmp_path / "tux", limit=12, dev=3, test=3, with_openclipart=True, progress=False)

@@ -136,6 +136,25 @@ def test_gpo_weights_depend_on_length_only_and_sum_to_one():
     np.testing.assert_allclose(gpo(x, torch.tensor([4])).detach()[0], expected, atol=1e-6)
 
 
+def test_gpo_weight_table_equals_the_bigru_and_follows_the_parameters():
+    """Without autograd the weights come from a per-length table: equal to running the Bi-GRU, rebuilt after an
+    optimiser step changes the parameters and when a longer item arrives."""
+    torch.manual_seed(0)
+    gpo = GPO()
+    lengths = torch.tensor([3, 1, 7, 3])
+    with torch.no_grad():
+        tabled = gpo.weights(lengths, 7)
+        assert gpo._table is not None
+    np.testing.assert_allclose(tabled, gpo.weights(lengths, 7).detach(), atol=1e-6)
+    optimizer = torch.optim.SGD(gpo.parameters(), lr=1.0)
+    gpo.weights(lengths, 7).square().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = gpo.weights(torch.tensor([7, 3]), 7)  # no longer than before: only the step can rebuild
+    assert not np.allclose(after[1, :7], tabled[0], atol=1e-4)  # the step moved length 3's weights ...
+    np.testing.assert_allclose(after, gpo.weights(torch.tensor([7, 3]), 7).detach(), atol=1e-6)  # ... and the table
+
+
 # -- encoders and the Matcher interface ---------------------------------------------------------------------
 
 def test_region_encoder_batchnorm_sees_valid_regions_only():

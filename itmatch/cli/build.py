@@ -87,4 +87,5 @@ def tuxpaint(
     result = build_tuxpaint(out, with_openclipart=with_openclipart, dev=dev, test=test, seed=seed, limit=limit,
                             extractor=extractor, regions=regions, batch_size=batch_size, progress=progress,
                             extractor_options=parse_options(option))
-    typer.echo(result.summary())
+    if result is not None:  # None: a torchrun process other than rank 0, which writes the dataset and reports
+        typer.echo(result.summary())

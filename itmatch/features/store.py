@@ -165,12 +165,12 @@ def _extract_batch(extractor: Extractor, paths: list[Path], skip_unreadable: boo
     return results
 
 
-def _finished_plan(out: Path) -> tuple[dict[str, Any], list[tuple[str, int, int]]] | None:
-    """(config, keys) of the finished output in ``out``, if any."""
+def _finished_plan(out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """(config, ``images.jsonl`` records) of the finished output in ``out``, if any."""
     if not (out / INFO_FILE).is_file() or not (out / IMAGES_FILE).is_file():
         return None
     info = json.loads((out / INFO_FILE).read_text(encoding="utf-8"))
-    return info.get("extractor"), [_key_tuple(r) for r in _read_jsonl(out / IMAGES_FILE)]
+    return info.get("extractor"), _read_jsonl(out / IMAGES_FILE)
 
 
 def shard_folders(out: Path, other_than: int | None = None) -> list[Path]:
@@ -184,7 +184,10 @@ def shard_folders(out: Path, other_than: int | None = None) -> list[Path]:
 
 def is_finished(out: Path, config: dict[str, Any], keys: list[dict[str, Any]]) -> bool:
     """Whether ``out`` holds the finished features of exactly the pictures ``keys`` made with ``config``."""
-    return _finished_plan(out) == (config, [_key_tuple(k) for k in keys])
+    finished = _finished_plan(out)
+    if finished is None or finished[0] != config:
+        return False
+    return [_key_tuple(r) for r in finished[1]] == [_key_tuple(k) for k in keys]
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
@@ -257,7 +260,7 @@ class _Partial:
         run's config, or None."""
         finished = _finished_plan(folder)
         if finished is not None and finished[0] == self.config:
-            return {_key_tuple(r): (r["row"], _outcome(r)) for r in _read_jsonl(folder / IMAGES_FILE)}, folder
+            return {_key_tuple(r): (r["row"], _outcome(r)) for r in finished[1]}, folder
         plan = _read_plan(folder)
         if plan is not None and plan["config"] == self.config and (folder / "features.npy").is_file():
             keys = plan["images"]

@@ -65,9 +65,26 @@ class GPO(nn.Module):
         self.d_code = d_code
         self.gru = nn.GRU(d_code, d_hidden, 1, batch_first=True, bidirectional=True)
         self.linear = nn.Linear(d_hidden, 1, bias=False)
+        self._table: torch.Tensor | None = None  # row n: the weights of length n (see ``weights``)
+        self._table_key: tuple = ()
 
     def weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
-        """(B, width) pooling weight of each rank: a softmax over ranks ``< lengths[b]``, zero past them."""
+        """(B, width) pooling weight of each rank: a softmax over ranks ``< lengths[b]``, zero past them.
+
+        Without autograd the weights of every length up to the longest seen are kept in a table (they depend on
+        the length alone), so encoding a query does not run the Bi-GRU again; the table is rebuilt when a
+        parameter changes (an optimiser step or a load bumps its version) or a longer item arrives."""
+        if torch.is_grad_enabled() or not len(lengths) or int(lengths.min()) < 1:
+            return self._weights(lengths, width)
+        longest = max(int(lengths.max()), width)
+        key = (lengths.device, *(p._version for p in self.parameters()), *(p.data_ptr() for p in self.parameters()))
+        if self._table is None or key != self._table_key or self._table.shape[1] < longest:
+            every = torch.arange(longest + 1, device=lengths.device).clamp_min(1)
+            self._table, self._table_key = self._weights(every, longest), key
+        return self._table[lengths, :width]
+
+    def _weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
+        """``weights`` computed: the Bi-GRU over the position codes of each length."""
         code = positional_code(width, self.d_code, lengths.device).expand(len(lengths), width, self.d_code)
         packed = pack_padded_sequence(code, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=width)

@@ -54,9 +54,7 @@ class Runner:
         path = result_path(self.plan, row)
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
-        folder = self.data / DATASETS[row.dataset] if self.data is not None else None
-        if folder is not None and not folder.is_dir():
-            self.echo(f"{row.method}: {folder} not found; row not run")
+        if self.data is not None and self._dataset_missing(row):
             return None
         runs = [self.plan.runs[run_id] for run_id in row.runs]
         for run in runs:
@@ -87,12 +85,19 @@ class Runner:
             return kept
         if self.data is None:
             raise ItmatchError(f"{row.method}: give --data to evaluate the released checkpoint {given}")
-        if not (self.data / DATASETS[row.dataset]).is_dir():
-            self.echo(f"{row.method}: {self.data / DATASETS[row.dataset]} not found; row not run")
+        if self._dataset_missing(row):
             return None
         result = self._evaluate(row, [given])
         write_json(path, result)
         return result
+
+    def _dataset_missing(self, row: Row) -> bool:
+        """Whether ``--data`` lacks the row's dataset folder (said in one line: the row is skipped, not failed)."""
+        folder = self.data / DATASETS[row.dataset]
+        if folder.is_dir():
+            return False
+        self.echo(f"{row.method}: {folder} not found; row not run")
+        return True
 
     def _train(self, run: PlannedRun) -> None:
         from itmatch.train import train

@@ -31,6 +31,7 @@ from itmatch.data.sources.manifest import (
     split_items,
     write_dataset,
 )
+from itmatch.distributed import launch_rank
 from itmatch.errors import ItmatchError
 from itmatch.features import (
     DEFAULT_EXTRACTOR,
@@ -127,12 +128,13 @@ def build_tuxpaint(
     batch_size: int = 8,
     progress: bool = True,
     extractor_options: dict[str, Any] | None = None,
-) -> BuildResult:
+) -> BuildResult | None:
     """Build the Tux Paint precomp dataset in ``out`` (see the module docstring).
 
     ``limit`` keeps that many stamps (and drawings), for quick trials; ``with_openclipart`` adds the Open Clip Art
     drawings to the train split only (see :mod:`itmatch.data.sources.openclipart`). Packages and features are
-    cached under ``$ITMATCH_CACHE`` (default ``~/.cache/itmatch``).
+    cached under ``$ITMATCH_CACHE`` (default ``~/.cache/itmatch``). Under ``torchrun`` the processes extract
+    together and rank 0 alone writes the dataset and returns its result; the other ranks return None.
     """
     started = time.perf_counter()
     out = Path(out)
@@ -178,5 +180,7 @@ def build_tuxpaint(
         info["openclipart"] = {"package": f"{openclipart.PACKAGE} {clip_version}", "drawings": len(extra),
                                "unrenderable": [d.name for d, good in zip(drawings, ok) if not good]}
 
+    if launch_rank():
+        return None
     counts, vocab_size = write_dataset(out, splits, locate, {**info, "seed": seed})
     return BuildResult(out, counts, vocab_size, computed=computed, seconds=time.perf_counter() - started)
