@@ -9,7 +9,8 @@ from conftest import sharpen as sharpen_to, small_model
 from reference_sgraf import reference_scores
 
 from itmatch.models import Ensemble
-from itmatch.models.sgraf import GRAPH_ROWS, GraphReasoning
+from itmatch.models.layers import NODE_CHUNK_ROWS
+from itmatch.models.sgraf import GraphReasoning
 from itmatch.scoring import score_matrix
 
 # Lengths 1..40 with many repeats and single-word captions, in an order the engine must sort.
@@ -87,7 +88,7 @@ def test_graph_step_in_chunks_equals_the_autograd_path():
         torch.nn.init.normal_(linear.bias)
     nodes = torch.randn(300, 9, 16)
     mask = torch.arange(9)[None] < torch.randint(1, 10, (300,))[:, None]
-    assert 300 * 9 > 4 * GRAPH_ROWS  # several chunks
+    assert 300 * 9 > 4 * NODE_CHUNK_ROWS  # several chunks
     with torch.no_grad():
         chunked = step(nodes, mask)
     whole = step(nodes, mask)

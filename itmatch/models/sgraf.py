@@ -34,7 +34,8 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
                                       similarity_vectors)
-from itmatch.models.layers import batchnorm_eval, cached_weights, l1norm, l2norm, length_mask, xavier_init_
+from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
+                                   xavier_init_)
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
                                         squared_difference)
 from itmatch.models.registry import register_model
@@ -43,9 +44,6 @@ MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
 ATTENTIONS = ("t2i", "i2t")
 SIMILARITIES = ("vector", "scalar")
 I2T_WORDS = 8  # words over which pair_bytes_per_word spreads the per-pair memory of region nodes
-#: Nodes per chunk of a graph step while scoring: the chunk's queries and values (2 KiB per node) stay in the
-#: caches (measured ~20 % faster than one product over a whole tile's nodes, one thread).
-GRAPH_ROWS = 512
 
 
 @dataclasses.dataclass
@@ -116,7 +114,7 @@ class GraphReasoning(nn.Module):
 
         Logits ``(Wq s_i + bq)·(Wk s_j + bk)`` equal ``(s_i M + u)·s_j`` plus terms constant in j, with
         ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax. Without autograd the
-        pairs go through in chunks of about ``GRAPH_ROWS`` nodes, whose queries and values stay in the cache.
+        pairs go through in cache-sized chunks (``in_pair_chunks``).
         """
         fold, bias, project, project_bias = cached_weights(self, self._folded)
         blocked = ~node_mask[:, None, :]
@@ -124,14 +122,8 @@ class GraphReasoning(nn.Module):
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
             edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
             return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
-        if torch.is_grad_enabled():
-            return self._step(nodes, blocked, project, project_bias)
-        out = torch.empty_like(nodes)
-        chunk = max(1, GRAPH_ROWS // nodes.shape[1])
-        for start in range(0, len(nodes), chunk):
-            pairs = slice(start, start + chunk)
-            self._step(nodes[pairs], blocked[pairs], project, project_bias, out[pairs])
-        return out
+        return in_pair_chunks(lambda part, mask, out=None: self._step(part, mask, project, project_bias, out),
+                              nodes, blocked)
 
     @staticmethod
     def _step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor, project_bias: torch.Tensor,
