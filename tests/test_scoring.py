@@ -9,6 +9,8 @@ from conftest import sharpen as sharpen_to, small_model
 from reference_sgraf import reference_scores
 
 from itmatch.models import Ensemble
+from itmatch.models.layers import NODE_CHUNK_ROWS
+from itmatch.models.sgraf import GraphReasoning
 from itmatch.scoring import score_matrix
 
 # Lengths 1..40 with many repeats and single-word captions, in an order the engine must sort.
@@ -76,3 +78,19 @@ def test_engine_leaves_training_mode_untouched():
     feats, captions = make_inputs(3, [4, 5])
     score_matrix(model, feats.numpy(), captions)
     assert model.training
+
+
+def test_graph_step_in_chunks_equals_the_autograd_path():
+    """Scoring runs a graph step in chunks of pairs (bias folded into the projection); training in one piece."""
+    torch.manual_seed(0)
+    step = GraphReasoning(16)
+    for linear in (step.graph_query_w, step.graph_key_w, step.sim_graph_w):
+        torch.nn.init.normal_(linear.bias)
+    nodes = torch.randn(300, 9, 16)
+    mask = torch.arange(9)[None] < torch.randint(1, 10, (300,))[:, None]
+    assert 300 * 9 > 4 * NODE_CHUNK_ROWS  # several chunks
+    with torch.no_grad():
+        chunked = step(nodes, mask)
+    whole = step(nodes, mask)
+    assert whole.requires_grad and (chunked > 0).float().mean() > 0.3
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-6)

@@ -193,20 +193,26 @@ def _projected_squares(weights: torch.Tensor, context: torch.Tensor, queries: to
     out = torch.empty(n_ctx, rows, k, dtype=context.dtype, device=context.device)
     buffer = torch.empty(_block_size() + dim, dtype=context.dtype, device=context.device)  # any block fits
     for sets, part in _blocks(n_ctx, rows, dim):
-        block = _difference(weights, context, queries, sets, part, buffer, eps)
-        torch.addmm(bias, block.square_().view(-1, dim), weight.T, out=out[sets, part].view(-1, k))
+        block = _difference(weights, context, queries, sets, part, buffer, eps, square=True)
+        torch.addmm(bias, block.view(-1, dim), weight.T, out=out[sets, part].view(-1, k))
     return out
 
 
 def _difference(weights: torch.Tensor, context: torch.Tensor, queries: torch.Tensor, sets: slice, part: slice,
-                buffer: torch.Tensor, eps: float | None = None) -> torch.Tensor:
-    """``weights @ context - queries`` of one block (sets, rows, d), written into ``buffer``'s storage."""
+                buffer: torch.Tensor, eps: float | None = None, square: bool = False) -> torch.Tensor:
+    """``weights @ context - queries`` of one block (sets, rows, d), written into ``buffer``'s storage; squared
+    with ``square``, in the same pass as the subtraction (``mse_loss`` without reduction: one pass over the
+    block where subtracting and squaring take two, and no copy of the queries into it for ``baddbmm``)."""
     n_sets, n_rows = sets.stop - sets.start, part.stop - part.start
     block = buffer[:n_sets * n_rows * context.shape[2]].view(n_sets, n_rows, -1)
-    if eps is None:
+    if eps is None and not square:
         return torch.baddbmm(queries[part], weights[sets, part], context[sets], beta=-1, out=block)
     torch.bmm(weights[sets, part], context[sets], out=block)
-    return l2norm_(block, 2, eps).sub_(queries[part])
+    if eps is not None:
+        l2norm_(block, 2, eps)
+    if square:
+        return torch.ops.aten.mse_loss.out(block, queries[part].expand_as(block), 0, out=block)  # 0: no reduction
+    return block.sub_(queries[part])
 
 
 class ProjectedSquares(torch.autograd.Function):

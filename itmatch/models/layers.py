@@ -10,6 +10,11 @@ from torch import nn
 
 T = TypeVar("T")
 
+#: Nodes per chunk of a reasoning step while scoring (SGR's graph step, TSHSR's HSR layer): a chunk's queries and
+#: values (2 KiB per node at sim_dim 256) stay in the caches; measured ~20 % faster than one product over a
+#: whole tile's nodes (one thread).
+NODE_CHUNK_ROWS = 512
+
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     """``x / (||x||_2 + eps)`` along ``dim`` (the epsilon is added to the norm, as in the authors' code)."""
@@ -67,3 +72,17 @@ def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
         cached = (key, compute())
         module.__dict__["_cached_weights"] = cached
     return cached[1]
+
+
+def in_pair_chunks(step: Callable[..., torch.Tensor], nodes: torch.Tensor, *per_pair: torch.Tensor) -> torch.Tensor:
+    """``step(nodes, *per_pair, out=...)`` over chunks of about ``NODE_CHUNK_ROWS`` nodes (whole pairs) into one
+    result like ``nodes`` (P, N, k); ``per_pair`` tensors are cut along their first dimension (P) with the nodes.
+    With autograd recording, one call over everything (no ``out``)."""
+    if torch.is_grad_enabled():
+        return step(nodes, *per_pair)
+    out = torch.empty_like(nodes)
+    chunk = max(1, NODE_CHUNK_ROWS // nodes.shape[1])
+    for start in range(0, len(nodes), chunk):
+        pairs = slice(start, start + chunk)
+        step(nodes[pairs], *(tensor[pairs] for tensor in per_pair), out=out[pairs])
+    return out

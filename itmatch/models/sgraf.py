@@ -34,7 +34,8 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
                                       similarity_vectors)
-from itmatch.models.layers import batchnorm_eval, cached_weights, l1norm, l2norm, length_mask, xavier_init_
+from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
+                                   xavier_init_)
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
                                         squared_difference)
 from itmatch.models.registry import register_model
@@ -100,30 +101,41 @@ class GraphReasoning(nn.Module):
         # and is kept (frozen) only so that the released state dicts load.
         self.graph_key_w.bias.requires_grad_(False)
 
-    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(M, u, [M, Wgᵀ])``: the folded query-key matrix and bias, and M beside the value projection."""
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(M, u, [M, Wgᵀ], [u, bg])``: the folded query-key matrix and bias, and both beside the value
+        projection's, so that one product gives every node's query (bias included) and value."""
         fold = self.graph_query_w.weight.T @ self.graph_key_w.weight
-        return fold, self.graph_query_w.bias @ self.graph_key_w.weight, torch.cat([fold, self.sim_graph_w.weight.T], 1)
+        bias = self.graph_query_w.bias @ self.graph_key_w.weight
+        return (fold, bias, torch.cat([fold, self.sim_graph_w.weight.T], 1),
+                torch.cat([bias, self.sim_graph_w.bias]))
 
     def forward(self, nodes: torch.Tensor, node_mask: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """nodes (P, N, k), node_mask (P, N) bool -> updated nodes (P, N, k), or node 0 (P, k) if ``first_only``.
 
         Logits ``(Wq s_i + bq)·(Wk s_j + bk)`` equal ``(s_i M + u)·s_j`` plus terms constant in j, with
-        ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax.
+        ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax. Without autograd the
+        pairs go through in cache-sized chunks (``in_pair_chunks``).
         """
-        fold, bias, project = cached_weights(self, self._folded)
+        fold, bias, project, project_bias = cached_weights(self, self._folded)
         blocked = ~node_mask[:, None, :]
         if first_only:
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
             edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
             return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
-        # one matrix product gives the query and the value of every node; the query bias's term u·s_j is added
-        # to the (small) logits rather than to the queries
+        return in_pair_chunks(lambda part, mask, out=None: self._step(part, mask, project, project_bias, out),
+                              nodes, blocked)
+
+    @staticmethod
+    def _step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor, project_bias: torch.Tensor,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """One full step: one product gives each node's query (with u, whose term u·s_j belongs to the logits)
+        and value (with bg: the rows of ``edges`` sum to 1, so the bias passes through the edge product)."""
         n_pair, n_node, dim = nodes.shape
-        query, value = (nodes.reshape(-1, dim) @ project).view(n_pair, n_node, -1).split(fold.shape[1], dim=2)
-        logits = torch.baddbmm((nodes @ bias)[:, None, :], query, nodes.transpose(1, 2))
+        query, value = (torch.addmm(project_bias, nodes.reshape(-1, dim), project)
+                        .view(n_pair, n_node, -1).split(dim, dim=2))
+        logits = torch.bmm(query, nodes.transpose(1, 2))
         edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
-        return torch.baddbmm(self.sim_graph_w.bias, edges, value).relu_()
+        return torch.bmm(edges, value, out=out).relu_()
 
 
 class AttentionFiltration(nn.Module):

@@ -93,7 +93,7 @@ from torch import nn
 
 from itmatch.errors import ItmatchError
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
-from itmatch.models.layers import cached_weights, l2norm, length_mask, xavier_init_
+from itmatch.models.layers import cached_weights, in_pair_chunks, l2norm, length_mask, xavier_init_
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
                                         squared_difference)
 from itmatch.models.registry import register_model
@@ -148,27 +148,38 @@ class HSRLayer(nn.Module):
         xavier_init_(self)
         self.conv = nn.Conv2d(1, 1, 3, padding=1) if conv else None
 
-    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(M, u, W, b)``: relation logits ``(W_p s_p + b_p)·(W_q s_q) = (s_p M + u)·s_q`` with
-        ``M = W_pᵀ W_q``, ``u = b_pᵀ W_q``; update ``W_r(W_g x) = x W + b`` (two linear maps in a row)."""
+    def _folded(self) -> tuple[torch.Tensor, ...]:
+        """``(M, u, W, b, [M, W], [u, 0])``: relation logits ``(W_p s_p + b_p)·(W_q s_q) = (s_p M + u)·s_q`` with
+        ``M = W_pᵀ W_q``, ``u = b_pᵀ W_q``; update ``W_r(W_g x) = x W + b`` (two linear maps in a row); and one
+        projection giving each node's query (u included) and value."""
         fold = self.w_p.weight.T @ self.w_q.weight
         bias = self.w_p.bias @ self.w_q.weight
         mix = (self.w_r.weight @ self.w_g.weight).T
         mix_bias = self.w_r.weight @ self.w_g.bias + self.w_r.bias
-        return fold, bias, mix, mix_bias
+        return fold, bias, mix, mix_bias, torch.cat([fold, mix], 1), torch.cat([bias, torch.zeros_like(bias)])
 
     def forward(self, nodes: torch.Tensor, n_nodes: torch.Tensor, readout: bool = False) -> torch.Tensor:
         """nodes (P, N, k) valid up to n_nodes (P,) -> updated nodes (P, N, k), or only the last valid node
-        (the global node) (P, k) when ``readout``. Positions past n_nodes are ignored (they may hold anything)."""
-        fold, bias, mix, mix_bias = cached_weights(self, self._folded)
+        (the global node) (P, k) when ``readout``. Positions past n_nodes are ignored (they may hold anything).
+        Without autograd the pairs go through in cache-sized chunks (``in_pair_chunks``)."""
+        fold, bias, mix, mix_bias, project, project_bias = cached_weights(self, self._folded)
         valid = length_mask(n_nodes, nodes.shape[1])
         if readout:
             return self._readout(nodes, n_nodes, valid, fold, bias, mix, mix_bias)
-        query, value = (nodes @ torch.cat([fold, mix], 1)).split(fold.shape[1], dim=2)
-        relation = self._relation(torch.bmm(query + bias, nodes.transpose(1, 2)), valid) * valid[:, :, None]
+        return in_pair_chunks(lambda part, mask, out=None: self._update(part, mask, project, project_bias, mix_bias,
+                                                                         out), nodes, valid)
+
+    def _update(self, nodes: torch.Tensor, valid: torch.Tensor, project: torch.Tensor, project_bias: torch.Tensor,
+                mix_bias: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 6 for all nodes: ``R' (S W) + b + S``, the residual added by the edge product itself (R' rows need
+        not sum to 1, so b is added after it)."""
+        n_pair, n_node, dim = nodes.shape
+        query, value = (torch.addmm(project_bias, nodes.reshape(-1, dim), project)
+                        .view(n_pair, n_node, -1).split(dim, dim=2))
+        relation = self._relation(torch.bmm(query, nodes.transpose(1, 2)), valid) * valid[:, :, None]
         if self.conv is not None:
             relation = relation * torch.sigmoid(self.conv(relation[:, None]))[:, 0]
-        return torch.baddbmm(mix_bias, relation, value) + nodes
+        return torch.baddbmm(nodes, relation, value, out=out).add_(mix_bias)
 
     def _relation(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """R from its logits (P, rows, N): a softmax over each row's valid columns (``valid`` (P, N)), or with
@@ -244,10 +255,10 @@ class TwoStreamSimilarity(nn.Module):
         """Words attend to regions; nodes [word nodes, global] per caption, zero past the global node."""
         n_img, n_cap = len(images), len(texts)
         local = similarity_vectors(images.regions, texts.words, self.cfg.lambda_softmax, self.i2t.sim_tranloc_w)
-        local = nn.functional.pad(local, (0, 0, 0, 1))                                          # (I, C, L+1, k)
-        position = torch.arange(local.shape[2], device=local.device)
-        local = local.masked_fill((position >= texts.lengths[:, None])[None, :, :, None], 0)
-        nodes = torch.where((position == texts.lengths[:, None])[None, :, :, None], glob[:, :, None], local)
+        nodes = nn.functional.pad(local, (0, 0, 0, 1))                                          # (I, C, L+1, k)
+        position = torch.arange(nodes.shape[2], device=nodes.device)
+        nodes.masked_fill_((position > texts.lengths[:, None])[None, :, :, None], 0)
+        nodes[:, torch.arange(n_cap, device=nodes.device), texts.lengths] = glob                  # the global node
         n_nodes = (texts.lengths + 1).repeat(n_img)
         return self.i2t(nodes.flatten(0, 1), n_nodes).view(n_img, n_cap, -1)
 
@@ -256,6 +267,8 @@ class TwoStreamSimilarity(nn.Module):
         n_img, n_cap = len(images), len(texts)
         local = similarity_vectors(texts.words, images.regions, self.cfg.lambda_softmax, self.t2i.sim_tranloc_w,
                                    texts.lengths)                                               # (C, I, K, k)
+        if not len(self.t2i.hsr):  # Eq. 7's mean over [region nodes, global], without concatenating them
+            return ((local.sum(2) + glob.transpose(0, 1)) / (local.shape[2] + 1)).transpose(0, 1)
         nodes = torch.cat([local, glob.transpose(0, 1)[:, :, None]], 2)
         n_nodes = torch.full((n_cap * n_img,), nodes.shape[2], device=nodes.device)
         return self.t2i(nodes.flatten(0, 1), n_nodes).view(n_cap, n_img, -1).transpose(0, 1)
