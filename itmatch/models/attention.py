@@ -117,19 +117,23 @@ def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
 
 
 def normalised_weights(context: torch.Tensor, queries: torch.Tensor, smooth: float,
-                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8,
+                       gram: torch.Tensor | None = None) -> torch.Tensor:
     """``attention_weights`` (A, B·Nq, Nc) divided by the norm of the vector they attend to (plus ``eps``), so
     that ``weights @ context`` is the L2-normalised attended vector. The norm comes from the context's Gram
-    matrix (||w·C||² = wᵀ(CCᵀ)w): no pass over the d-dimensional result."""
+    matrix (||w·C||² = wᵀ(CCᵀ)w, ``gram`` (A, Nc, Nc) when the caller keeps it): no pass over the
+    d-dimensional result."""
     n_ctx, n_pos, _ = context.shape
     weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
-    gram = context @ context.transpose(1, 2)
+    if gram is None:
+        gram = context @ context.transpose(1, 2)
     norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
     return weights / (norm + eps)
 
 
 def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: float, project: nn.Linear,
-                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8,
+                       gram: torch.Tensor | None = None) -> torch.Tensor:
     """SGRAF's local similarity vectors ``l2norm(W (attended - query)²)`` for every context set × query set:
     context (A, Nc, d), queries (B, Nq, d) -> (A, B, Nq, k), k = ``project``'s output size (attention as in
     ``cross_attention``).
@@ -140,7 +144,7 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     large temporary is allocated (fresh pages of a large temporary cost page faults). Training goes the same
     way (``ProjectedSquares`` recomputes each block in its backward pass). Autocast (bf16: the products pick
     their own dtypes) and a few query vectors with autograd recording (never the case in training) take the
-    batched expression.
+    batched expression. ``gram``: the context's Gram matrices, if the caller keeps them (``normalised_weights``).
     """
     n_ctx, n_pos, dim = context.shape
     n_qry, n_vec, _ = queries.shape
@@ -154,7 +158,7 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
         weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
         out = _projected_squares(weights, context, flat_queries, project.weight, project.bias, eps)
     else:
-        weights = normalised_weights(context, queries, smooth, context_lengths, eps)
+        weights = normalised_weights(context, queries, smooth, context_lengths, eps, gram)
         inputs = (weights, context, flat_queries, project.weight, project.bias)
         if torch.is_grad_enabled():  # normalised inside, its backward blocked too
             return ProjectedSquares.apply(*inputs, eps).view(n_ctx, n_qry, n_vec, -1)
