@@ -15,6 +15,9 @@ from itmatch.models.layers import l2norm, l2norm_, length_mask, xavier_init_
 #: Elements of one block of differences in ``similarity_vectors`` per intra-op thread (1 MiB of float32, about a
 #: core's L2 cache; measured faster than 512 KiB at one thread, and 2 threads share a block twice the size).
 BLOCK_ELEMENTS = 256 * 1024
+#: Blocks of ``ProjectedSquares``' backward pass, in forward blocks: its thin products (the projection's gradient,
+#: summed over the block's rows) run closer to the matmul rate over more rows, a few MiB still in the L3 cache.
+BACKWARD_BLOCKS = 4
 
 
 class VisualSelfAttention(nn.Module):
@@ -166,12 +169,12 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     return l2norm_(out, 2, eps).view(n_ctx, n_qry, n_vec, -1)
 
 
-def _blocks(n_ctx: int, rows: int, dim: int) -> Iterator[tuple[slice, slice]]:
-    """(context sets, rows) slices of the blocks of ``similarity_vectors``: about ``_block_size()`` elements
-    each; rows split into equal parts when one set's rows are more, several whole sets at once when they are
-    fewer (one search query's few words: a small product per picture would cost more in calls than in
+def _blocks(n_ctx: int, rows: int, dim: int, size: int | None = None) -> Iterator[tuple[slice, slice]]:
+    """(context sets, rows) slices of the blocks of ``similarity_vectors``: about ``size`` (``_block_size()``)
+    elements each; rows split into equal parts when one set's rows are more, several whole sets at once when they
+    are fewer (one search query's few words: a small product per picture would cost more in calls than in
     arithmetic)."""
-    size = _block_size()
+    size = size or _block_size()
     if rows * dim >= size:
         sets, parts = 1, -(-rows * dim // size)
         step = -(-rows // parts)
@@ -239,10 +242,10 @@ class ProjectedSquares(torch.autograd.Function):
         grad_weights, grad_context = torch.empty_like(weights), torch.zeros_like(context)
         grad_queries, grad_weight = torch.zeros_like(queries), torch.zeros_like(weight)
         grad_bias = torch.zeros_like(weight[:, 0])
-        size = _block_size() + dim  # any block fits
-        buffer, square, grad_difference = (context.new_empty(size) for _ in range(3))
+        size = _block_size() * BACKWARD_BLOCKS
+        buffer, square, grad_difference = (context.new_empty(size + dim) for _ in range(3))  # any block fits
         grad_projected = context.new_empty(size // dim * k + k)
-        for sets, part in _blocks(n_ctx, rows, dim):
+        for sets, part in _blocks(n_ctx, rows, dim, size):
             difference = _difference(weights, context, queries, sets, part, buffer)
             grad_block = _norm_backward(grad[sets, part], out[sets, part], norm[sets, part], ctx.eps,
                                         grad_projected)
