@@ -117,6 +117,8 @@ class GraphReasoning(nn.Module):
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
             edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
             return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
+        if torch.is_grad_enabled():  # training: the same step with a hand-written backward pass
+            return GraphStep.apply(nodes, blocked, project, torch.cat([bias, self.sim_graph_w.bias]))
         # one matrix product gives the query and the value of every node; the query bias's term u·s_j is added
         # to the (small) logits rather than to the queries
         n_pair, n_node, dim = nodes.shape
@@ -124,6 +126,40 @@ class GraphReasoning(nn.Module):
         logits = torch.baddbmm((nodes @ bias)[:, None, :], query, nodes.transpose(1, 2))
         edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
         return torch.baddbmm(self.sim_graph_w.bias, edges, value).relu_()
+
+
+class GraphStep(torch.autograd.Function):
+    """A full SGR step for training, ``relu(softmax_rows(masked (s M + u) sᵀ) (s Wgᵀ + bg))`` (``bg`` commutes with
+    the edges, whose rows sum to 1), with a hand-written backward pass: the query and value gradients are written
+    into one buffer (autograd's split made a copy of both), the node gradient accumulates in place, and there is
+    no separate bias term. Inputs: nodes (P, N, k), blocked (P, 1, N) bool, project (k, 2k) = ``[M, Wgᵀ]``, bias
+    (2k,) = ``[u, bg]``."""
+
+    @staticmethod
+    def forward(ctx, nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        n_pair, n_node, dim = nodes.shape
+        both = torch.addmm(bias, nodes.reshape(-1, dim), project).view(n_pair, n_node, 2 * dim)
+        logits = torch.bmm(both[..., :dim], nodes.transpose(1, 2)).masked_fill_(blocked, float("-inf"))
+        edges = torch.softmax(logits, dim=2)
+        out = torch.bmm(edges, both[..., dim:]).relu_()
+        ctx.save_for_backward(nodes, project, both, edges, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        nodes, project, both, edges, out = ctx.saved_tensors
+        dim = nodes.shape[2]
+        grad = grad.masked_fill(out <= 0, 0.0)                                  # through the ReLU
+        grad_both = torch.empty_like(both)
+        torch.bmm(edges.transpose(1, 2), grad, out=grad_both[..., dim:])        # values
+        grad_logits = torch.bmm(grad, both[..., dim:].transpose(1, 2))          # d edges, then the softmax's
+        grad_logits.sub_((grad_logits * edges).sum(2, keepdim=True)).mul_(edges)
+        torch.bmm(grad_logits, nodes, out=grad_both[..., :dim])                 # queries
+        grad_nodes = torch.bmm(grad_logits.transpose(1, 2), both[..., :dim])    # nodes as keys
+        flat = grad_both.view(-1, 2 * dim)
+        grad_nodes.view(-1, dim).addmm_(flat, project.T)                         # nodes through the projection
+        return grad_nodes, None, nodes.reshape(-1, dim).T @ flat, flat.sum(0)
 
 
 class AttentionFiltration(nn.Module):
