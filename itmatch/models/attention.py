@@ -15,6 +15,9 @@ from itmatch.models.layers import l2norm, l2norm_, length_mask, xavier_init_
 #: Elements of one block of differences in ``similarity_vectors`` per intra-op thread (1 MiB of float32, about a
 #: core's L2 cache; measured faster than 512 KiB at one thread, and 2 threads share a block twice the size).
 BLOCK_ELEMENTS = 256 * 1024
+#: Blocks of ``ProjectedSquares``' backward pass, in forward blocks: its thin products (the projection's gradient,
+#: summed over the block's rows) run closer to the matmul rate over more rows, a few MiB still in the L3 cache.
+BACKWARD_BLOCKS = 4
 
 
 class VisualSelfAttention(nn.Module):
@@ -117,19 +120,23 @@ def cross_attention(context: torch.Tensor, queries: torch.Tensor, smooth: float,
 
 
 def normalised_weights(context: torch.Tensor, queries: torch.Tensor, smooth: float,
-                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8,
+                       gram: torch.Tensor | None = None) -> torch.Tensor:
     """``attention_weights`` (A, B·Nq, Nc) divided by the norm of the vector they attend to (plus ``eps``), so
     that ``weights @ context`` is the L2-normalised attended vector. The norm comes from the context's Gram
-    matrix (||w·C||² = wᵀ(CCᵀ)w): no pass over the d-dimensional result."""
+    matrix (||w·C||² = wᵀ(CCᵀ)w, ``gram`` (A, Nc, Nc) when the caller keeps it): no pass over the
+    d-dimensional result."""
     n_ctx, n_pos, _ = context.shape
     weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
-    gram = context @ context.transpose(1, 2)
+    if gram is None:
+        gram = context @ context.transpose(1, 2)
     norm = ((weights @ gram) * weights).sum(2, keepdim=True).clamp_min(0).sqrt()
     return weights / (norm + eps)
 
 
 def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: float, project: nn.Linear,
-                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+                       context_lengths: torch.Tensor | None = None, eps: float = 1e-8,
+                       gram: torch.Tensor | None = None) -> torch.Tensor:
     """SGRAF's local similarity vectors ``l2norm(W (attended - query)²)`` for every context set × query set:
     context (A, Nc, d), queries (B, Nq, d) -> (A, B, Nq, k), k = ``project``'s output size (attention as in
     ``cross_attention``).
@@ -140,7 +147,7 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
     large temporary is allocated (fresh pages of a large temporary cost page faults). Training goes the same
     way (``ProjectedSquares`` recomputes each block in its backward pass). Autocast (bf16: the products pick
     their own dtypes) and a few query vectors with autograd recording (never the case in training) take the
-    batched expression.
+    batched expression. ``gram``: the context's Gram matrices, if the caller keeps them (``normalised_weights``).
     """
     n_ctx, n_pos, dim = context.shape
     n_qry, n_vec, _ = queries.shape
@@ -154,20 +161,20 @@ def similarity_vectors(context: torch.Tensor, queries: torch.Tensor, smooth: flo
         weights = attention_weights(context, queries, smooth, context_lengths, eps).reshape(n_ctx, -1, n_pos)
         out = _projected_squares(weights, context, flat_queries, project.weight, project.bias, eps)
     else:
-        weights = normalised_weights(context, queries, smooth, context_lengths, eps)
+        weights = normalised_weights(context, queries, smooth, context_lengths, eps, gram)
         inputs = (weights, context, flat_queries, project.weight, project.bias)
-        out = ProjectedSquares.apply(*inputs) if torch.is_grad_enabled() else _projected_squares(*inputs)
-    if torch.is_grad_enabled():
-        return l2norm(out).view(n_ctx, n_qry, n_vec, -1)
+        if torch.is_grad_enabled():  # normalised inside, its backward blocked too
+            return ProjectedSquares.apply(*inputs, eps).view(n_ctx, n_qry, n_vec, -1)
+        out = _projected_squares(*inputs)
     return l2norm_(out, 2, eps).view(n_ctx, n_qry, n_vec, -1)
 
 
-def _blocks(n_ctx: int, rows: int, dim: int) -> Iterator[tuple[slice, slice]]:
-    """(context sets, rows) slices of the blocks of ``similarity_vectors``: about ``_block_size()`` elements
-    each; rows split into equal parts when one set's rows are more, several whole sets at once when they are
-    fewer (one search query's few words: a small product per picture would cost more in calls than in
+def _blocks(n_ctx: int, rows: int, dim: int, size: int | None = None) -> Iterator[tuple[slice, slice]]:
+    """(context sets, rows) slices of the blocks of ``similarity_vectors``: about ``size`` (``_block_size()``)
+    elements each; rows split into equal parts when one set's rows are more, several whole sets at once when they
+    are fewer (one search query's few words: a small product per picture would cost more in calls than in
     arithmetic)."""
-    size = _block_size()
+    size = size or _block_size()
     if rows * dim >= size:
         sets, parts = 1, -(-rows * dim // size)
         step = -(-rows // parts)
@@ -216,34 +223,58 @@ def _difference(weights: torch.Tensor, context: torch.Tensor, queries: torch.Ten
 
 
 class ProjectedSquares(torch.autograd.Function):
-    """``_projected_squares`` (attention weights normalised in advance) with a blocked backward pass: each block's
-    difference is recomputed in a cache-sized buffer instead of being kept, so neither pass writes or keeps a
-    (pairs × words × d) tensor. Gradients: with ``D = wC - q``, ``S = D²``, ``Y = S Wᵀ + b`` and ``G = dL/dY``:
-    ``dW = Gᵀ S``, ``db = Σ G``, ``dD = 2 D ⊙ (G W)``, ``dw = dD Cᵀ``, ``dC = wᵀ dD``, ``dq = -Σ_sets dD``."""
+    """``l2norm(_projected_squares(...))`` (attention weights normalised in advance) with a blocked backward pass:
+    each block's difference is recomputed in cache-sized buffers instead of being kept, so neither pass writes or
+    keeps a (pairs × words × d) tensor, and the L2 norm's backward runs on the same blocks (its autograd chain
+    made five passes over the (pairs × words × k) result). Gradients: with ``D = wC - q``, ``S = D²``,
+    ``Y = S Wᵀ + b``, ``r = ||Y||``, ``Z = Y / (r + eps)`` and ``G = dL/dZ``: ``dY = G / (r + eps) - Z (Z·G) / r``,
+    ``dW = dYᵀ S``, ``db = Σ dY``, ``dD = 2 D ⊙ (dY W)``, ``dw = dD Cᵀ``, ``dC = wᵀ dD``, ``dq = -Σ_sets dD``."""
 
     @staticmethod
     def forward(ctx, weights: torch.Tensor, context: torch.Tensor, queries: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weights, context, queries, weight)
-        return _projected_squares(weights, context, queries, weight, bias)
+                bias: torch.Tensor, eps: float) -> torch.Tensor:
+        out = _projected_squares(weights, context, queries, weight, bias)
+        norm = out.norm(dim=2, keepdim=True)
+        out.div_(norm + eps)
+        ctx.eps = eps
+        ctx.save_for_backward(weights, context, queries, weight, out, norm)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        weights, context, queries, weight = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weights, context, queries, weight, out, norm = ctx.saved_tensors
         n_ctx, rows, _ = weights.shape
         dim, k = context.shape[2], weight.shape[0]
         grad_weights, grad_context = torch.empty_like(weights), torch.zeros_like(context)
         grad_queries, grad_weight = torch.zeros_like(queries), torch.zeros_like(weight)
-        buffer = torch.empty(_block_size() + dim, dtype=context.dtype, device=context.device)  # any block fits
-        for sets, part in _blocks(n_ctx, rows, dim):
+        grad_bias = torch.zeros_like(weight[:, 0])
+        size = _block_size() * BACKWARD_BLOCKS
+        buffer, square, grad_difference = (context.new_empty(size + dim) for _ in range(3))  # any block fits
+        grad_projected = context.new_empty(size // dim * k + k)
+        for sets, part in _blocks(n_ctx, rows, dim, size):
             difference = _difference(weights, context, queries, sets, part, buffer)
-            grad_block = grad[sets, part].reshape(-1, k)
-            grad_weight.addmm_(grad_block.T, difference.square().view(-1, dim))
-            grad_difference = (grad_block @ weight).view_as(difference).mul_(difference).mul_(2)
-            torch.bmm(grad_difference, context[sets].transpose(1, 2), out=grad_weights[sets, part])
-            grad_context[sets].baddbmm_(weights[sets, part].transpose(1, 2), grad_difference)
-            grad_queries[part] -= grad_difference.sum(0)
-        return grad_weights, grad_context, grad_queries, grad_weight, grad.sum((0, 1))
+            grad_block = _norm_backward(grad[sets, part], out[sets, part], norm[sets, part], ctx.eps,
+                                        grad_projected)
+            squared = torch.mul(difference, difference, out=square[:difference.numel()].view_as(difference))
+            grad_weight.addmm_(grad_block.T, squared.view(-1, dim))
+            grad_bias += grad_block.sum(0)
+            block = grad_difference[:difference.numel()].view_as(difference)
+            torch.mm(grad_block, weight, out=block.view(-1, dim))
+            block.mul_(difference).mul_(2)
+            torch.bmm(block, context[sets].transpose(1, 2), out=grad_weights[sets, part])
+            grad_context[sets].baddbmm_(weights[sets, part].transpose(1, 2), block)
+            grad_queries[part] -= block.sum(0)
+        return grad_weights, grad_context, grad_queries, grad_weight, grad_bias, None
+
+
+def _norm_backward(grad: torch.Tensor, out: torch.Tensor, norm: torch.Tensor, eps: float,
+                   buffer: torch.Tensor) -> torch.Tensor:
+    """The gradient (n, k) of ``Y`` from that of ``Z = Y / (||Y|| + eps)``: ``G / (r + eps) - Z (Z·G) / r`` for one
+    block (sets, rows, k) of ``grad``, ``out`` (Z) and ``norm`` (r), written into ``buffer``'s storage."""
+    result = buffer[:grad.numel()].view_as(grad)
+    torch.div(grad, norm + eps, out=result)
+    result.sub_(out * ((out * grad).sum(2, keepdim=True) / norm))
+    return result.view(-1, grad.shape[2])
 
 
 def attended_regions(regions: torch.Tensor, words: torch.Tensor, smooth: float,

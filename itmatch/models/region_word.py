@@ -46,6 +46,20 @@ class RegionEncoding(Encoding):
     regions: torch.Tensor
     glob: torch.Tensor | None
 
+    def gram(self) -> torch.Tensor:
+        """The regions' Gram matrices (B, R, R), kept while ``regions`` and the grad mode are unchanged: training
+        scores one batch's images against several caption chunks, and the product and its backward pass then run
+        once per batch instead of once per chunk (inference tensors have no version: computed each time)."""
+        regions = self.regions
+        if regions.is_inference():
+            return regions @ regions.transpose(1, 2)
+        key = (regions.data_ptr(), regions._version, torch.is_grad_enabled())
+        cached = self.__dict__.get("_gram")
+        if cached is None or cached[0] != key:
+            cached = (key, regions @ regions.transpose(1, 2))
+            self.__dict__["_gram"] = cached
+        return cached[1]
+
 
 @dataclasses.dataclass
 class WordEncoding(TextEncoding):

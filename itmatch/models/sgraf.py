@@ -122,20 +122,52 @@ class GraphReasoning(nn.Module):
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
             edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
             return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
-        return in_pair_chunks(lambda part, mask, out=None: self._step(part, mask, project, project_bias, out),
+        if torch.is_grad_enabled():  # training: the same step with a hand-written backward pass
+            return GraphStep.apply(nodes, blocked, project, project_bias)
+        return in_pair_chunks(lambda part, mask, out=None: graph_step(part, mask, project, project_bias, out)[2],
                               nodes, blocked)
 
+
+def graph_step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor, bias: torch.Tensor,
+               out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One full SGR step, ``relu(softmax_rows(masked (s M + u) sᵀ) (s Wgᵀ + bg))``: nodes (P, N, k), blocked
+    (P, 1, N) bool, project (k, 2k) = ``[M, Wgᵀ]``, bias (2k,) = ``[u, bg]``. One product gives each node's query
+    (with u, whose term u·s_j belongs to the logits) and value (with bg: the rows of the edges sum to 1, so the
+    bias passes through the edge product). Returns (queries and values (P, N, 2k), edges (P, N, N), new nodes)."""
+    n_pair, n_node, dim = nodes.shape
+    both = torch.addmm(bias, nodes.reshape(-1, dim), project).view(n_pair, n_node, 2 * dim)
+    logits = torch.bmm(both[..., :dim], nodes.transpose(1, 2)).masked_fill_(blocked, float("-inf"))
+    edges = torch.softmax(logits, dim=2)
+    return both, edges, torch.bmm(edges, both[..., dim:], out=out).relu_()
+
+
+class GraphStep(torch.autograd.Function):
+    """``graph_step`` for training, with a hand-written backward pass: the query and value gradients are written
+    into one buffer (autograd's split made a copy of both), the node gradient accumulates in place, and there is
+    no separate bias term. Inputs: nodes (P, N, k), blocked (P, 1, N) bool, project (k, 2k) = ``[M, Wgᵀ]``, bias
+    (2k,) = ``[u, bg]``."""
+
     @staticmethod
-    def _step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor, project_bias: torch.Tensor,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-        """One full step: one product gives each node's query (with u, whose term u·s_j belongs to the logits)
-        and value (with bg: the rows of ``edges`` sum to 1, so the bias passes through the edge product)."""
-        n_pair, n_node, dim = nodes.shape
-        query, value = (torch.addmm(project_bias, nodes.reshape(-1, dim), project)
-                        .view(n_pair, n_node, -1).split(dim, dim=2))
-        logits = torch.bmm(query, nodes.transpose(1, 2))
-        edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
-        return torch.bmm(edges, value, out=out).relu_()
+    def forward(ctx, nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        both, edges, out = graph_step(nodes, blocked, project, bias)
+        ctx.save_for_backward(nodes, project, both, edges, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        nodes, project, both, edges, out = ctx.saved_tensors
+        dim = nodes.shape[2]
+        grad = grad.masked_fill(out <= 0, 0.0)                                  # through the ReLU
+        grad_both = torch.empty_like(both)
+        torch.bmm(edges.transpose(1, 2), grad, out=grad_both[..., dim:])        # values
+        grad_logits = torch.bmm(grad, both[..., dim:].transpose(1, 2))          # d edges, then the softmax's
+        grad_logits.sub_((grad_logits * edges).sum(2, keepdim=True)).mul_(edges)
+        torch.bmm(grad_logits, nodes, out=grad_both[..., :dim])                 # queries
+        grad_nodes = torch.bmm(grad_logits.transpose(1, 2), both[..., :dim])    # nodes as keys
+        flat = grad_both.view(-1, 2 * dim)
+        grad_nodes.view(-1, dim).addmm_(flat, project.T)                         # nodes through the projection
+        return grad_nodes, None, nodes.reshape(-1, dim).T @ flat, flat.sum(0)
 
 
 class AttentionFiltration(nn.Module):
@@ -240,7 +272,10 @@ class SimilarityEncoder(nn.Module):
         """The local alignments of every pair: (I, C, L, ...) per word, or (I, C, R, ...) per region with i2t."""
         cfg = self.cfg
         if cfg.similarity == "vector" and cfg.attention == "t2i":
-            return similarity_vectors(images.regions, texts.words, cfg.lambda_softmax, self.sim_tranloc_w)
+            # training scores the batch's images against several caption chunks: their Gram matrices once
+            gram = images.gram() if torch.is_grad_enabled() else None
+            return similarity_vectors(images.regions, texts.words, cfg.lambda_softmax, self.sim_tranloc_w,
+                                      gram=gram)
         if cfg.similarity == "vector":
             return similarity_vectors(texts.words, images.regions, cfg.lambda_softmax, self.sim_tranloc_w,
                                       texts.lengths).transpose(0, 1)

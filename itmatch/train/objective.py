@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from itmatch.losses import ranking_loss
 from itmatch.models.base import Encoding, Matcher
+from itmatch.models.region_word import RegionEncoding
 from itmatch.train.config import LossSection
 from itmatch.train.distributed import gather_fields, gather_rows
 
@@ -97,6 +98,8 @@ def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute
         return score(images, texts)
     chunks = [texts.select(slice(start, start + CPU_CAPTION_CHUNK))
               for start in range(0, len(texts), CPU_CAPTION_CHUNK)]
+    if isinstance(images, RegionEncoding):  # its Gram matrices once for all chunks, outside any checkpoint
+        images.gram()
     if not recompute:
         return torch.cat([score(images, chunk) for chunk in chunks], -1)
     recomputing = lambda: (contextlib.nullcontext(), scratch_buffers(model))  # noqa: E731
