@@ -65,22 +65,31 @@ class GPO(nn.Module):
         self.d_code = d_code
         self.gru = nn.GRU(d_code, d_hidden, 1, batch_first=True, bidirectional=True)
         self.linear = nn.Linear(d_hidden, 1, bias=False)
-        self._table: torch.Tensor | None = None  # row n: the weights of length n (see ``weights``)
+        self._rows: dict[int, torch.Tensor] = {}  # length n -> its weights (n,), computed alone
+        self._table: torch.Tensor | None = None  # row n: the weights of length n, zero-padded
         self._table_key: tuple = ()
 
     def weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         """(B, width) pooling weight of each rank: a softmax over ranks ``< lengths[b]``, zero past them.
 
         Without autograd the weights of every length up to the longest seen are kept in a table (they depend on
-        the length alone), so encoding a query does not run the Bi-GRU again; the table is rebuilt when a
-        parameter changes (an optimiser step or a load bumps its version) or a longer item arrives."""
+        the length alone), so encoding a query does not run the Bi-GRU again. Each length's row is computed on
+        its own, so the table's numbers do not depend on which batches came first; it is rebuilt when a
+        parameter changes (an optimiser step or a load bumps its version)."""
         if torch.is_grad_enabled() or not len(lengths) or int(lengths.min()) < 1:
             return self._weights(lengths, width)
-        longest = max(int(lengths.max()), width)
         key = (lengths.device, *(p._version for p in self.parameters()), *(p.data_ptr() for p in self.parameters()))
-        if self._table is None or key != self._table_key or self._table.shape[1] < longest:
-            every = torch.arange(longest + 1, device=lengths.device).clamp_min(1)
-            self._table, self._table_key = self._weights(every, longest), key
+        if key != self._table_key:
+            self._rows, self._table, self._table_key = {}, None, key
+        longest = max(int(lengths.max()), width)
+        if self._table is None or self._table.shape[1] < longest:
+            for n in range(1, longest + 1):
+                if n not in self._rows:
+                    self._rows[n] = self._weights(torch.tensor([n], device=lengths.device), n)[0]
+            table = self._rows[1].new_zeros(longest + 1, longest)
+            for n, row in self._rows.items():
+                table[n, :n] = row
+            self._table = table
         return self._table[lengths, :width]
 
     def _weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
