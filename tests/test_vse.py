@@ -144,7 +144,11 @@ def test_gpo_weight_table_equals_the_bigru_and_follows_the_parameters():
     lengths = torch.tensor([3, 1, 7, 3])
     with torch.no_grad():
         tabled = gpo.weights(lengths, 7)
-        assert gpo._table is not None
+        computed = []
+        gpo._weights = lambda *args: computed.append(args) or GPO._weights(gpo, *args)
+        np.testing.assert_array_equal(gpo.weights(torch.tensor([7, 1]), 5), tabled[[2, 1], :5])  # from the table
+        assert not computed
+        del gpo._weights
     np.testing.assert_allclose(tabled, gpo.weights(lengths, 7).detach(), atol=1e-6)
     optimizer = torch.optim.SGD(gpo.parameters(), lr=1.0)
     gpo.weights(lengths, 7).square().sum().backward()
@@ -153,6 +157,15 @@ def test_gpo_weight_table_equals_the_bigru_and_follows_the_parameters():
         after = gpo.weights(torch.tensor([7, 3]), 7)  # no longer than before: only the step can rebuild
     assert not np.allclose(after[1, :7], tabled[0], atol=1e-4)  # the step moved length 3's weights ...
     np.testing.assert_allclose(after, gpo.weights(torch.tensor([7, 3]), 7).detach(), atol=1e-6)  # ... and the table
+
+
+def test_gpo_weight_table_with_inference_mode_parameters():
+    """Parameters made under ``torch.inference_mode`` have no version counter: the weights are computed, not kept."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        gpo = GPO()
+        lengths = torch.tensor([3, 5])
+        np.testing.assert_allclose(gpo.weights(lengths, 5), gpo._weights(lengths, 5), atol=1e-6)
 
 
 # -- encoders and the Matcher interface ---------------------------------------------------------------------

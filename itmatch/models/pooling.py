@@ -14,6 +14,7 @@ item ``b``: what lies in the padding never changes the result, so an item pools 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from itmatch.errors import ItmatchError
-from itmatch.models.layers import length_mask
+from itmatch.models.layers import cached_weights, length_mask
 
 POOLINGS = ("mean", "max", "topk", "gpo")
 
@@ -54,6 +55,14 @@ def positional_code(length: int, dim: int, device: torch.device | None = None) -
     return code
 
 
+@dataclasses.dataclass
+class _LengthTable:
+    """GPO's weights by length: ``rows[n]`` (n,), and all of them zero-padded in ``padded`` (row n = length n)."""
+
+    rows: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    padded: torch.Tensor | None = None
+
+
 class GPO(nn.Module):
     """VSE∞'s Generalised Pooling Operator (state-dict names ``gru``, ``linear`` as released).
 
@@ -65,32 +74,26 @@ class GPO(nn.Module):
         self.d_code = d_code
         self.gru = nn.GRU(d_code, d_hidden, 1, batch_first=True, bidirectional=True)
         self.linear = nn.Linear(d_hidden, 1, bias=False)
-        self._rows: dict[int, torch.Tensor] = {}  # length n -> its weights (n,), computed alone
-        self._table: torch.Tensor | None = None  # row n: the weights of length n, zero-padded
-        self._table_key: tuple = ()
 
     def weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         """(B, width) pooling weight of each rank: a softmax over ranks ``< lengths[b]``, zero past them.
 
         Without autograd the weights of every length up to the longest seen are kept in a table (they depend on
         the length alone), so encoding a query does not run the Bi-GRU again. Each length's row is computed on
-        its own, so the table's numbers do not depend on which batches came first; it is rebuilt when a
-        parameter changes (an optimiser step or a load bumps its version)."""
+        its own, so the table's numbers do not depend on which batches came first; ``cached_weights`` starts a
+        new table when a parameter changes (an optimiser step or a load bumps its version)."""
         if torch.is_grad_enabled() or not len(lengths) or int(lengths.min()) < 1:
             return self._weights(lengths, width)
-        key = (lengths.device, *(p._version for p in self.parameters()), *(p.data_ptr() for p in self.parameters()))
-        if key != self._table_key:
-            self._rows, self._table, self._table_key = {}, None, key
+        table = cached_weights(self, _LengthTable)
         longest = max(int(lengths.max()), width)
-        if self._table is None or self._table.shape[1] < longest:
+        if table.padded is None or table.padded.shape[1] < longest:
             for n in range(1, longest + 1):
-                if n not in self._rows:
-                    self._rows[n] = self._weights(torch.tensor([n], device=lengths.device), n)[0]
-            table = self._rows[1].new_zeros(longest + 1, longest)
-            for n, row in self._rows.items():
-                table[n, :n] = row
-            self._table = table
-        return self._table[lengths, :width]
+                if n not in table.rows:
+                    table.rows[n] = self._weights(torch.tensor([n], device=lengths.device), n)[0]
+            table.padded = table.rows[1].new_zeros(longest + 1, longest)
+            for n, row in table.rows.items():
+                table.padded[n, :n] = row
+        return table.padded[lengths, :width]
 
     def _weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         """``weights`` computed: the Bi-GRU over the position codes of each length."""
