@@ -1,5 +1,5 @@
 """The scoring path of the similarity vectors (blocked, in-place, cached folded weights) against the batched
-autograd expression, and the cache's invalidation when a parameter changes."""
+autograd expression, and the caches' invalidation (folded weights, region Gram matrices)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 from itmatch.models import attention
 from itmatch.models.attention import cross_attention, similarity_vectors
 from itmatch.models.layers import cached_weights, l2norm
+from itmatch.models.region_word import RegionEncoding
 
 
 @pytest.mark.parametrize("queries_per_set", [3, 20])  # fewer / more query vectors than context positions
@@ -80,3 +81,21 @@ def test_blocked_backward_equals_autograd_of_the_batched_expression(monkeypatch,
     torch.testing.assert_close(blocked, expected, rtol=0, atol=1e-12)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_region_gram_is_kept_until_the_regions_or_the_grad_mode_change():
+    """Training computes a batch's Gram matrices once for all its caption chunks (``RegionEncoding.gram``): the
+    same tensor while nothing changed, a fresh one after an in-place change or under another grad mode, and no
+    cache at all for inference tensors."""
+    regions = torch.randn(3, 5, 4)
+    encoding = RegionEncoding(regions=regions, glob=None)
+    first = encoding.gram()
+    torch.testing.assert_close(first, regions @ regions.transpose(1, 2))
+    assert encoding.gram() is first
+    with torch.no_grad():
+        assert encoding.gram() is not first  # another grad mode
+    regions.mul_(2.0)
+    torch.testing.assert_close(encoding.gram(), 4 * first)
+    with torch.inference_mode():
+        frozen = RegionEncoding(regions=torch.randn(2, 5, 4), glob=None)
+        assert frozen.gram() is not frozen.gram()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, TypeVar
+from typing import Callable, Hashable, Iterable, TypeVar
 
 import torch
 from torch import nn
@@ -58,20 +58,30 @@ def batchnorm_eval(x: torch.Tensor, bn: nn.BatchNorm1d, channel_dim: int) -> tor
     return (x - bn.running_mean.view(shape)) * scale + bn.bias.view(shape)
 
 
-def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
-    """``compute()`` (products of ``module``'s parameters, e.g. two linear maps folded into one), computed once
-    and reused while no gradient is recorded and no parameter has changed (same storage, same version): scoring
-    calls it once per tile, and the products cost as much as the pair work of a few pairs. Parameters made
-    under ``torch.inference_mode`` carry no version counter, so for them nothing is cached."""
-    params = list(module.parameters())
-    if torch.is_grad_enabled() or any(p.is_inference() for p in params):
+def cached_on(owner: object, name: str, tensors: Iterable[torch.Tensor], compute: Callable[[], T],
+              extra: Hashable = None) -> T:
+    """``compute()``, kept on ``owner`` (attribute ``name``) and reused while every one of ``tensors`` keeps its
+    storage and version and ``extra`` stays equal. The owner holds the tensors, so their storage cannot be freed
+    and reused under the cache. Inference tensors carry no version counter: for them nothing is cached."""
+    tensors = list(tensors)
+    if any(t.is_inference() for t in tensors):
         return compute()
-    key = tuple((p.data_ptr(), p._version) for p in params)
-    cached = module.__dict__.get("_cached_weights")
+    key = (tuple((t.data_ptr(), t._version) for t in tensors), extra)
+    cached = owner.__dict__.get(name)
     if cached is None or cached[0] != key:
         cached = (key, compute())
-        module.__dict__["_cached_weights"] = cached
+        owner.__dict__[name] = cached
     return cached[1]
+
+
+def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
+    """``compute()`` (products of ``module``'s parameters, e.g. two linear maps folded into one), computed once
+    and reused while no gradient is recorded and no parameter has changed (``cached_on``): scoring calls it once
+    per tile, and the products cost as much as the pair work of a few pairs. Parameters made under
+    ``torch.inference_mode`` carry no version counter, so for them nothing is cached."""
+    if torch.is_grad_enabled():
+        return compute()
+    return cached_on(module, "_cached_weights", module.parameters(), compute)
 
 
 def in_pair_chunks(step: Callable[..., torch.Tensor], nodes: torch.Tensor, *per_pair: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from itmatch.models.attention import attention_weights
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
 from itmatch.models.glove import init_embedding_from_glove
+from itmatch.models.layers import cached_on
 
 
 @dataclasses.dataclass
@@ -51,14 +52,8 @@ class RegionEncoding(Encoding):
         scores one batch's images against several caption chunks, and the product and its backward pass then run
         once per batch instead of once per chunk (inference tensors have no version: computed each time)."""
         regions = self.regions
-        if regions.is_inference():
-            return regions @ regions.transpose(1, 2)
-        key = (regions.data_ptr(), regions._version, torch.is_grad_enabled())
-        cached = self.__dict__.get("_gram")
-        if cached is None or cached[0] != key:
-            cached = (key, regions @ regions.transpose(1, 2))
-            self.__dict__["_gram"] = cached
-        return cached[1]
+        return cached_on(self, "_gram", [regions], lambda: regions @ regions.transpose(1, 2),
+                         extra=torch.is_grad_enabled())
 
 
 @dataclasses.dataclass
