@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from reference_sgraf import reference_scores
 from itmatch.models import Ensemble
 from itmatch.models.layers import NODE_CHUNK_ROWS
 from itmatch.models.sgraf import GraphReasoning
-from itmatch.scoring import score_matrix
+from itmatch.scoring import _tile_map, encode_images, encode_texts, score_encoded, score_matrix
 
 # Lengths 1..40 with many repeats and single-word captions, in an order the engine must sort.
 LENGTHS = [1, 40, 5, 5, 5, 5, 2, 17, 1, 9, 9, 9, 3, 33, 12, 12, 1, 26, 7, 7, 7, 7, 7, 4, 21, 2, 38, 11]
@@ -94,3 +96,46 @@ def test_graph_step_in_chunks_equals_the_autograd_path():
     whole = step(nodes, mask)
     assert whole.requires_grad and (chunked > 0).float().mean() > 0.3
     torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("name", ["sgr", "saf"])
+def test_tiles_side_by_side_give_the_one_thread_scores(two_threads, name):
+    """With 2 intra-op threads the tiles run on 2 worker threads of one intra-op thread each: every tile is
+    computed as at one thread, so the scores of the same encodings are identical, and the thread count is
+    restored."""
+    feats, captions = make_inputs(11, LENGTHS)
+    model = small_model(name, seed=3).eval()
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        images, texts = encode_images(model, feats, cpu), encode_texts(model, captions, cpu)
+        side_by_side = score_encoded(model, images, texts, 1 << 20, 3, image_chunk=2)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        one_thread = score_encoded(model, images, texts, 1 << 20, 3, image_chunk=2)
+    np.testing.assert_array_equal(side_by_side, one_thread)
+    expected = reference_scores(model, feats, captions).numpy()
+    np.testing.assert_allclose(side_by_side, expected, rtol=0, atol=1e-5)
+
+
+def test_tile_workers_keep_the_callers_modes_and_pass_errors_on(two_threads):
+    def seen(item):
+        if item == 5:
+            raise ValueError("tile 5")
+        return (torch.is_inference_mode_enabled(), torch.is_grad_enabled(), torch.get_num_threads(),
+                threading.current_thread().name.startswith("itmatch-tile"))
+
+    with torch.inference_mode(), _tile_map(torch.device("cpu")) as tile_map:
+        assert set(tile_map(seen, range(4))) == {(True, False, 1, True)}
+    with torch.no_grad(), _tile_map(torch.device("cpu")) as tile_map:
+        assert set(tile_map(seen, range(4))) == {(False, False, 1, True)}
+    with pytest.raises(ValueError, match="tile 5"), _tile_map(torch.device("cpu")) as tile_map:
+        list(tile_map(seen, range(8)))
+    assert torch.get_num_threads() == 2
