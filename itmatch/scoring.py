@@ -179,8 +179,9 @@ def _tile_map(device: torch.device) -> Iterator[Callable[..., Iterator[Any]]]:
     """A ``map`` over independent tiles. On a CPU with n > 1 intra-op threads (and no autocast): n worker threads
     of one intra-op thread each, so that each core runs whole tiles: the engine's many small products and
     element-wise passes split poorly across cores (2 cores here: SAF and TSHSR pairs 1.1x faster than with 2
-    intra-op threads, SGR the same), and a tile's scores are those of one thread. The caller's grad and inference modes, which are per thread,
-    are carried into the workers; the intra-op thread count is restored afterwards."""
+    intra-op threads, SGR the same), and a tile's scores are those of one thread. The caller's grad and
+    inference modes, which are per thread, are carried into the workers; the intra-op thread count is restored
+    afterwards."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2 or torch.is_autocast_enabled("cpu"):
         yield map

@@ -3,12 +3,16 @@ autograd: the same node updates and the same gradients of the nodes and of every
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from itmatch.models import layers
 from itmatch.models.sgraf import GraphReasoning
 
 
-def test_graph_step_equals_the_literal_step_values_and_gradients():
+@pytest.mark.parametrize("chunk_rows", [512, 12])  # one chunk / chunks of 2 pairs (the last one of 1)
+def test_graph_step_equals_the_literal_step_values_and_gradients(monkeypatch, chunk_rows):
+    monkeypatch.setattr(layers, "NODE_CHUNK_ROWS", chunk_rows)
     torch.manual_seed(0)
     step = GraphReasoning(8).double()
     with torch.no_grad():  # non-zero biases, so that every term of the folded form is exercised

@@ -10,9 +10,10 @@ from torch import nn
 
 T = TypeVar("T")
 
-#: Nodes per chunk of a reasoning step while scoring (SGR's graph step, TSHSR's HSR layer): a chunk's queries and
-#: values (2 KiB per node at sim_dim 256) stay in the caches; measured ~20 % faster than one product over a
-#: whole tile's nodes (one thread).
+#: Nodes per chunk of a reasoning step (SGR's graph step while scoring and in training, TSHSR's HSR layer while
+#: scoring): a chunk's queries and values (2 KiB per node at sim_dim 256), and in training their gradients, stay
+#: in the caches; measured ~20 % faster than one product over a whole tile's nodes (one thread), SGR's training
+#: step (forward and backward) too.
 NODE_CHUNK_ROWS = 512
 
 
@@ -84,6 +85,12 @@ def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
     return cached_on(module, "_cached_weights", module.parameters(), compute)
 
 
+def pair_chunks(n_pair: int, n_node: int) -> list[slice]:
+    """Slices of whole pairs, about ``NODE_CHUNK_ROWS`` nodes each (at least one pair)."""
+    step = max(1, NODE_CHUNK_ROWS // n_node)
+    return [slice(start, start + step) for start in range(0, n_pair, step)]
+
+
 def in_pair_chunks(step: Callable[..., torch.Tensor], nodes: torch.Tensor, *per_pair: torch.Tensor) -> torch.Tensor:
     """``step(nodes, *per_pair, out=...)`` over chunks of about ``NODE_CHUNK_ROWS`` nodes (whole pairs) into one
     result like ``nodes`` (P, N, k); ``per_pair`` tensors are cut along their first dimension (P) with the nodes.
@@ -91,8 +98,6 @@ def in_pair_chunks(step: Callable[..., torch.Tensor], nodes: torch.Tensor, *per_
     if torch.is_grad_enabled():
         return step(nodes, *per_pair)
     out = torch.empty_like(nodes)
-    chunk = max(1, NODE_CHUNK_ROWS // nodes.shape[1])
-    for start in range(0, len(nodes), chunk):
-        pairs = slice(start, start + chunk)
+    for pairs in pair_chunks(*nodes.shape[:2]):
         step(nodes[pairs], *(tensor[pairs] for tensor in per_pair), out=out[pairs])
     return out

@@ -35,7 +35,7 @@ from itmatch.errors import ItmatchError
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
                                       similarity_vectors)
 from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
-                                   xavier_init_)
+                                   pair_chunks, xavier_init_)
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
                                         squared_difference)
 from itmatch.models.registry import register_model
@@ -142,35 +142,47 @@ def graph_step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor
 
 
 class GraphStep(torch.autograd.Function):
-    """``graph_step`` for training, with a hand-written backward pass: the node gradient accumulates in place and
-    there is no separate bias term. Inputs: nodes (P, N, k), blocked (P, 1, N) bool, project (k, 2k) =
-    ``[M, Wgᵀ]``, bias (2k,) = ``[u, bg]``. The query and value gradients are kept apart, each contiguous: a
-    batched product written into a strided view (half of one (P, N, 2k) buffer) runs matrix by matrix, 4× slower
-    at these shapes."""
+    """``graph_step`` for training, pairs in chunks of about ``NODE_CHUNK_ROWS`` nodes in both passes (``pair_chunks``:
+    the thin edge products, N × N by N × k per pair, run faster on operands still in the caches), with a
+    hand-written backward pass: the node gradient accumulates in place and there is no separate bias term.
+    Inputs: nodes (P, N, k), blocked (P, 1, N) bool, project (k, 2k) = ``[M, Wgᵀ]``, bias (2k,) = ``[u, bg]``.
+    The query and value gradients are kept apart, each contiguous: a batched product written into a strided view
+    (half of one (P, N, 2k) buffer) runs matrix by matrix, 4× slower at these shapes."""
 
     @staticmethod
     def forward(ctx, nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor,
                 bias: torch.Tensor) -> torch.Tensor:
-        both, edges, out = graph_step(nodes, blocked, project, bias)
-        ctx.save_for_backward(nodes, project, both, edges, out)
+        out = torch.empty_like(nodes)
+        ctx.chunks = []  # (pairs, queries and values, edges) of each chunk, for the backward pass
+        for pairs in pair_chunks(*nodes.shape[:2]):
+            both, edges, _ = graph_step(nodes[pairs], blocked[pairs], project, bias, out[pairs])
+            ctx.chunks.append((pairs, both, edges))
+        ctx.save_for_backward(nodes, project, out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        nodes, project, both, edges, out = ctx.saved_tensors
+        nodes, project, out = ctx.saved_tensors
         dim = nodes.shape[2]
-        grad = grad.masked_fill(out <= 0, 0.0)                                  # through the ReLU
-        grad_values = torch.bmm(edges.transpose(1, 2), grad)
-        grad_logits = torch.bmm(grad, both[..., dim:].transpose(1, 2))          # d edges, then the softmax's
-        grad_logits.sub_((grad_logits * edges).sum(2, keepdim=True)).mul_(edges)
-        grad_queries = torch.bmm(grad_logits, nodes)
-        grad_nodes = torch.bmm(grad_logits.transpose(1, 2), both[..., :dim])    # nodes as keys
-        flat_nodes, flat = nodes.reshape(-1, dim), grad_nodes.view(-1, dim)
-        grads = (grad_queries.view(-1, dim), grad_values.view(-1, dim))
-        for part, half in zip(grads, (project[:, :dim], project[:, dim:])):
-            flat.addmm_(part, half.T)                                            # nodes through the projection
-        return (grad_nodes, None, torch.cat([flat_nodes.T @ part for part in grads], 1),
-                torch.cat([part.sum(0) for part in grads]))
+        grad_nodes = torch.empty_like(nodes)
+        halves = (project[:, :dim].T, project[:, dim:].T)
+        grad_halves = [project.new_zeros(dim, dim) for _ in range(2)]
+        grad_bias = [project.new_zeros(dim) for _ in range(2)]
+        for pairs, both, edges in ctx.chunks:
+            part = nodes[pairs]
+            g = grad[pairs].masked_fill(out[pairs] <= 0, 0.0)                   # through the ReLU
+            grad_values = torch.bmm(edges.transpose(1, 2), g)
+            grad_logits = torch.bmm(g, both[..., dim:].transpose(1, 2))          # d edges, then the softmax's
+            grad_logits.sub_((grad_logits * edges).sum(2, keepdim=True)).mul_(edges)
+            grad_queries = torch.bmm(grad_logits, part)
+            flat = torch.bmm(grad_logits.transpose(1, 2), both[..., :dim], out=grad_nodes[pairs]).view(-1, dim)
+            flat_part = part.reshape(-1, dim)
+            for k, piece in enumerate((grad_queries.view(-1, dim), grad_values.view(-1, dim))):
+                flat.addmm_(piece, halves[k])                                    # nodes through the projection
+                grad_halves[k].addmm_(flat_part.T, piece)
+                grad_bias[k] += piece.sum(0)
+        ctx.chunks = None
+        return grad_nodes, None, torch.cat(grad_halves, 1), torch.cat(grad_bias)
 
 
 class AttentionFiltration(nn.Module):
