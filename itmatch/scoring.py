@@ -181,7 +181,7 @@ def _tile_map(device: torch.device) -> Iterator[Callable[..., Iterator[Any]]]:
     element-wise passes split poorly across cores (2 cores here: SAF and TSHSR pairs 1.1x faster than with 2
     intra-op threads, SGR the same), and a tile's scores are those of one thread. The caller's grad and
     inference modes, which are per thread, are carried into the workers; the intra-op thread count is restored
-    afterwards."""
+    afterwards; a failure (or Ctrl-C) cancels the tiles not yet started (``Executor.map``'s iterator does)."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2 or torch.is_autocast_enabled("cpu"):
         yield map

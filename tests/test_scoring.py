@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -136,6 +137,14 @@ def test_tile_workers_keep_the_callers_modes_and_pass_errors_on(two_threads):
         assert set(tile_map(seen, range(4))) == {(True, False, 1, True)}
     with torch.no_grad(), _tile_map(torch.device("cpu")) as tile_map:
         assert set(tile_map(seen, range(4))) == {(False, False, 1, True)}
+    started = []
+
+    def slow(item):
+        started.append(item)
+        time.sleep(0.01)
+        return seen(item)
+
     with pytest.raises(ValueError, match="tile 5"), _tile_map(torch.device("cpu")) as tile_map:
-        list(tile_map(seen, range(8)))
+        list(tile_map(slow, range(1000)))
+    assert len(started) < 100  # the tiles not yet started were cancelled, not run to the end
     assert torch.get_num_threads() == 2
