@@ -7,7 +7,8 @@ weights), for SGR, SAF and TSHSR:
 2. tf32 and bf16 (autocast): max |difference| of the scores from fp32 ≤ 5e-3 (tf32) / 3e-2 (bf16), and the
    rsum of the slice (5 captions per image) within 1.0 / 3.0 points of fp32's;
 3. pairs/s of the engine in each precision (``--images`` × ``--captions``, after a warm-up);
-4. one training step at batch 128 (SGR, SAF: forward, loss, backward, clipping, Adam): ms/step;
+4. SGR, SAF: one training loss and its gradients at batch 32 on the GPU = the CPU's (relative difference ≤ 1e-4;
+   fp32, dropout off), then one training step at batch 128 (forward, loss, backward, clipping, Adam): ms/step;
 5. with 2 or more GPUs: DDP over 2 GPUs with NCCL (SGR, batch 128 split over the ranks): ms/step, and the
    parameters of both ranks equal after the steps.
 
@@ -33,11 +34,13 @@ from train_step import make_batch
 
 from itmatch.metrics import retrieval_metrics
 from itmatch.models import create_model
-from itmatch.scoring import score_matrix
+from itmatch.scoring import precision_context, score_matrix
 
 #: precision -> (max |score difference| from fp32, max |rsum difference| from fp32)
 TOLERANCES = {"tf32": (5e-3, 1.0), "bf16": (3e-2, 3.0)}
 EXACT = 1e-5
+#: Largest relative difference (L2) of the loss and of each parameter's gradient between GPU and CPU, fp32.
+GRADIENT_TOLERANCE = 1e-4
 
 
 def report(name: str, ok: bool, detail: str, failures: list[str]) -> None:
@@ -105,6 +108,33 @@ def check_training(name: str, steps: int, failures: list[str]) -> None:
     report(f"{name} training step", bool(np.isfinite(loss)),
            f"batch 128: {1e3 * min(times[1:]):.0f} ms/step (first step {1e3 * times[0]:.0f} ms), loss {loss:.3f}",
            failures)
+
+
+def check_gradients(name: str, failures: list[str], batch_size: int = 32,
+                    devices: tuple[str, str] = ("cpu", "cuda")) -> None:
+    """One training loss and its gradients on the GPU equal the CPU's (fp32, TF32 off, dropout off, the same
+    initial weights and batch): the hand-written backward passes (``GraphStep``, ``ProjectedSquares``) run on
+    CUDA as on the CPU, and the CPU's GRU recurrence (``recurrent.py``) agrees with cuDNN's GRU."""
+    losses, grads = [], []
+    for device in map(torch.device, devices):
+        objective, _, batch, _ = make_training(name, batch_size, device)
+        for module in objective.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        with precision_context("fp32", device):
+            loss, _ = objective(batch.features.to(device), batch.tokens.to(device), batch.lengths,
+                                batch.images.to(device), 0, 0)
+            loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append({n: p.grad.detach().cpu() for n, p in objective.model.named_parameters() if p.grad is not None})
+    reference, other = grads
+    errors = {n: float((other[n] - g).norm() / g.norm().clamp_min(1e-12)) for n, g in reference.items()}
+    worst = max(errors, key=errors.get)
+    loss_error = abs(losses[1] - losses[0]) / abs(losses[0])
+    ok = set(reference) == set(other) and loss_error <= GRADIENT_TOLERANCE and errors[worst] <= GRADIENT_TOLERANCE
+    report(f"{name} training gradients {devices[1]} = {devices[0]}", ok,
+           f"batch {batch_size}: loss {losses[0]:.5f} vs {losses[1]:.5f}, {len(errors)} gradients, largest relative "
+           f"difference {errors[worst]:.1e} ({worst}) (<= {GRADIENT_TOLERANCE:.0e})", failures)
 
 
 def _ddp_worker(rank: int, steps: int, port: int, queue) -> None:
@@ -177,6 +207,7 @@ def main() -> int:
     for name in args.models:
         check_scoring(name, feats, captions, min(args.cpu_images, args.images), failures)
     for name in TRAIN_CONFIGS:
+        check_gradients(name, failures)
         check_training(name, args.steps, failures)
     if torch.cuda.device_count() >= 2:
         check_ddp(args.steps, failures)
