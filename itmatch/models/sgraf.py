@@ -113,8 +113,8 @@ class GraphReasoning(nn.Module):
         """nodes (P, N, k), node_mask (P, N) bool -> updated nodes (P, N, k), or node 0 (P, k) if ``first_only``.
 
         Logits ``(Wq s_i + bq)·(Wk s_j + bk)`` equal ``(s_i M + u)·s_j`` plus terms constant in j, with
-        ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax. Without autograd the
-        pairs go through in cache-sized chunks (``in_pair_chunks``).
+        ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax. The pairs go through in
+        cache-sized chunks: ``in_pair_chunks`` without autograd, ``GraphStep`` (both passes) with it.
         """
         fold, bias, project, project_bias = cached_weights(self, self._folded)
         blocked = ~node_mask[:, None, :]
