@@ -152,6 +152,7 @@ def score_encoded(model: Matcher, images: Encoding, texts: list[tuple[np.ndarray
     chunks (``encode_texts``'s output), in tiles of ``caption_chunk`` captions × images under ``budget`` bytes;
     on a CPU with several intra-op threads the tiles run side by side (``_tile_map``)."""
     n_captions = sum(len(index) for index, _ in texts)
+    images = model.prepared_images(images)
     out = np.empty((len(images), n_captions), dtype=np.float32)
     bar = tqdm(total=len(images) * n_captions, desc=f"score {model.model_name or 'pairs'}", unit="pair",
                unit_scale=True, disable=not progress, leave=False)

@@ -11,7 +11,7 @@ import torch
 from conftest import sharpen as sharpen_to, small_model
 from reference_sgraf import reference_scores
 
-from itmatch.models import Ensemble
+from itmatch.models import Ensemble, attention
 from itmatch.models.layers import NODE_CHUNK_ROWS
 from itmatch.models.sgraf import GraphReasoning
 from itmatch.scoring import _tile_map, encode_images, encode_texts, score_encoded, score_matrix
@@ -97,6 +97,36 @@ def test_graph_step_in_chunks_equals_the_autograd_path():
     whole = step(nodes, mask)
     assert whole.requires_grad and (chunked > 0).float().mean() > 0.3
     torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgr", "saf", "tshsr"])
+def test_region_grams_are_made_once_and_sliced_to_each_tile(monkeypatch, name):
+    """``score_encoded`` prepares the images once (``prepared_images``: their Gram matrices): every tile's
+    attention over regions gets the Gram matrices of exactly its images, and the scores equal those of the
+    per-tile computation."""
+    feats, captions = make_inputs(11, LENGTHS)
+    model = small_model(name, seed=3)
+    grams = []
+    normalised_weights = attention.normalised_weights
+
+    def spy(context, queries, smooth, context_lengths=None, eps=1e-8, gram=None):
+        if context_lengths is None:  # regions attended by words
+            grams.append(gram)
+            if gram is not None:
+                torch.testing.assert_close(gram, context @ context.transpose(1, 2), rtol=0, atol=1e-6)
+        return normalised_weights(context, queries, smooth, context_lengths, eps, gram)
+
+    monkeypatch.setattr(attention, "normalised_weights", spy)
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        images, texts = encode_images(model, feats, cpu), encode_texts(model, captions, cpu)
+        prepared = score_encoded(model, images, texts, 1 << 20, 3, image_chunk=2)
+        tiles = len(grams)
+        monkeypatch.setattr(type(model), "prepared_images", lambda self, images: images)
+        per_tile = score_encoded(model, images, texts, 1 << 20, 3, image_chunk=2)
+    assert tiles > 10 and all(g is not None for g in grams[:tiles])
+    assert all(g is None for g in grams[tiles:])  # without preparing, each tile makes its own
+    np.testing.assert_allclose(prepared, per_tile, rtol=0, atol=1e-6)
 
 
 @pytest.fixture

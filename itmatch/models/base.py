@@ -99,6 +99,7 @@ class Matcher(nn.Module):
     - ``is_embedding``: encodings are one L2-normalised vector ``emb`` per item, scored by their dot product
       (VSE, HREM): such a model can shortlist from a vector index and write embeddings;
     - ``pair_bytes_per_word()``: how the scoring engine tiles (0 when scoring is one matrix product);
+    - ``prepared_images(images)``: per-image work done once before the engine tiles (e.g. Gram matrices);
     - ``vocab_size`` / ``tokenize``: how captions become token ids (a vocabulary of that size, or the model's
       own tokenizer);
     - ``init_word_embeddings(vocab)``: called once before the first training step (e.g. GloVe vectors);
@@ -154,6 +155,11 @@ class Matcher(nn.Module):
     def pair_bytes_per_word(self) -> int:
         """Bytes of working memory per (image, word) pair inside ``score``; 0 when scoring is one matmul."""
         return 0
+
+    def prepared_images(self, images: Encoding) -> Encoding:
+        """``images`` with the per-image quantities that ``score`` would otherwise recompute for every tile of
+        captions computed once (the scoring engine calls it before tiling); by default unchanged."""
+        return images
 
     # -- captions --------------------------------------------------------------------------------------------
     @property

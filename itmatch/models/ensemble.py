@@ -45,6 +45,9 @@ class Ensemble(Matcher):
     def pair_bytes_per_word(self) -> int:
         return max(m.pair_bytes_per_word() for m in self.members)
 
+    def prepared_images(self, images: EnsembleEncoding) -> EnsembleEncoding:
+        return EnsembleEncoding([m.prepared_images(p) for m, p in zip(self.members, images.parts)])
+
     def model_args(self) -> dict:
         return {"members": [{"model_name": m.model_name, "model_args": m.model_args()} for m in self.members]}
 

@@ -42,15 +42,25 @@ class RegionWordConfig:
 @dataclasses.dataclass
 class RegionEncoding(Encoding):
     """Encoded images: ``regions`` (B, R, d) L2-normalised, ``glob`` (B, d) self-attended global vector (None
-    for a model without the global node)."""
+    for a model without the global node), ``grams`` the regions' Gram matrices (B, R, R) once ``with_grams``
+    has made them (a tensor field: ``select`` slices it with the rest)."""
 
     regions: torch.Tensor
     glob: torch.Tensor | None
+    grams: torch.Tensor | None = None
 
-    def gram(self) -> torch.Tensor:
-        """The regions' Gram matrices (B, R, R), kept while ``regions`` and the grad mode are unchanged: training
-        scores one batch's images against several caption chunks, and the product and its backward pass then run
-        once per batch instead of once per chunk (inference tensors have no version: computed each time)."""
+    def with_grams(self) -> RegionEncoding:
+        """The same images carrying their Gram matrices: the scoring engine makes them once for all images
+        instead of once per tile of captions (each image meets every caption tile)."""
+        return dataclasses.replace(self, grams=self.regions @ self.regions.transpose(1, 2))
+
+    def gram(self, compute: bool = True) -> torch.Tensor | None:
+        """The regions' Gram matrices (B, R, R): ``grams`` when carried; otherwise (if ``compute``, else None)
+        computed and kept while ``regions`` and the grad mode are unchanged: training scores one batch's images
+        against several caption chunks, and the product and its backward pass then run once per batch instead
+        of once per chunk (inference tensors have no version: computed each time)."""
+        if self.grams is not None or not compute:
+            return self.grams
         regions = self.regions
         return cached_on(self, "_gram", [regions], lambda: regions @ regions.transpose(1, 2),
                          extra=torch.is_grad_enabled())
@@ -119,6 +129,9 @@ class RegionWordMatcher(Matcher):
 
     def score(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         return self.sim_enc(images, texts.trimmed())
+
+    def prepared_images(self, images: RegionEncoding) -> RegionEncoding:
+        return images.with_grams()
 
     def explain(self, image: RegionEncoding, text: WordEncoding) -> dict[str, torch.Tensor | None]:
         """What one pair's score looks at (one image, one caption): ``attention`` (L, R), each word's softmax over

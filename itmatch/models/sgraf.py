@@ -287,10 +287,9 @@ class SimilarityEncoder(nn.Module):
         """The local alignments of every pair: (I, C, L, ...) per word, or (I, C, R, ...) per region with i2t."""
         cfg = self.cfg
         if cfg.similarity == "vector" and cfg.attention == "t2i":
-            # training scores the batch's images against several caption chunks: their Gram matrices once
-            gram = images.gram() if torch.is_grad_enabled() else None
+            # their Gram matrices once for all caption chunks: kept per training batch, or prepared for scoring
             return similarity_vectors(images.regions, texts.words, cfg.lambda_softmax, self.sim_tranloc_w,
-                                      gram=gram)
+                                      gram=images.gram(compute=torch.is_grad_enabled()))
         if cfg.similarity == "vector":
             return similarity_vectors(texts.words, images.regions, cfg.lambda_softmax, self.sim_tranloc_w,
                                       texts.lengths).transpose(0, 1)

@@ -458,6 +458,8 @@ def _store_encoding(folder: Path, arrays: dict[str, np.ndarray], encoding: Any, 
     floating fields as ``dtype``."""
     for field in dataclasses.fields(encoding):
         value = getattr(encoding, field.name)
+        if value is None:  # an optional field this model does not fill
+            continue
         if field.name not in arrays:
             folder.mkdir(exist_ok=True)
             arrays[field.name] = np.lib.format.open_memmap(folder / f"{field.name}.npy", mode="w+",
