@@ -144,7 +144,9 @@ def graph_step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor
 class GraphStep(torch.autograd.Function):
     """``graph_step`` for training, pairs in chunks of about ``NODE_CHUNK_ROWS`` nodes in both passes
     (``pair_chunks``: measured 1.2× faster than one pass over all pairs, its operands staying in the caches), with a
-    hand-written backward pass: the node gradient accumulates in place and there is no separate bias term.
+    hand-written backward pass: the node gradient accumulates in place and there is no separate bias term; the
+    ReLU's and the softmax's gradients are PyTorch's own fused kernels (a ``masked_fill`` with a full-size boolean
+    mask took 0.6–0.9 ms a chunk, 30× ``threshold_backward``).
     Inputs: nodes (P, N, k), blocked (P, 1, N) bool, project (k, 2k) = ``[M, Wgᵀ]``, bias (2k,) = ``[u, bg]``.
     The query and value gradients are kept apart, each contiguous: a batched product written into a strided view
     (half of one (P, N, 2k) buffer) runs matrix by matrix, 4× slower at these shapes."""
@@ -170,10 +172,10 @@ class GraphStep(torch.autograd.Function):
         grad_bias = [project.new_zeros(dim) for _ in range(2)]
         for pairs, both, edges in ctx.chunks:
             part = nodes[pairs]
-            g = grad[pairs].masked_fill(out[pairs] <= 0, 0.0)                   # through the ReLU
+            g = torch.ops.aten.threshold_backward(grad[pairs], out[pairs], 0)   # through the ReLU
             grad_values = torch.bmm(edges.transpose(1, 2), g)
-            grad_logits = torch.bmm(g, both[..., dim:].transpose(1, 2))          # d edges, then the softmax's
-            grad_logits.sub_((grad_logits * edges).sum(2, keepdim=True)).mul_(edges)
+            grad_logits = torch.ops.aten._softmax_backward_data(                # d edges, then the softmax's
+                torch.bmm(g, both[..., dim:].transpose(1, 2)), edges, 2, edges.dtype)
             grad_queries = torch.bmm(grad_logits, part)
             flat = torch.bmm(grad_logits.transpose(1, 2), both[..., :dim], out=grad_nodes[pairs]).view(-1, dim)
             flat_part = part.reshape(-1, dim)
