@@ -89,17 +89,19 @@ def tshsr_flops(config, lengths: np.ndarray, n_images: int) -> float:
 
 @dataclasses.dataclass
 class Timing:
-    """Best wall-clock and CPU seconds over repeated calls, and every call's wall-clock seconds (``runs``)."""
+    """Every call's wall-clock seconds (``runs``), the best of them (``wall``) and the best CPU seconds."""
 
-    wall: float = float("inf")
-    cpu: float = float("inf")
     runs: list[float] = dataclasses.field(default_factory=list)
+    cpu: float = float("inf")
+
+    @property
+    def wall(self) -> float:
+        return min(self.runs, default=float("inf"))
 
     def measure(self, function: Callable[[], Any]) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
         result = function()
         self.runs.append(time.perf_counter() - wall)
-        self.wall = min(self.wall, self.runs[-1])
         self.cpu = min(self.cpu, time.process_time() - cpu)
         return result
 

@@ -103,12 +103,14 @@ def test_region_gram_is_kept_until_the_regions_or_the_grad_mode_change():
 
 def test_prepared_region_grams_are_carried_and_sliced():
     """``with_grams`` makes the Gram matrices once; ``select`` slices them with the regions (the scoring
-    engine's tiles), and ``gram`` returns them; without them ``gram(compute=False)`` is None."""
+    engine's tiles), and ``gram``/``reused_gram`` return them; without them and outside training
+    ``reused_gram`` is None."""
     regions = torch.randn(4, 5, 3)
     plain = RegionEncoding(regions=regions, glob=None)
-    assert plain.grams is None and plain.gram(compute=False) is None
-    prepared = plain.with_grams()
-    torch.testing.assert_close(prepared.gram(compute=False), regions @ regions.transpose(1, 2))
+    with torch.no_grad():
+        assert plain.grams is None and plain.reused_gram() is None
+        prepared = plain.with_grams()
+        torch.testing.assert_close(prepared.reused_gram(), regions @ regions.transpose(1, 2))
     for index in (slice(1, 3), torch.tensor([3, 0])):
         part = prepared.select(index)
         torch.testing.assert_close(part.gram(), part.regions @ part.regions.transpose(1, 2))

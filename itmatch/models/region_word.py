@@ -52,18 +52,24 @@ class RegionEncoding(Encoding):
     def with_grams(self) -> RegionEncoding:
         """The same images carrying their Gram matrices: the scoring engine makes them once for all images
         instead of once per tile of captions (each image meets every caption tile)."""
-        return dataclasses.replace(self, grams=self.regions @ self.regions.transpose(1, 2))
+        return dataclasses.replace(self, grams=self.gram())
 
-    def gram(self, compute: bool = True) -> torch.Tensor | None:
-        """The regions' Gram matrices (B, R, R): ``grams`` when carried; otherwise (if ``compute``, else None)
-        computed and kept while ``regions`` and the grad mode are unchanged: training scores one batch's images
-        against several caption chunks, and the product and its backward pass then run once per batch instead
-        of once per chunk (inference tensors have no version: computed each time)."""
-        if self.grams is not None or not compute:
+    def gram(self) -> torch.Tensor:
+        """The regions' Gram matrices (B, R, R): ``grams`` when carried; otherwise computed and kept while
+        ``regions`` and the grad mode are unchanged: training scores one batch's images against several caption
+        chunks, and the product and its backward pass then run once per batch instead of once per chunk
+        (inference tensors have no version: computed each time)."""
+        if self.grams is not None:
             return self.grams
         regions = self.regions
         return cached_on(self, "_gram", [regions], lambda: regions @ regions.transpose(1, 2),
                          extra=torch.is_grad_enabled())
+
+    def reused_gram(self) -> torch.Tensor | None:
+        """The Gram matrices the attention over these regions should take: carried (prepared for scoring), or
+        in training kept per batch (``gram``); otherwise None, and the attention makes them only if it needs
+        them (one search query's few words do not)."""
+        return self.gram() if self.grams is not None or torch.is_grad_enabled() else None
 
 
 @dataclasses.dataclass

@@ -291,7 +291,7 @@ class SimilarityEncoder(nn.Module):
         if cfg.similarity == "vector" and cfg.attention == "t2i":
             # their Gram matrices once for all caption chunks: kept per training batch, or prepared for scoring
             return similarity_vectors(images.regions, texts.words, cfg.lambda_softmax, self.sim_tranloc_w,
-                                      gram=images.gram(compute=torch.is_grad_enabled()))
+                                      gram=images.reused_gram())
         if cfg.similarity == "vector":
             return similarity_vectors(texts.words, images.regions, cfg.lambda_softmax, self.sim_tranloc_w,
                                       texts.lengths).transpose(0, 1)

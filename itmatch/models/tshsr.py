@@ -255,7 +255,7 @@ class TwoStreamSimilarity(nn.Module):
         """Words attend to regions; nodes [word nodes, global] per caption, zero past the global node."""
         n_img, n_cap = len(images), len(texts)
         local = similarity_vectors(images.regions, texts.words, self.cfg.lambda_softmax, self.i2t.sim_tranloc_w,
-                                   gram=images.gram(compute=torch.is_grad_enabled()))
+                                   gram=images.reused_gram())
         nodes = nn.functional.pad(local, (0, 0, 0, 1))                                          # (I, C, L+1, k)
         position = torch.arange(nodes.shape[2], device=nodes.device)
         nodes.masked_fill_((position > texts.lengths[:, None])[None, :, :, None], 0)
