@@ -119,17 +119,18 @@ def main() -> None:
     queries = [captions[i] for i in rng.integers(0, len(captions), args.requests)]
     server, port = start_server(index, args.threads, ["--shortlist", str(args.shortlist)])
     try:
-        asyncio.run(run_load(port, queries[:args.concurrency], args.concurrency))  # warm-up, not counted
+        warm_errors = asyncio.run(run_load(port, queries[:args.concurrency], args.concurrency))[1]  # not timed
         server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
         latencies, errors, wall = asyncio.run(run_load(port, queries, args.concurrency))
         server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
+        errors += warm_errors  # a request of the warm-up that failed counts too
     finally:
         server.terminate()
         server.wait(30)
     ms = np.asarray(latencies) * 1000
     print(f"{args.images:,} pictures, shortlist {args.shortlist}, re-rankers {'+'.join(args.rerankers) or 'none'}, "
           f"{args.threads} model thread(s), {os.cpu_count()} cores shared by client and server")
-    print(f"{len(ms)} requests, {args.concurrency} concurrent: {errors} errors, {len(ms) / wall:.0f} requests/s, "
+    print(f"{len(ms)} requests, {args.concurrency} concurrent: {errors} errors (warm-up included), {len(ms) / wall:.0f} requests/s, "
           f"latency p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
           f"p99 {np.percentile(ms, 99):.0f} ms, max {ms.max():.0f} ms; CPU per request: server "
           f"{1000 * server_cpu / len(ms):.1f} ms, client {1000 * client_cpu / len(ms):.1f} ms")

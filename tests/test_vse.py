@@ -5,6 +5,8 @@ The helpers ``tiny``, ``train_steps`` and ``evaluate_rsum`` are shared with ``te
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -157,6 +159,40 @@ def test_gpo_weight_table_equals_the_bigru_and_follows_the_parameters():
         after = gpo.weights(torch.tensor([7, 3]), 7)  # no longer than before: only the step can rebuild
     assert not np.allclose(after[1, :7], tabled[0], atol=1e-4)  # the step moved length 3's weights ...
     np.testing.assert_allclose(after, gpo.weights(torch.tensor([7, 3]), 7).detach(), atol=1e-6)  # ... and the table
+
+
+def test_gpo_weight_table_grows_safely_on_several_threads():
+    """The service searches on several threads with one model. While threads lengthen the table, every thread
+    reads whole, correct rows (growing it in place once failed with 'dictionary changed size during iteration'
+    or an out-of-range row)."""
+    torch.manual_seed(0)
+    gpo = GPO()
+    with torch.no_grad():
+        expected = torch.stack([torch.nn.functional.pad(gpo._weights(torch.tensor([n]), n)[0], (0, 40 - n))
+                                for n in range(1, 41)])
+    failures: list[BaseException] = []
+
+    def search(seed: int, start: threading.Barrier) -> None:
+        rng = np.random.default_rng(seed)
+        start.wait()
+        try:
+            with torch.no_grad():
+                for longest in range(2, 41):
+                    lengths = torch.from_numpy(rng.integers(1, longest + 1, 3))
+                    np.testing.assert_allclose(gpo.weights(lengths, int(lengths.max())),
+                                               expected[lengths - 1, :int(lengths.max())], atol=1e-6)
+        except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
+            failures.append(exc)
+
+    for _ in range(5):
+        gpo.__dict__.pop("_cached_weights", None)  # a fresh, empty table each round
+        start = threading.Barrier(4)
+        threads = [threading.Thread(target=search, args=(seed, start)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[0]
 
 
 def test_gpo_weight_table_with_inference_mode_parameters():

@@ -57,9 +57,10 @@ def positional_code(length: int, dim: int, device: torch.device | None = None) -
 
 @dataclasses.dataclass
 class _LengthTable:
-    """GPO's weights by length: ``rows[n]`` (n,), and all of them zero-padded in ``padded`` (row n = length n)."""
+    """GPO's weights by length, ``padded`` (n + 1, n): row ``m`` holds the weights of length ``m`` (zero-padded).
+    A filled table is never written to again: a longer one replaces it, so a thread reading the old one while
+    another grows it reads whole rows (the service searches on several threads with one model)."""
 
-    rows: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
     padded: torch.Tensor | None = None
 
 
@@ -85,15 +86,17 @@ class GPO(nn.Module):
         if torch.is_grad_enabled() or not len(lengths) or int(lengths.min()) < 1:
             return self._weights(lengths, width)
         table = cached_weights(self, _LengthTable)
+        padded = table.padded  # read once: another thread may replace it meanwhile
         longest = max(int(lengths.max()), width)
-        if table.padded is None or table.padded.shape[1] < longest:
-            for n in range(1, longest + 1):
-                if n not in table.rows:
-                    table.rows[n] = self._weights(torch.tensor([n], device=lengths.device), n)[0]
-            table.padded = table.rows[1].new_zeros(longest + 1, longest)
-            for n, row in table.rows.items():
-                table.padded[n, :n] = row
-        return table.padded[lengths, :width]
+        if padded is None or padded.shape[1] < longest:
+            known = 0 if padded is None else padded.shape[1]
+            grown = self.linear.weight.new_zeros(longest + 1, longest)
+            if padded is not None:
+                grown[:known + 1, :known] = padded
+            for n in range(known + 1, longest + 1):
+                grown[n, :n] = self._weights(torch.tensor([n], device=lengths.device), n)[0]
+            table.padded = padded = grown
+        return padded[lengths, :width]
 
     def _weights(self, lengths: torch.Tensor, width: int) -> torch.Tensor:
         """``weights`` computed: the Bi-GRU over the position codes of each length."""
