@@ -130,7 +130,8 @@ def main() -> None:
     ms = np.asarray(latencies) * 1000
     print(f"{args.images:,} pictures, shortlist {args.shortlist}, re-rankers {'+'.join(args.rerankers) or 'none'}, "
           f"{args.threads} model thread(s), {os.cpu_count()} cores shared by client and server")
-    print(f"{len(ms)} requests, {args.concurrency} concurrent: {errors} errors (warm-up included), {len(ms) / wall:.0f} requests/s, "
+    print(f"{len(ms)} requests, {args.concurrency} concurrent: {errors} errors (warm-up included), "
+          f"{len(ms) / wall:.0f} requests/s, "
           f"latency p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
           f"p99 {np.percentile(ms, 99):.0f} ms, max {ms.max():.0f} ms; CPU per request: server "
           f"{1000 * server_cpu / len(ms):.1f} ms, client {1000 * client_cpu / len(ms):.1f} ms")
