@@ -200,3 +200,33 @@ def test_waiting_queries_are_searched_together_and_a_bad_one_fails_alone():
     assert isinstance(results[2], ItmatchError)
     # one batch per top; the failing batch is retried query by query
     assert calls == [["a", "b", "bad", "c"], ["a"], ["b"], ["bad"], ["c"], ["d"]]
+
+
+def test_searches_on_several_threads_at_once_equal_searching_one_by_one():
+    """`itmatch serve` runs the model work of concurrent requests on several threads with one ``Searcher``. A fresh
+    one (its models' per-length tables empty, so they grow while the threads run) answers text and picture
+    searches made at once exactly as one by one (the shared GPO table once failed under this)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    words = "a red blue green circle square triangle that is".split()
+    rng = np.random.default_rng(0)
+    queries = [" ".join(rng.choice(words, n)) for n in rng.permutation(np.arange(1, 41))]
+    features = Searcher(picture_index()).index.features(np.arange(10))
+
+    def run(searcher: Searcher, job: int) -> list[tuple[int, float]]:
+        if job < len(queries):
+            hits = searcher.search_texts([queries[job]], top=5, shortlist=6)[0].hits
+        else:
+            hits = searcher.search_features(features[job - len(queries)][None], top=5, shortlist=6)[0].hits
+        return [(hit.get("caption_id", hit["image"]), hit["score"]) for hit in hits]
+
+    jobs = range(len(queries) + len(features))
+    alone = Searcher(picture_index())
+    expected = [run(alone, job) for job in jobs]
+    for _ in range(3):
+        shared = Searcher(picture_index())
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda job: run(shared, job), jobs))
+        for hits, wanted in zip(got, expected):
+            assert [i for i, _ in hits] == [i for i, _ in wanted]
+            np.testing.assert_allclose([s for _, s in hits], [s for _, s in wanted], rtol=1e-5)
