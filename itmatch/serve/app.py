@@ -1,7 +1,8 @@
 """The HTTP service of `itmatch serve`: a JSON API over one index's ``Searcher`` and the web page in ``static/``.
 
-Every model call runs on one worker thread, one request after another, so concurrent requests queue instead of
-splitting the CPU between many half-finished computations (and PyTorch's threads are not oversubscribed). Query
+Model calls run on a fixed set of worker threads (``workers``, one per core under `itmatch serve`), so concurrent
+requests queue instead of splitting the CPU between many half-finished computations (and PyTorch's threads are not
+oversubscribed); the workers share one ``Searcher`` and its models. Query
 pictures are decoded on a thread of their own, at the size the detector needs (a JPEG is decoded at 1/2, 1/4 or 1/8
 of its size directly), so a big picture neither fills the memory nor holds up text queries; an upload over the
 size limit is refused before it is read. Thumbnails are made on other threads and cached. Every refused request gets
