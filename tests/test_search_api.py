@@ -211,7 +211,6 @@ def test_searches_on_several_threads_at_once_equal_searching_one_by_one():
     words = "a red blue green circle square triangle that is".split()
     rng = np.random.default_rng(0)
     queries = [" ".join(rng.choice(words, n)) for n in rng.permutation(np.arange(1, 41))]
-    features = Searcher(picture_index()).index.features(np.arange(10))
 
     def run(searcher: Searcher, job: int) -> list[tuple[int, float]]:
         if job < len(queries):
@@ -220,8 +219,9 @@ def test_searches_on_several_threads_at_once_equal_searching_one_by_one():
             hits = searcher.search_features(features[job - len(queries)][None], top=5, shortlist=6)[0].hits
         return [(hit.get("caption_id", hit["image"]), hit["score"]) for hit in hits]
 
-    jobs = range(len(queries) + len(features))
     alone = Searcher(picture_index())
+    features = alone.index.features(np.arange(10))
+    jobs = range(len(queries) + len(features))
     expected = [run(alone, job) for job in jobs]
     for _ in range(3):
         shared = Searcher(picture_index())

@@ -185,7 +185,8 @@ def test_gpo_weight_table_grows_safely_on_several_threads():
             failures.append(exc)
 
     for _ in range(5):
-        gpo.__dict__.pop("_cached_weights", None)  # a fresh, empty table each round
+        torch.manual_seed(0)
+        gpo = GPO()  # the same weights, and a fresh, empty table each round
         start = threading.Barrier(4)
         threads = [threading.Thread(target=search, args=(seed, start)) for seed in range(4)]
         for thread in threads:
