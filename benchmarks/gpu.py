@@ -183,7 +183,8 @@ def check_training(name: str, steps: int, batch_size: int, device: torch.device,
 def check_gradients(name: str, failures: list[str], batch_size: int, devices: tuple[str, str]) -> None:
     """One training loss and its gradients on ``devices[1]`` (the GPU) equal those on ``devices[0]`` (the CPU)
     (fp32, TF32 off, dropout off, the same initial weights and batch): the hand-written backward passes
-    (``GraphStep``, ``ProjectedSquares``) run on CUDA as on the CPU, and the CPU's GRU recurrence (``recurrent.py``) agrees with cuDNN's GRU."""
+    (``GraphStep``, ``ProjectedSquares``) run on CUDA as on the CPU, and the CPU's GRU recurrence
+    (``recurrent.py``) agrees with cuDNN's GRU."""
     losses, grads = [], []
     for device in map(torch.device, devices):
         objective, _, batch, _ = make_training(name, batch_size, device)
