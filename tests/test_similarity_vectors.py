@@ -9,7 +9,7 @@ from torch import nn
 
 from itmatch.models import attention
 from itmatch.models.attention import cross_attention, similarity_vectors
-from itmatch.models.layers import cached_weights, l2norm
+from itmatch.models.layers import cached_weights, l2norm, weights_shared
 from itmatch.models.region_word import RegionEncoding
 
 
@@ -48,6 +48,30 @@ def test_cached_weights_are_recomputed_when_a_parameter_changes():
     assert len(calls) == 2
     cached_weights(layer, compute)  # recording autograd: never cached
     assert len(calls) == 3
+
+
+def test_weights_shared_computes_once_per_block_with_autograd():
+    """Inside ``weights_shared`` the recorded product is made once for all calls, and its gradient collects every
+    use: the same gradient as a product per call."""
+    layer = nn.Linear(4, 4)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return layer.weight.T @ layer.weight
+
+    x = torch.randn(3, 4)
+    with weights_shared():
+        first = cached_weights(layer, compute)
+        assert cached_weights(layer, compute) is first and first.requires_grad and len(calls) == 1
+        total = (x @ first).sum() + (x @ cached_weights(layer, compute)).square().sum()
+    total.backward()
+    shared = layer.weight.grad.clone()
+    layer.weight.grad = None
+    # outside the block: a product per call
+    ((x @ cached_weights(layer, compute)).sum() + (x @ cached_weights(layer, compute)).square().sum()).backward()
+    assert len(calls) == 3
+    torch.testing.assert_close(shared, layer.weight.grad)
 
 
 def test_cached_weights_work_for_a_model_made_under_inference_mode():

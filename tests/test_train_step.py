@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from reference_train import reference_step
-from train_support import small_config
+from train_support import small_config, sorted_batch
 
 from itmatch.models import create_model
+from itmatch.train.config import LossSection
 from itmatch.train.loader import Batch
 from itmatch.train.loop import make_optimizer, training_step
 from itmatch.train.objective import CPU_CAPTION_CHUNK, TrainingObjective, score_in_chunks
-
-
-def sorted_batch(size: int = 12, vocab: int = 50, dim: int = 24, seed: int = 0) -> Batch:
-    """Random pairs sorted by caption length (longest first); pairs 4 and 5 share an image, as in real batches."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 15, (size,), generator=gen).sort(descending=True).values
-    tokens = torch.randint(4, vocab, (size, int(lengths.max())), generator=gen)
-    tokens[torch.arange(tokens.shape[1]) >= lengths[:, None]] = 0
-    features = torch.rand(size, 36, dim, generator=gen)
-    features[5] = features[4]
-    images = torch.arange(size)
-    images[5] = 4
-    return Batch(features, tokens, lengths, images)
 
 
 @pytest.mark.parametrize("name", ["sgr", "saf"])
@@ -107,10 +96,10 @@ def test_scoring_in_caption_chunks_equals_one_call(name: str) -> None:
         assert float((a.double() - b.double()).abs().max()) <= 1e-5, key
 
 
-def saved_bytes(model: torch.nn.Module, batch: Batch, recompute: bool) -> int:
+def saved_bytes(model: torch.nn.Module, batch: Batch, recompute: bool, loss: LossSection) -> int:
     """Bytes of the tensors a training objective's forward keeps for the backward pass (no backward: hooks on
     saved tensors would also switch off autograd's in-place checks, which the step below must face)."""
-    objective = TrainingObjective(copy.deepcopy(model), small_config("sgr").loss, recompute=recompute)
+    objective = TrainingObjective(copy.deepcopy(model), loss, recompute=recompute)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
                                                   lambda t: t):
@@ -118,25 +107,29 @@ def saved_bytes(model: torch.nn.Module, batch: Batch, recompute: bool) -> int:
     return sum(saved)
 
 
-def step_results(model: torch.nn.Module, batch: Batch, recompute: bool) -> tuple[torch.Tensor, dict]:
+def step_results(model: torch.nn.Module, batch: Batch, recompute: bool, loss: LossSection
+                 ) -> tuple[torch.Tensor, dict]:
     """The loss and gradients of one training objective's forward and backward."""
-    objective = TrainingObjective(model, small_config("sgr").loss, recompute=recompute)
+    objective = TrainingObjective(model, loss, recompute=recompute)
     torch.manual_seed(5)  # the same dropout draws in both runs
     loss, _ = objective(batch.features, batch.tokens, batch.lengths, batch.images, 0, 0)
-    loss.backward()  # hardest negatives: the chunks' recomputations and backward passes interleave
+    loss.backward()  # the chunks' recomputations and backward passes interleave
     return loss.detach(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", ["sgr", "saf"])
-def test_recomputed_activations_give_the_same_step_with_less_kept(name: str) -> None:
+# Recomputation applies where the whole score matrix is recorded: SAF, and SGR under the sum over all negatives
+# (with the hardest negative SGR records only the scores the loss reads: test_active_pairs.py).
+@pytest.mark.parametrize("name, hardest", [("sgr", False), ("saf", True)])
+def test_recomputed_activations_give_the_same_step_with_less_kept(name: str, hardest: bool) -> None:
     torch.manual_seed(0)
     kept = create_model(name, vocab_size=50, img_dim=32, word_dim=16, embed_size=32, sim_dim=16,
                         dropout=0.4).train()
     recomputed = copy.deepcopy(kept)
     batch = sorted_batch(size=32, dim=32)
-    bytes_kept, bytes_recomputed = saved_bytes(kept, batch, False), saved_bytes(kept, batch, True)
-    loss_kept, grads_kept = step_results(kept, batch, recompute=False)
-    loss_recomputed, grads_recomputed = step_results(recomputed, batch, recompute=True)
+    loss = dataclasses.replace(small_config("sgr").loss, hardest_negative=hardest)
+    bytes_kept, bytes_recomputed = saved_bytes(kept, batch, False, loss), saved_bytes(kept, batch, True, loss)
+    loss_kept, grads_kept = step_results(kept, batch, False, loss)
+    loss_recomputed, grads_recomputed = step_results(recomputed, batch, True, loss)
     assert torch.equal(loss_kept, loss_recomputed) and float(loss_kept) > 1
     assert grads_kept.keys() == grads_recomputed.keys()
     for key, grad in grads_kept.items():

@@ -11,6 +11,7 @@ import torch
 
 from itmatch.data import write_synthetic
 from itmatch.train import TrainConfig, load_config
+from itmatch.train.loader import Batch
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURE_DIM = 32
@@ -64,3 +65,16 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     """Largest absolute difference between two state dicts with the same keys."""
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+def sorted_batch(size: int = 12, vocab: int = 50, dim: int = 24, seed: int = 0) -> Batch:
+    """Random pairs sorted by caption length (longest first); pairs 4 and 5 share an image, as in real batches."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 15, (size,), generator=gen).sort(descending=True).values
+    tokens = torch.randint(4, vocab, (size, int(lengths.max())), generator=gen)
+    tokens[torch.arange(tokens.shape[1]) >= lengths[:, None]] = 0
+    features = torch.rand(size, 36, dim, generator=gen)
+    features[5] = features[4]
+    images = torch.arange(size)
+    images[5] = 4
+    return Batch(features, tokens, lengths, images)

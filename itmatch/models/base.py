@@ -49,6 +49,12 @@ class Encoding:
         """The items at ``index`` (a slice or a 1-D index tensor) as a new encoding."""
         return dataclasses.replace(self, **{k: v[index] for k, v in self._tensors().items()})
 
+    def split(self, sizes: list[int]) -> list[Self]:
+        """The items cut into consecutive encodings of ``sizes`` items: with autograd the pieces' gradients meet
+        in one backward pass, where a ``select`` per piece writes a batch-sized gradient for each."""
+        pieces = {k: v.split(sizes) for k, v in self._tensors().items()}
+        return [dataclasses.replace(self, **{k: parts[i] for k, parts in pieces.items()}) for i in range(len(sizes))]
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Self:
         """A copy on ``device``; floating-point fields also cast to ``dtype`` when given."""
         def move(t: torch.Tensor) -> torch.Tensor:
@@ -105,6 +111,8 @@ class Matcher(nn.Module):
     - ``init_word_embeddings(vocab)``: called once before the first training step (e.g. GloVe vectors);
     - ``parameter_groups(lr)``: optimizer groups (e.g. a pretrained text encoder at a smaller rate);
     - ``head_scores(images, texts)``: the score heads trained with one loss each (one head: ``score``);
+    - ``independent_pair_scores``: one head, and no pair's training score depends on another pair's (lets the
+      trainer back-propagate through only the scores the loss reads);
     - ``has_own_objective`` with ``encode_train_batch``/``batch_loss``: a training loss of the model's own
       (otherwise the ranking loss of the batch's score matrix);
     - ``set_caption_stats_gather(gather)``: data-parallel training hands in a collective for per-caption
@@ -186,6 +194,13 @@ class Matcher(nn.Module):
     def head_scores(self, images: Encoding, texts: Encoding) -> torch.Tensor:
         """Score matrices (H, I, C) of the heads trained with one ranking loss each; one head: ``score``."""
         return self.score(images, texts)[None]
+
+    @property
+    def independent_pair_scores(self) -> bool:
+        """Whether, in training, each pair's score depends on its own image's and caption's encodings alone (no
+        statistics over pairs) and there is one head: the trainer may then record the pair work of only the
+        scores a hardest-negative loss reads (``itmatch.train.active_pairs``)."""
+        return False
 
     @property
     def has_own_objective(self) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Callable, Hashable, Iterable, TypeVar
+from typing import Any, Callable, Hashable, Iterable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -79,10 +81,32 @@ def cached_weights(module: nn.Module, compute: Callable[[], T]) -> T:
     """``compute()`` (products of ``module``'s parameters, e.g. two linear maps folded into one), computed once
     and reused while no gradient is recorded and no parameter has changed (``cached_on``): scoring calls it once
     per tile, and the products cost as much as the pair work of a few pairs. Parameters made under
-    ``torch.inference_mode`` carry no version counter, so for them nothing is cached."""
+    ``torch.inference_mode`` carry no version counter, so for them nothing is cached. With autograd recording,
+    computed on every call, except inside ``weights_shared``."""
     if torch.is_grad_enabled():
-        return compute()
+        shared = _SHARED_WEIGHTS.get()
+        if shared is None:
+            return compute()
+        if module not in shared:
+            shared[module] = compute()
+        return shared[module]
     return cached_on(module, "_cached_weights", module.parameters(), compute)
+
+
+_SHARED_WEIGHTS: contextvars.ContextVar[dict[nn.Module, Any] | None] = contextvars.ContextVar(
+    "itmatch_shared_weights", default=None)
+
+
+@contextlib.contextmanager
+def weights_shared() -> Iterator[None]:
+    """Inside the block ``cached_weights`` computes each module's products once with autograd too, for all calls
+    of the block: many small scoring calls within one training step (``itmatch.train.active_pairs``) then share
+    one product and its backward pass. The parameters must not change inside the block."""
+    token = _SHARED_WEIGHTS.set({})
+    try:
+        yield
+    finally:
+        _SHARED_WEIGHTS.reset(token)
 
 
 def pair_chunks(n_pair: int, n_node: int) -> list[slice]:

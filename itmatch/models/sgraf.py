@@ -350,6 +350,11 @@ class SGRAF(RegionWordMatcher):
             per_word = max(per_word, 4 * cfg.num_regions * (3 * cfg.embed_size + 8 * cfg.sim_dim) // I2T_WORDS)
         return per_word
 
+    @property
+    def independent_pair_scores(self) -> bool:
+        """One head without SAF, whose training BatchNorm pools the statistics of each caption's pairs."""
+        return len(self.config.heads) == 1 and "SAF" not in self.config.heads
+
     def head_scores(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         """Score matrices (H, I, C) of the model's heads (training sums their losses; ``score`` is their mean)."""
         return torch.stack(self.sim_enc.head_scores(images, texts.trimmed()))

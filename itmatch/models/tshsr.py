@@ -287,6 +287,11 @@ class TSHSR(RegionWordMatcher):
     def __init__(self, config: TSHSRConfig) -> None:
         super().__init__(config, lambda: TwoStreamSimilarity(config))
 
+    @property
+    def independent_pair_scores(self) -> bool:
+        """One score, and no BatchNorm or other statistics over pairs."""
+        return True
+
     def pair_bytes_per_word(self) -> int:
         """The image-to-text stream's memory grows with the words (attended vectors and their differences, d
         each; node-sized terms), as SGR's. The text-to-image stream's is per pair (K attended d-vectors, their

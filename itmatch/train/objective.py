@@ -28,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from itmatch.losses import ranking_loss
 from itmatch.models.base import Encoding, Matcher
 from itmatch.models.region_word import RegionEncoding
+from itmatch.train.active_pairs import active_pair_scores
 from itmatch.train.config import LossSection
 from itmatch.train.distributed import gather_fields, gather_rows
 
@@ -58,22 +59,42 @@ class TrainingObjective(nn.Module):
             if self.group is not None:
                 batch = gather_fields(batch, self.group)
             return self.model.batch_loss(batch, step=step, epoch=epoch, **options)
-        heads = self.scores(features, tokens, lengths).float()
-        loss = ranking_loss(heads[0], **options)
-        for head in heads[1:]:
-            loss = loss + ranking_loss(head, **options)
+
+        def loss_of(heads: torch.Tensor) -> torch.Tensor:
+            heads = heads.float()
+            loss = ranking_loss(heads[0], **options)
+            for head in heads[1:]:
+                loss = loss + ranking_loss(head, **options)
+            return loss
+
+        loss = loss_of(self.scores(features, tokens, lengths, loss_of))
         return loss, {"loss": float(loss.detach())}
 
-    def scores(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def scores(self, features: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor,
+               loss_of: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The (H, B, B) score matrices of the model's heads (``head_scores``; H = 1 for most models) on the
-        global batch (images × captions, pairs on the diagonal)."""
+        global batch (images × captions, pairs on the diagonal).
+
+        Given the loss (``loss_of``: matrices -> scalar), a CPU step of a model with independent pair scores under
+        the hardest-negative loss records the pair work only for the scores the loss reads
+        (``active_pair_scores``): the same loss and gradients, several times faster."""
         images, texts = self.model.encode_images(features), self.model.encode_texts(tokens, lengths)
         score = self.model.head_scores
+        sparse = (loss_of is not None and self.loss.hardest_negative and self.model.independent_pair_scores
+                  and next(self.model.parameters()).device.type == "cpu")
         if self.group is None:
+            if sparse:
+                return active_pair_scores(self.model, images, texts, loss_of)
             return score_in_chunks(self.model, images, texts, recompute=self.recompute, score=score)
+
+        def gather(columns: torch.Tensor) -> torch.Tensor:
+            return gather_rows(columns.movedim(-1, 0), self.group).movedim(0, -1)
+
+        images = gather_fields(images, self.group)
+        if sparse:
+            return gather(active_pair_scores(self.model, images, texts, loss_of, gather))
         # one score call per process and step: SAF gathers its per-caption statistics once, in caption order
-        columns = score(gather_fields(images, self.group), texts)
-        return gather_rows(columns.movedim(-1, 0), self.group).movedim(0, -1)
+        return gather(score(images, texts))
 
 
 def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute: bool = False,
