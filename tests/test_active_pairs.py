@@ -12,6 +12,7 @@ from train_support import small_config, sorted_batch
 
 from itmatch.losses import ranking_loss
 from itmatch.models import create_model
+from itmatch.models.region_word import RegionEncoding
 from itmatch.train.objective import TrainingObjective
 
 SIZES = {"vocab_size": 50, "img_dim": 24, "word_dim": 12, "embed_size": 32, "sim_dim": 16, "dropout": 0.4}
@@ -97,3 +98,26 @@ def test_models_whose_pairs_share_statistics_record_the_whole_matrix() -> None:
     TrainingObjective(model, small_config("saf").loss)(batch.features, batch.tokens, batch.lengths,
                                                         batch.images, 0, 0)
     assert sum(pairs) == 16 * 16
+
+
+def test_selected_encodings_sum_repeated_items_in_a_fixed_order() -> None:
+    """A resumed run must continue to the same weights, so a step must repeat bit for bit: an image read by several
+    captions has its gradient summed in a fixed order (``Encoding.select`` takes ``index_select``; advanced
+    indexing's backward summed in an order that varied from call to call on two threads)."""
+    torch.manual_seed(0)
+    regions = torch.randn(16, 36, 32, requires_grad=True)
+    rows = torch.randint(0, 16, (48,))
+    upstream = torch.randn(48, 36, 32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(8):
+            regions.grad = None
+            RegionEncoding(regions=regions, glob=None).select(rows).regions.backward(upstream)
+            grads.append(regions.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], later) for later in grads[1:])
+    expected = torch.zeros_like(regions).index_add_(0, rows, upstream)
+    torch.testing.assert_close(grads[0], expected, rtol=0, atol=1e-5)

@@ -46,8 +46,13 @@ class Encoding:
         return next(iter(self._tensors().values())).shape[0]
 
     def select(self, index: torch.Tensor | slice) -> Self:
-        """The items at ``index`` (a slice or a 1-D index tensor) as a new encoding."""
-        return dataclasses.replace(self, **{k: v[index] for k, v in self._tensors().items()})
+        """The items at ``index`` (a slice or a 1-D integer index tensor) as a new encoding. An index tensor goes
+        through ``index_select``, whose backward pass adds repeated items' gradients in a fixed order (advanced
+        indexing's accumulates them in an order that varies from run to run on several threads)."""
+        if isinstance(index, slice):
+            return dataclasses.replace(self, **{k: v[index] for k, v in self._tensors().items()})
+        return dataclasses.replace(self, **{k: v.index_select(0, index.to(v.device))
+                                            for k, v in self._tensors().items()})
 
     def split(self, sizes: list[int]) -> list[Self]:
         """The items cut into consecutive encodings of ``sizes`` items: with autograd the pieces' gradients meet
