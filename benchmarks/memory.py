@@ -7,9 +7,11 @@ process (sampled every 20 ms; it counts mapped file pages too). The folder is de
 ``--keep`` (a kept folder is reused by the next run).
 
 ``--model small`` (embed 64, similarity 32; the regions stay 2048-d) measures the data path at a speed a CPU
-allows; ``--model full`` trains the papers' sizes, whose activations at batch 128 (16,384 pairs × ~15 words ×
-1024) take several GB on a CPU run (on a GPU they live in device memory, not in RSS); ``--recompute`` sets
-``run.recompute_activations`` (each caption chunk's pair activations recomputed in the backward pass).
+allows; ``--model full`` trains the papers' sizes. SGR's hardest-negative step records only the ≤ 384 pairs its
+loss reads (``itmatch.train.active_pairs``), so a CPU run keeps no batch-sized pair activations; before that
+they took several GB at batch 128 (16,384 pairs × ~15 words), and ``--recompute`` (it sets
+``run.recompute_activations``: each caption chunk's pair activations recomputed in the backward pass) was the way
+to keep less. It still applies where the whole score matrix is recorded.
 
     python benchmarks/memory.py                                  # 113,287 images, 200 steps, small model
     python benchmarks/memory.py --model full --steps 5 --keep    # the papers' model, a few steps
