@@ -7,7 +7,10 @@ between them:
 ``encode_train_batch(features, tokens, lengths) -> batch`` (a NamedTuple or dataclass of tensors, batch on dim 0)
 and ``batch_loss(batch, *, margin, hardest_negative, same_image, step, epoch) -> (loss, {name: value})``
 (VSE and HREM do). Every other model is trained on the sum of its heads' losses (``head_scores(images, texts) ->
-(H, I, C)``: one head by default, two for SGR and SAF trained jointly over shared parts).
+(H, I, C)``: one head by default, two for SGR and SAF trained jointly over shared parts). On a CPU, under the
+hardest negative, a model with ``independent_pair_scores`` (SGR, TSHSR) records only the scores its loss reads
+(``itmatch.train.active_pairs``); the others record the whole matrix, a few captions at a time
+(``score_in_chunks``).
 
 With a process ``group`` each process passes its slice of the batch and gets the loss of the whole batch (see
 ``itmatch.train.distributed``): a score-matrix model gathers all image encodings, scores them against its own
