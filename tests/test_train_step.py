@@ -54,16 +54,21 @@ def test_gradients_and_update_equal_the_per_caption_reference(name: str) -> None
         assert float((ours.double() - theirs.double()).abs().max()) <= 1e-5, key  # BatchNorm running statistics
 
 
-def test_bf16_autocast_step_follows_the_float32_step() -> None:
-    # SAF under CPU autocast, without dropout. Where scores are nearly tied (SGR at init, or with dropout) bf16
-    # rounding can change which negative is the hardest, and the gradients then agree less (cosine ~0.85-0.9)
+# CPU autocast, without dropout. Where scores are nearly tied (SGR and TSHSR at init, or with dropout) bf16
+# rounding can change which negative is the hardest, or which hinge is active, and the gradients then agree less
+# (cosine 0.87-0.998 here, against 0.9998 for SAF): SGR and TSHSR, under the hardest negative (the active pairs)
+# and under the sum over all negatives (the whole recorded matrix), are held to a looser bound. SGR's graph steps
+# once failed in bf16 training (a dtype mismatch in their hand-written backward pass).
+@pytest.mark.parametrize("name, hardest", [("saf", True), ("sgr", False), ("tshsr", False), ("sgr", True),
+                                           ("tshsr", True)])
+def test_bf16_autocast_step_follows_the_float32_step(name: str, hardest: bool) -> None:
     torch.manual_seed(0)
-    model = create_model("saf", vocab_size=50, img_dim=24, word_dim=12, embed_size=32, sim_dim=16,
+    model = create_model(name, vocab_size=50, img_dim=24, word_dim=12, embed_size=32, sim_dim=16,
                          dropout=0.0).train()
     twin = copy.deepcopy(model)
     batch = sorted_batch()
-    fp32 = small_config("saf")
-    bf16 = small_config("saf", "run.precision=bf16")
+    fp32 = small_config("saf", f"loss.hardest_negative={str(hardest).lower()}")
+    bf16 = small_config("saf", f"loss.hardest_negative={str(hardest).lower()}", "run.precision=bf16")
     a = training_step(TrainingObjective(model, fp32.loss), make_optimizer(fp32, model), batch, fp32,
                       torch.device("cpu"))
     b = training_step(TrainingObjective(twin, bf16.loss), make_optimizer(bf16, twin), batch, bf16,
@@ -72,7 +77,7 @@ def test_bf16_autocast_step_follows_the_float32_step() -> None:
     grads = [(p.grad, q.grad) for p, q in zip(model.parameters(), twin.parameters()) if p.grad is not None]
     cosine = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g, _ in grads]),
                                                    torch.cat([h.flatten() for _, h in grads]), dim=0)
-    assert float(cosine) > 0.99
+    assert float(cosine) > (0.99 if name == "saf" else 0.8)
 
 
 @pytest.mark.parametrize("name", ["sgr", "saf"])
