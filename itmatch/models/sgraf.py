@@ -122,10 +122,10 @@ class GraphReasoning(nn.Module):
             logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
             edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
             return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
-        if torch.is_grad_enabled() and torch.is_autocast_enabled(nodes.device.type):
-            # bf16 training: autocast picks each product's dtype, which the hand-written backward cannot follow
-            return graph_step(nodes, blocked, project, project_bias)[2]
         if torch.is_grad_enabled():  # training: the same step with a hand-written backward pass
+            if torch.is_autocast_enabled(nodes.device.type):
+                # bf16: autocast picks each product's dtype, which the hand-written backward cannot follow
+                return graph_step(nodes, blocked, project, project_bias)[2]
             return GraphStep.apply(nodes, blocked, project, project_bias)
         return in_pair_chunks(lambda part, mask, out=None: graph_step(part, mask, project, project_bias, out)[2],
                               nodes, blocked)

@@ -48,11 +48,10 @@ def active_pair_scores(model: Matcher, images: Encoding, texts: Encoding,
     if not bool(read.any()):  # no score is read: record one pair anyway, so that the loss keeps a graph
         read[0, 0] = True
     captions, rows = read.T.nonzero(as_tuple=True)     # grouped by caption
-    counts = torch.bincount(captions, minlength=len(texts)).tolist()
-    used = [c for c, n in enumerate(counts) if n]
-    image_sets = images.select(rows).split([counts[c] for c in used])
+    used, counts = captions.unique_consecutive(return_counts=True)
+    image_sets = images.select(rows).split(counts.tolist())
     single = texts.split([1] * len(texts))
     with weights_shared():
-        parts = [model.head_scores(image_set, single[c])[:, :, 0] for image_set, c in zip(image_sets, used)]
+        parts = [model.head_scores(image_set, single[c])[:, :, 0] for image_set, c in zip(image_sets, used.tolist())]
     values = torch.cat(parts, 1)[0].to(plain.dtype)
     return plain.index_put((torch.zeros_like(rows), rows, captions), values)
