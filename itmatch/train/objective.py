@@ -80,7 +80,8 @@ class TrainingObjective(nn.Module):
 
         Given the loss (``loss_of``: matrices -> scalar), a CPU step of a model with independent pair scores under
         the hardest-negative loss records the pair work only for the scores the loss reads
-        (``active_pair_scores``): the same loss and gradients, 2.3–2.5× faster at batch 128."""
+        (``active_pair_scores``): the same loss and gradients, about 2.2× (SGR) and 2.5× (TSHSR) faster at batch
+        128."""
         images, texts = self.model.encode_images(features), self.model.encode_texts(tokens, lengths)
         score = self.model.head_scores
         sparse = (loss_of is not None and self.loss.hardest_negative and self.model.independent_pair_scores
