@@ -237,6 +237,34 @@ def test_every_parameter_gets_a_gradient_once_the_instance_level_is_on(interacti
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("interaction", ["fusion", "standalone"])
+def test_the_training_gradient_is_that_of_the_papers_four_terms(interaction):
+    """``training_loss``'s gradient equals autograd's of L(v, t) + L(ṽ, t̃) + L(v, t̃) + L(ṽ, t) + 10 L_reg assembled
+    here from the graph and the interaction module (no randomness: no dropout, no augmentation, hinge loss): the
+    enhanced and consistency terms train the encoders through ṽ and t̃."""
+    model = tiny("hrem", interaction=interaction, instance_warmup=5, relation_dropout=0.0, instance_dropout=0.0,
+                 region_drop=0.0, token_augment=0.0, loss="hinge").train()
+    feats, tokens, lengths = random_batch()
+    model.training_loss(feats, tokens, lengths, step=5)[0].backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    def rank(images, texts):
+        return model.ranking_loss(images, texts, margin=0.2, hardest_negative=True, same_image=None, epoch=0)
+
+    batch = model.encode_train_batch(feats, tokens, lengths)
+    relations = model.graph(batch)
+    nodes = model.interaction(torch.cat([batch.images, batch.texts], 0), relations)
+    v, t, v2, t2 = batch.images, batch.texts, nodes[:6], nodes[6:]
+    base = rank(v, t)
+    (base + rank(v2, t2) + rank(v, t2) + rank(v2, t) + 10.0 * relations.reg_loss).backward(retain_graph=True)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(got[name], param.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    model.zero_grad(set_to_none=True)
+    base.backward()  # the instance terms matter: without them the encoder's gradient is another
+    assert float((model.img_enc.fc.weight.grad - got["img_enc.fc.weight"]).abs().max()) > 1e-3
+
+
 def test_consistency_term_is_optional_and_interaction_can_be_off():
     feats, tokens, lengths = random_batch()
     model = tiny("hrem", instance_warmup=0, consistency_loss=False).train()

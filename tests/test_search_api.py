@@ -130,14 +130,24 @@ def test_explain_refuses_bad_requests(client, params, status, words):
     refused(client.get("/explain", params=params), status, words)
 
 
-def test_picture_query_finds_captions(client, tmp_path):
+def test_picture_query_finds_the_searchers_captions(client, searcher, tmp_path):
+    """An uploaded picture (PNG, and the same as JPEG) is answered as ``Searcher.search_picture`` answers its file:
+    the same captions in the same order with the same scores (the 200 × 160 picture is not reduced)."""
     response = client.post("/search/image?top=3", files={"file": ("red.png", png_bytes(tmp_path), "image/png")})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(body["results"]) == 3 and body["candidates"] == 6
+    assert body["candidates"] == 6
     assert all({"caption", "caption_id", "image", "score", "thumbnail"} <= set(r) for r in body["results"])
+    expected = searcher.search_picture(tmp_path / "query.png", top=3, shortlist=6).hits
+    assert [r["caption_id"] for r in body["results"]] == [h["caption_id"] for h in expected]
+    assert [r["score"] for r in body["results"]] == pytest.approx([h["score"] for h in expected], abs=1e-6)
     ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(tmp_path / "query.png")))
-    assert client.post("/search/image", files={"file": ("q.jpg", jpeg.tobytes(), "image/jpeg")}).status_code == 200
+    (tmp_path / "q.jpg").write_bytes(jpeg.tobytes())
+    response = client.post("/search/image?top=3", files={"file": ("q.jpg", jpeg.tobytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    expected = searcher.search_picture(tmp_path / "q.jpg", top=3, shortlist=6).hits
+    assert [r["caption_id"] for r in response.json()["results"]] == [h["caption_id"] for h in expected]
+    assert [r["score"] for r in response.json()["results"]] == pytest.approx([h["score"] for h in expected], abs=1e-6)
 
 
 def huge_png_header() -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,19 +156,28 @@ def test_the_cli_builds_searches_and_adds(tmp_path, capsys):
     assert main(["index", "build", "--features", str(data), "--split", "test", "--embedder", str(models["vse"]),
                  "--reranker", str(models["sgr"]), "--out", str(out), "--no-progress"]) == 0
     assert "10 pictures, 20 captions, flat FAISS index; shortlist by vse, re-rank by sgr" in capsys.readouterr().out
+    # what the command prints is the library's search: the same hits, in order, with the same scores
+    expected = Searcher(out).search_text("a red circle", top=3).hits
     assert main(["search", "--index", str(out), "a red circle", "--top", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["results"]) == 3 and result["candidates"] == 10
+    assert result["candidates"] == 10
+    assert [h["image"] for h in result["results"]] == [h["image"] for h in expected]
+    assert [h["score"] for h in result["results"]] == pytest.approx([h["score"] for h in expected], abs=1e-6)
     assert main(["search", "--index", str(out), "a red circle", "--top", "2"]) == 0
-    table = capsys.readouterr().out
-    assert "00_red_circle.png" in table or "re-ranked 10 with sgr" in table
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("vse shortlist, re-ranked 10 with sgr, ")
+    for rank, (line, hit) in enumerate(zip(lines[:2], expected), 1):
+        assert line.split()[:2] == [f"{rank}.", f"{hit['score']:.3f}"]
+        assert f"image {hit['image']:<6d} {Path(hit['path']).name}" in line and line.endswith(hit["caption"])
     assert main(["index", "add", "--index", str(out), "--features", str(data.parent / "features"),
                  "--no-progress"]) == 0
     # the same pictures again: nothing is added twice
     assert "10 pictures, 20 captions in 1 segments; skipped 10 pictures already in it" in capsys.readouterr().out
     picture = open_index(out).pictures[2]["path"]
     assert main(["search", "--index", str(out), "--image", picture, "--top", "2", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+    expected = Searcher(out).search_picture(picture, top=2).hits
+    assert [h["caption_id"] for h in json.loads(capsys.readouterr().out)["results"]] == [h["caption_id"]
+                                                                                       for h in expected]
 
 
 def test_user_mistakes_are_one_line_errors(synthetic_index, tmp_path, capsys):

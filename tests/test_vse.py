@@ -5,6 +5,7 @@ The helpers ``tiny``, ``train_steps`` and ``evaluate_rsum`` are shared with ``te
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -308,19 +309,39 @@ def test_hinge_sums_all_negatives_during_warm_up_epochs():
     assert float(later) < float(first)
 
 
-def test_triplet_samples_only_negatives_within_the_cutoff():
-    torch.manual_seed(0)
-    # three images, caption 1 also shows image 0 (same_image); caption 2 is far from everything
+def test_triplet_never_draws_a_negative_beyond_the_cutoff():
+    # score -0.5 is at distance sqrt(2 + 1) = 1.73 > 1.7: drawn, it would give a hinge 0.2 - 0.5 + 0.6 = 0.3 per
+    # anchor and direction (1.2 in all); beyond the cutoff no anchor has a negative in reach: loss 0
+    far = torch.tensor([[-0.6, -0.5], [-0.5, -0.6]])
+    assert float(distance_weighted_triplet_loss(far, torch.eye(2, dtype=torch.bool), 0.2, cutoff=1.7, dim=8)) == 0.0
+    assert float(distance_weighted_triplet_loss(far, torch.eye(2, dtype=torch.bool), 0.2, cutoff=1.8, dim=8)) == (
+        pytest.approx(4 * 0.3, rel=1e-5))
+    # caption 1 also shows image 0 (a positive, never a negative); the rest is beyond the cutoff
     scores = torch.tensor([[0.9, 0.8, -0.9], [0.1, 0.9, -0.9], [-0.9, -0.9, 0.9]])
     positives = torch.eye(3, dtype=torch.bool)
     positives[0, 1] = positives[1, 0] = True
-    loss = distance_weighted_triplet_loss(scores, positives, 0.2, cutoff=1.7, dim=512)
-    # every negative at distance sqrt(2 - 2 * -0.9) = 1.95 > 1.7 is never drawn; the only reachable negatives
-    # are (1, 0)->no (positive), so no anchor has one: loss 0
-    assert float(loss) == 0.0
+    assert float(distance_weighted_triplet_loss(scores, positives, 0.2, cutoff=1.7, dim=512)) == 0.0
     close = torch.tensor([[0.5, 0.45], [0.45, 0.5]])
     loss = distance_weighted_triplet_loss(close, torch.eye(2, dtype=torch.bool), 0.2, cutoff=1.7, dim=512)
     assert float(loss) == pytest.approx(4 * (0.2 + 0.45 - 0.5), rel=1e-5)
+
+
+def test_triplet_draws_negatives_in_proportion_to_the_inverse_distance_density():
+    # 4,000 anchors, each with its positive (0.2) and two negatives in reach: 0.3 (hinge 0.3) and -0.2 (hinge 0);
+    # the loss counts the draws of the first. The transposed direction has no negatives (column 0 is all positive).
+    torch.manual_seed(0)
+    n, dim = 4000, 8
+    scores = torch.tensor([0.2, 0.3, -0.2]).repeat(n, 1)
+    positives = torch.zeros(n, 3, dtype=torch.bool)
+    positives[:, 0] = True
+    draws_of_first = float(distance_weighted_triplet_loss(scores, positives, 0.2, cutoff=1.7, dim=dim)) / 0.3
+
+    def inverse_density(score: float) -> float:  # 1 / q(d), q(d) ∝ d^(n-2) (1 - d²/4)^((n-3)/2) on the n-sphere
+        d = math.sqrt(2 - 2 * score)
+        return d ** (2 - dim) * (1 - d * d / 4) ** (-(dim - 3) / 2)
+
+    expected = inverse_density(0.3) / (inverse_density(0.3) + inverse_density(-0.2))   # 0.60; uniform: 0.5
+    assert abs(draws_of_first / n - expected) < 0.03, (draws_of_first / n, expected)
 
 
 # -- learning ---------------------------------------------------------------------------------------------
