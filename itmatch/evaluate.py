@@ -93,9 +93,16 @@ def _fold_files(path: Path) -> list[Path]:
     """``STEM.fold0.npy``, ``STEM.fold1.npy``, ... as far as they exist (``save_sims``'s files of a protocol with
     folds)."""
     folds = []
-    while path.with_suffix(f".fold{len(folds)}.npy").exists():
-        folds.append(path.with_suffix(f".fold{len(folds)}.npy"))
+    while fold_path(path, len(folds)).exists():
+        folds.append(fold_path(path, len(folds)))
     return folds
+
+
+def fold_path(path: Path, fold: int) -> Path:
+    """The file of fold ``fold`` of the score matrices ``path``: ``STEM.fold{k}.npy``, STEM the name without its
+    ``.npy`` (only that ending: ``sims.sgr`` and ``sims.saf`` keep apart)."""
+    stem = path.name[:-len(".npy")] if path.name.endswith(".npy") else path.name
+    return path.with_name(f"{stem}.fold{fold}.npy")
 
 
 def _open_sims(path: Path) -> np.ndarray:
@@ -154,8 +161,7 @@ def _listed(numbers: list[int], shown: int = 10) -> str:
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds."""
     path = Path(path)
-    targets = [path] if len(blocks_sims) == 1 else [path.with_suffix(f".fold{k}.npy")
-                                                    for k in range(len(blocks_sims))]
+    targets = [path] if len(blocks_sims) == 1 else [fold_path(path, k) for k in range(len(blocks_sims))]
     for target, sims in zip(targets, blocks_sims):
         write_npy(target, sims.astype(np.float32))
     return targets

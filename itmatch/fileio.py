@@ -33,7 +33,8 @@ MARKER = ".itmatch-folder.json"
 # process on another machine sharing the folder (a multi-node `torchrun`) is not taken for a dead one.
 _HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
 _TEMP = f"itmatch-{_HOST}-"
-_STALE = re.compile(r"^\..+\.itmatch-(?:old-)?(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)(?:\.[a-z0-9_]{8}\.tmp)?$")
+_STALE = re.compile(r"^\.(?P<name>.+)\.itmatch-(?P<old>old-)?(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)"
+                    r"(?:\.[a-z0-9_]{8}\.tmp)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,27 @@ def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--ou
     if foreign:
         raise ItmatchError(f"{path}: holds files itmatch did not write (e.g. {_first(foreign)}); move them away or "
                            f"give {option} a new folder (itmatch never deletes them)")
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None],
+                  inputs: dict[str, Iterable[str | os.PathLike] | str | os.PathLike | None] | None = None) -> None:
+    """Raise :class:`ItmatchError` before any work when an output file (option -> path; None: not given) is an
+    existing folder, is the same file as another output, or as an input (option -> path or paths): writing it
+    would fail late or replace what the command reads."""
+    seen: dict[Path, str] = {}
+    for option, value in (inputs or {}).items():
+        for item in ([] if value is None else [value] if isinstance(value, (str, os.PathLike)) else value):
+            seen.setdefault(Path(item).resolve(), option)
+    for option, value in outputs.items():
+        if value is None:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise ItmatchError(f"{path}: is a folder; give {option} a file name")
+        other = seen.get(path.resolve())
+        if other is not None:
+            raise ItmatchError(f"{path}: is also {other}; give {option} another file (it would be replaced)")
+        seen[path.resolve()] = option
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -146,7 +168,8 @@ def _first(entries: list[str]) -> str:
 
 def remove_stale(folder: Path) -> list[Path]:
     """Remove the temporary files and folders in ``folder`` that a killed itmatch process left (their process id is
-    in the name and no longer runs); the removed paths."""
+    in the name and no longer runs); the removed paths. A folder being replaced whose place is still empty (the
+    process died between moving it aside and moving the new one in) is put back instead."""
     removed = []
     try:
         names = os.listdir(folder)
@@ -157,6 +180,9 @@ def remove_stale(folder: Path) -> list[Path]:
         if match is None or match["host"] != _HOST or _running(int(match["pid"])):
             continue
         stale = folder / name
+        if match["old"] and not os.path.lexists(folder / match["name"]):
+            stale.rename(folder / match["name"])
+            continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:
@@ -201,6 +227,8 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
     more just before it is replaced) and the new folder gets its marker. Stale temporary folders of killed runs
     beside ``path`` are removed first."""
     path = Path(path).absolute()
+    if path.is_symlink():  # a link to a folder: the folder is what gets replaced, the link keeps pointing at it
+        path = path.resolve()
     if fmt is not None:
         check_folder(path, fmt, option)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +243,11 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
         if path.exists():
             old = path.with_name(f".{path.name}.itmatch-old-{_HOST}-{os.getpid()}")
             path.rename(old)
-            tmp.rename(path)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)  # the earlier folder back in its place
+                raise
             shutil.rmtree(old)
         else:
             tmp.rename(path)

@@ -20,14 +20,16 @@ itmatch() { "$PY" -m itmatch "$@"; }
 echo "== 1. the Tux Paint stamps: pictures, captions, region features (cached after the first build)"
 [ -f "$DATA/dataset.json" ] || itmatch data build tuxpaint --out "$DATA"
 # Every word of the dataset's captions gets a GloVe vector; the demo recipes freeze the word table, so a test
-# word never seen in training still lands near its neighbours.
-[ -f "$DATA/vocab_all.json" ] || itmatch data vocab --threshold 1 --out "$DATA/vocab_all.json" \
+# word never seen in training still lands near its neighbours. It is kept with the runs: the dataset folder holds
+# only what `data build` wrote, so that a later build may replace it.
+mkdir -p "$RUNS"
+[ -f "$RUNS/vocab_all.json" ] || itmatch data vocab --threshold 1 --out "$RUNS/vocab_all.json" \
   --captions "$DATA/train_caps.txt" --captions "$DATA/dev_caps.txt" --captions "$DATA/test_caps.txt"
 
 for model in sgr saf vse; do
   echo "== 2. train $model (configs/demo_$model.toml)"
   resume=(); [ -f "$RUNS/$model/last.pt" ] && resume=(--resume)
-  itmatch train --config "configs/demo_$model.toml" --data "$DATA" --vocab "$DATA/vocab_all.json" \
+  itmatch train --config "configs/demo_$model.toml" --data "$DATA" --vocab "$RUNS/vocab_all.json" \
     --out "$RUNS/$model" "${resume[@]}" --no-progress
 done
 

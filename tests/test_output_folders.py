@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,99 @@ def test_extract_and_encode_refuse_folders_holding_other_files(tmp_path, capsys)
                  "--out", str(embeddings)]) == 2
     assert "embeddings: holds files itmatch did not write (e.g. images.npy)" in capsys.readouterr().err
     assert (embeddings / "images.npy").read_bytes() == b"mine"
+
+
+def test_a_failed_encode_leaves_the_earlier_embeddings_as_they_were(synthetic, tmp_path, monkeypatch):
+    import itmatch.scoring
+    from itmatch.cli.encode import encode_split
+
+    out = tmp_path / "embeddings"
+    encode_split(synthetic[1]["vse"], synthetic[0], "test", out)  # then another model on other data:
+    before = listing(out)
+    data, vse = picture_dataset(), picture_models()["vse"]
+
+    def broken(*args, **kwargs):  # the captions fail after the images were encoded (a kill, a full disk, ...)
+        raise OSError("no space left on device")
+        yield
+
+    monkeypatch.setattr(itmatch.scoring, "text_batches", broken)
+    with pytest.raises(OSError, match="no space left"):
+        encode_split(vse, data, "test", out)
+    assert listing(out) == before and not list(tmp_path.glob(".embeddings*"))
+
+
+def test_outputs_that_are_inputs_or_folders_are_refused_before_any_work(tmp_path, capsys):
+    data, models = picture_dataset(), picture_models()
+    victim = tmp_path / "sgr.safetensors"
+    shutil.copy(models["sgr"], victim)
+    kept = victim.read_bytes()
+    evaluate = ["evaluate", "--data", str(data), "--checkpoint", str(victim), "--no-progress"]
+    assert main([*evaluate, "--output", str(victim)]) == 2
+    assert f"{victim}: is also --checkpoint; give --output another file" in capsys.readouterr().err
+    assert main([*evaluate, "--output", str(tmp_path / "r.json"), "--save-sims", str(tmp_path / "r.json")]) == 2
+    assert "r.json: is also --output; give --save-sims another file" in capsys.readouterr().err
+    assert main([*evaluate, "--output", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a folder; give --output a file name" in capsys.readouterr().err
+    assert main(["explain", "--model", str(victim), "--features", str(data), "--split", "test", "--image", "0",
+                 "--text", "a red circle", "--out", str(victim)]) == 2
+    assert f"{victim}: is also --model; give --out another file" in capsys.readouterr().err
+    captions = tmp_path / "caps.txt"
+    captions.write_text("a red circle\n")
+    assert main(["data", "vocab", "--captions", str(captions), "--out", str(captions)]) == 2
+    assert "caps.txt: is also --captions; give --out another file" in capsys.readouterr().err
+    assert victim.read_bytes() == kept and captions.read_text() == "a red circle\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.txt", "sgr.safetensors"]
+
+
+def test_result_and_fold_file_names_keep_models_and_ensembles_apart(tmp_path):
+    from itmatch.cli.models import default_output
+    from itmatch.evaluate import fold_path
+
+    one, two = tmp_path / "vse.v1.pt", tmp_path / "vse.v2.pt"
+    assert default_output([one], "test", None).name == "vse.v1.test.full.json"
+    assert default_output([two], "test", None).name == "vse.v2.test.full.json"
+    assert default_output([tmp_path / "SGR" / "model_best.pth.tar"], "test", "f30k").name == "model_best.test.f30k.json"
+    ensembles = {default_output([one, other], "testall", "coco1k") for other in (two, tmp_path / "hrem.pt")}
+    assert len(ensembles) == 2 and all(p.name.startswith("vse.v1.ensemble-") for p in ensembles)
+    assert fold_path(tmp_path / "sgr_coco.npy", 3) == tmp_path / "sgr_coco.fold3.npy"
+    assert fold_path(tmp_path / "sims.sgr", 0) != fold_path(tmp_path / "sims.saf", 0)
+
+
+def test_a_link_to_an_index_is_rebuilt_through(synthetic, tmp_path):
+    data, models = synthetic
+    real, link = tmp_path / "real", tmp_path / "index"
+    assert main(build_argv(data, models, real)) == 0
+    link.symlink_to(real, target_is_directory=True)
+    assert main(build_argv(data, models, link)) == 0
+    assert link.is_symlink() and link.resolve() == real.resolve() and (real / "index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "real"]
+
+
+def test_a_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
+    from itmatch.fileio import _HOST, remove_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    aside = tmp_path / f".index.itmatch-old-{_HOST}-{pid}"  # moved aside; killed before the new one moved in
+    aside.mkdir()
+    (aside / "index.json").write_text("{}")
+    remove_stale(tmp_path)
+    assert (tmp_path / "index" / "index.json").read_text() == "{}" and not aside.exists()
+    aside.mkdir()  # the same with the new folder in place: the old one is only a leftover
+    remove_stale(tmp_path)
+    assert not aside.exists() and (tmp_path / "index" / "index.json").exists()
+
+
+def test_sigterm_leaves_no_temporary_files(tmp_path):
+    """`kill` (SIGTERM) stops a command like Ctrl-C does: its writers remove what they had begun."""
+    out = tmp_path / "synth"
+    process = subprocess.Popen([sys.executable, "-m", "itmatch", "data", "synth", "--out", str(out), "--images",
+                                "3000", "--dim", "256"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".synth.*")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + 15
+    assert list(tmp_path.iterdir()) == []

@@ -155,7 +155,7 @@ def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
     assert main(args) == 0
     said = capsys.readouterr().out
     assert "3 of 8 reproducible rows measured" not in said and "4 of 8 reproducible rows measured" in said
-    doc = json.loads((out / "table.json").read_text())
+    doc = json.loads((out / "table-5.json").read_text())
     assert doc["paper"] == "sgraf" and doc["table"] == "5" and doc["columns"] == ["i2t_r1", "i2t_r10", "t2i_r1",
                                                                                    "t2i_r10"]
     assert "SCALED" in doc["recipe"] and "epochs × 0.025" in doc["recipe"]
@@ -182,7 +182,7 @@ def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
     assert split["n_images"] == 10 and split["n_captions"] == 50
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["joint_f30k", "saf_f30k", "sgr_f30k"]
     assert json.loads((out / "runs" / "joint_f30k" / "log.jsonl").read_text().splitlines()[0])["epoch"] == 0
-    md = (out / "table.md").read_text()
+    md = (out / "table-5.md").read_text()
     assert "| Method | Data | Protocol | i2t R@1 | i2t R@10 | t2i R@1 | t2i R@10 | Runs |" in md
     published, measured = 77.8, doc["rows"][7]["measured"]["i2t_r1"]
     assert f"| SAF+SGR split | f30k | full | {published:.1f} / {measured:.1f} ({measured - published:+.1f}) |" in md
@@ -193,18 +193,33 @@ def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
     (out / "results" / "saf_f30k+sgr_f30k.full.json").unlink()
     assert main(args) == 0
     assert (out / "runs" / "sgr_f30k" / "best.pt").stat().st_mtime_ns == stamp
-    again = json.loads((out / "table.json").read_text())
+    again = json.loads((out / "table-5.json").read_text())
     assert again["rows"] == doc["rows"]
 
     # --rows-from: the table from finished runs, without --data and without training
     rebuilt = tmp_path / "rebuilt"
     assert main(["reproduce", "--paper", "sgraf", "--table", "5", "--rows-from", str(out), "--out", str(rebuilt),
                  "--whole-split"]) == 0
-    from_rows = json.loads((rebuilt / "table.json").read_text())
+    from_rows = json.loads((rebuilt / "table-5.json").read_text())
     assert [r["measured"] for r in from_rows["rows"]] == [r["measured"] for r in doc["rows"]]
     assert from_rows["recipe"].endswith("not a reproduction")  # the runs' scaled recipes are said row by row:
     assert all("schedule.epochs" in r["recipe_changes"] for r in from_rows["rows"][4:])
     assert not (rebuilt / "runs").exists()
+
+    # another table from the same runs, its report written into their run directory: table 5's is kept
+    five = {p.name: p.read_bytes() for p in out.glob("table-5.*")}
+    assert main(["reproduce", "--paper", "sgraf", "--table", "3", "--rows-from", str(out), "--whole-split"]) == 0
+    assert json.loads((out / "table-3.json").read_text())["table"] == "3"
+    assert {p.name: p.read_bytes() for p in out.glob("table-5.*")} == five and len(five) == 2
+    # a file of the user's under a report's name is never overwritten
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "table-5.md").write_text("my notes")
+    capsys.readouterr()
+    assert main(["reproduce", "--paper", "sgraf", "--table", "5", "--rows-from", str(out), "--out", str(mine),
+                 "--whole-split"]) == 2
+    assert "table-5.md: exists and is not itmatch's report of sgraf table 5" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["table-5.md"] and (mine / "table-5.md").read_text() == "my notes"
 
 
 def test_released_checkpoint_rows_are_evaluated_without_training(tmp_path, capsys):
@@ -232,7 +247,7 @@ def test_released_checkpoint_rows_are_evaluated_without_training(tmp_path, capsy
             "--checkpoint", f"SGR={releases['SGR']}"]
     assert main(args) == 0
     assert "2 of 4 reproducible rows measured" in capsys.readouterr().out
-    doc = json.loads((out / "table.json").read_text())
+    doc = json.loads((out / "table-1.json").read_text())
     assert [(r["method"], r["status"], r["checkpoint"]) for r in doc["rows"]] == [
         ("(Full)SAF", "not run", ""), ("(Pre)SAF", "measured", "SAF"), ("(Full)SGR", "not run", ""),
         ("(Pre)SGR", "measured", "SGR")]
@@ -242,7 +257,7 @@ def test_released_checkpoint_rows_are_evaluated_without_training(tmp_path, capsy
                               progress=False)
         assert row["measured"] == {c: round(measured_value(c, want, tuple(doc["columns"])), 2)
                                    for c in doc["columns"]}
-    assert "| (Pre)SGR | f30k | full |" in (out / "table.md").read_text()
+    assert "| (Pre)SGR | f30k | full |" in (out / "table-1.md").read_text()
     stamp = (out / "results" / "checkpoint-SAF.full.json").stat().st_mtime_ns
     assert main(args) == 0  # kept: the same file is not evaluated again
     assert (out / "results" / "checkpoint-SAF.full.json").stat().st_mtime_ns == stamp

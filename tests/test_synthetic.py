@@ -15,6 +15,7 @@ from itmatch.data.synthetic import CONCEPTS, write_synthetic
 from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import load_vocab
 from itmatch.errors import ItmatchError
+from itmatch.fileio import MARKER
 
 SMALL = dict(n_regions=6, feature_dim=32)
 
@@ -26,7 +27,8 @@ def digest(directory: Path) -> dict[str, str]:
 def test_writes_precomp_splits_and_vocab(tmp_path: Path) -> None:
     out = write_synthetic(tmp_path / "d", n_images={"train": 20, "dev": 4, "test": 3, "testall": 5}, **SMALL)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{s}_{k}" for s in ("train", "dev", "test", "testall") for k in ("ims.npy", "caps.txt")] + ["vocab.json"]
+        [f"{s}_{k}" for s in ("train", "dev", "test", "testall") for k in ("ims.npy", "caps.txt")]
+        + ["vocab.json", MARKER]
     )
     for split, n in {"train": 20, "dev": 4, "test": 3, "testall": 5}.items():
         data = load_split(out, split)
@@ -35,6 +37,22 @@ def test_writes_precomp_splits_and_vocab(tmp_path: Path) -> None:
     vocab = load_vocab(out / "vocab.json")
     train_dev = load_split(out, "train").captions + load_split(out, "dev").captions
     assert {t for c in train_dev for t in tokenize(c)} == set(vocab.word2idx) - {"<pad>", "<start>", "<end>", "<unk>"}
+
+
+def test_never_writes_into_a_folder_of_the_users_and_replaces_its_own_whole(tmp_path: Path) -> None:
+    mine = tmp_path / "f30k_precomp"
+    mine.mkdir()
+    (mine / "train_caps.txt").write_text("a caption of mine\n")
+    (mine / "vocab.json").write_text("{}")
+    with pytest.raises(ItmatchError, match=r"f30k_precomp: holds files itmatch did not write \(e.g. train_caps.txt"):
+        write_synthetic(mine, n_images=2, **SMALL)
+    assert sorted(p.name for p in mine.iterdir()) == ["train_caps.txt", "vocab.json"]
+    assert (mine / "train_caps.txt").read_text() == "a caption of mine\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    ours = write_synthetic(tmp_path / "ours", n_images={"train": 3, "dev": 2, "test": 2}, **SMALL)
+    write_synthetic(ours, n_images={"train": 2, "test": 4}, **SMALL)  # replaced whole: no dev split of the first
+    assert sorted(p.name for p in ours.glob("*_caps.txt")) == ["test_caps.txt", "train_caps.txt"]
+    assert load_split(ours, "test").n_images == 4
 
 
 def test_int_count_means_train_dev_test(tmp_path: Path) -> None:

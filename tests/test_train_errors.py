@@ -88,6 +88,29 @@ def test_resume_checks_it_is_the_same_run(data: Path, finished: Path, tmp_path: 
     fails(capsys, [a for a in no_config if a != "--config"], "give the recipe with --config")
 
 
+def test_resume_without_last_pt_never_starts_over_on_a_run_that_trained(data: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    """last.pt deleted (it is the large file) but best.pt and the log kept: a new start would overwrite both."""
+    copy = tmp_path / "run"
+    assert main(["train", *train_args("sgr", data, copy, "schedule.epochs=1")]) == 0
+    assert (copy / "best.pt").exists()
+    (copy / "last.pt").unlink()
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    fails(capsys, [*train_args("sgr", data, copy, "run.max_steps=1"), "--resume"],
+          f"{copy}: has no last.pt to resume from", "put last.pt back, or train into a new --out")
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_a_run_that_failed_at_its_first_step_can_be_started_again(data: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    fails(capsys, train_args("sgr", data, out, "run.max_steps=1", "model.args.img_dim=7"),
+          "image features must be (N, 36, 7) for this model")  # found by the first step
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.jsonl"]
+    assert main(["train", *train_args("sgr", data, out, "run.max_steps=1")]) == 0
+    assert (out / "last.pt").exists() and "img_dim = 7" not in (out / "config.toml").read_text()
+
+
 #: TSHSR's model arguments added after the first TSHSR runs were saved (and their defaults).
 ADDED_SINCE = {"readout": "sigmoid", "relation_norm": "softmax", "glove": None, "freeze_embeddings": False}
 

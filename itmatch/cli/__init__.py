@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from typing import Iterator
 
 import typer
 
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error, or a missing optional dependency,
     prints one line and returns 2."""
     try:
-        app(args=argv, prog_name="itmatch")  # standalone: usage errors print usage and exit 2
+        with _sigterm_exits():
+            app(args=argv, prog_name="itmatch")  # standalone: usage errors print usage and exit 2
     except ItmatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -63,6 +68,25 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While a command runs, SIGTERM (``kill``, a job scheduler, torchrun stopping its workers) raises SystemExit
+    like Ctrl-C raises KeyboardInterrupt, so that the writers remove their temporary files; by default it ends the
+    process at once and leaves them. Only in the main thread (where signal handlers live); restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(number: int, frame: object) -> None:
+    raise SystemExit(128 + number)
 
 
 if __name__ == "__main__":

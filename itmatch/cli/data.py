@@ -11,6 +11,7 @@ from itmatch.cli import build
 from itmatch.data.precomp import read_captions
 from itmatch.data.synthetic import write_synthetic
 from itmatch.data.vocab import build_vocab, save_vocab
+from itmatch.fileio import check_outputs
 
 app = typer.Typer(help="Build vocabularies and datasets.", no_args_is_help=True)
 app.add_typer(build.app, name="build")
@@ -66,6 +67,7 @@ def vocab(
 
     Example: itmatch data vocab --captions data/f30k/train_caps.txt --captions data/f30k/dev_caps.txt --out vocab.json
     """
+    check_outputs({"--out": out}, {"--captions": captions})
     texts = [caption for path in captions for caption in read_captions(path)]
     built = build_vocab(texts, threshold=threshold)
     save_vocab(built, out)

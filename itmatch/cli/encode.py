@@ -3,23 +3,22 @@ as memory-mappable ``.npy`` files for search and reuse.
 
 ``OUT/images.npy`` float32 (n_images, d) and ``OUT/captions.npy`` float32 (n_captions, d) hold L2-normalised
 embeddings (a pair's score is the dot product), ``OUT/caption_image.npy`` int64 (n_captions,) the image of each
-caption, and ``OUT/embeddings.json`` what produced them. Every file is written under a temporary name and
-renamed; ``embeddings.json`` comes last, so a folder with it is complete.
+caption, and ``OUT/embeddings.json`` what produced them. The folder is written under a temporary name beside
+``OUT`` and takes its place when complete: a stopped run leaves an earlier ``OUT`` as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import torch
 import typer
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import FolderFormat, atomic_path, check_folder, mark_folder, remove_stale, write_json
+from itmatch.fileio import FolderFormat, atomic_dir, check_folder, write_json
 
 FORMAT = "itmatch-embeddings"
 FORMAT_VERSION = 1
@@ -49,36 +48,31 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
         raise ItmatchError(f"--batch-size must be >= 1, got {batch_size}")
     data_split = load_split(data, split)
     tokens = caption_tokens(model, words, data_split.captions)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    mark_folder(out, FOLDER, claim=FILES)
     dim = model.config.embed_size
     start = time.perf_counter()
-    with torch.inference_mode():
-        with _memmap(out / "images.npy", (data_split.n_images, dim)) as images:
-            rows = ImageRows(data_split, np.arange(data_split.n_images))
-            for index, feats in feature_batches(rows, batch_size, progress):
-                images[index] = model.encode_images(feats.to(dev)).emb.float().cpu().numpy()
-        with _memmap(out / "captions.npy", (data_split.n_captions, dim)) as captions:
-            for index, chunk in text_batches(model, tokens, dev, batch_size, progress):
-                captions[index] = chunk.emb.float().cpu().numpy()
-    with atomic_path(out / "caption_image.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, data_split.caption_image.astype(np.int64))
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model.model_name,
-            "checkpoint": str(checkpoint), "data": str(data), "split": split, "n_images": data_split.n_images,
-            "n_captions": data_split.n_captions, "dim": dim, "normalized": True,
-            "seconds": round(time.perf_counter() - start, 3)}
-    write_json(out / "embeddings.json", meta)
+    with atomic_dir(out, FOLDER) as tmp, torch.inference_mode():
+        images = _array(tmp / "images.npy", (data_split.n_images, dim))
+        rows = ImageRows(data_split, np.arange(data_split.n_images))
+        for index, feats in feature_batches(rows, batch_size, progress):
+            images[index] = model.encode_images(feats.to(dev)).emb.float().cpu().numpy()
+        captions = _array(tmp / "captions.npy", (data_split.n_captions, dim))
+        for index, chunk in text_batches(model, tokens, dev, batch_size, progress):
+            captions[index] = chunk.emb.float().cpu().numpy()
+        images.flush()
+        captions.flush()
+        del images, captions  # closed before the folder is renamed
+        np.save(tmp / "caption_image.npy", data_split.caption_image.astype(np.int64))
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "model_name": model.model_name,
+                "checkpoint": str(checkpoint), "data": str(data), "split": split, "n_images": data_split.n_images,
+                "n_captions": data_split.n_captions, "dim": dim, "normalized": True,
+                "seconds": round(time.perf_counter() - start, 3)}
+        write_json(tmp / "embeddings.json", meta)
     return meta
 
 
-@contextlib.contextmanager
-def _memmap(path: Path, shape: tuple[int, int]) -> Iterator[np.ndarray]:
-    """A float32 ``.npy`` memmap of ``shape`` to fill; it becomes ``path`` when the block succeeds."""
-    with atomic_path(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        yield array
-        array.flush()
+def _array(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A new float32 ``.npy`` memmap of ``shape`` at ``path``, to fill."""
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
 
 
 def encode(

@@ -36,11 +36,12 @@ def explain(
     """
     from itmatch.loading import load_models
     from itmatch.features.images import load_image
-    from itmatch.fileio import write_json
+    from itmatch.fileio import check_outputs, write_json
     from itmatch.search import Searcher, explain_pair
     from itmatch.search.gallery import check_image_id, open_gallery
     from itmatch.viz import draw_explanation
 
+    check_outputs({"--out": out, "--json": json_out}, {"--model": model, "--vocab": vocab})
     if index is not None:
         if model or features:
             raise ItmatchError("give either --index, or --model with --features, not both")

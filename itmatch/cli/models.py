@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from itmatch.errors import ItmatchError
+
+#: File-name endings of model files, longest first (``default_output`` drops them).
+MODEL_SUFFIXES = (".pth.tar", ".safetensors", ".pt", ".pth", ".tar")
 
 Checkpoints = Annotated[Optional[list[Path]], typer.Option(
     "--checkpoint", "-c", help="Model file (.safetensors, itmatch training checkpoint, or an SGRAF release "
@@ -57,9 +61,13 @@ def evaluate(
       images on its own GPU; rank 0 writes the report; see docs/scale.md)
     """
     from itmatch.evaluate import evaluate_split
-    from itmatch.fileio import write_json
+    from itmatch.fileio import check_outputs, write_json
     from itmatch.protocols import format_table
 
+    if output is None and checkpoint:
+        output = default_output(checkpoint, split, protocol)
+    check_outputs({"--output": output, "--save-sims": save_sims},
+                  {"--checkpoint": checkpoint, "--sims": sims, "--vocab": vocab})
     result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
                             protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
                             save_sims_to=save_sims, captions_per_image=captions_per_image, device=device,
@@ -68,13 +76,21 @@ def evaluate(
     if result is None:  # a torchrun process other than rank 0: rank 0 reports
         return
     typer.echo(format_table(result))
-    if output is None and checkpoint:
-        first = checkpoint[0]
-        tag = "ensemble." if len(checkpoint) > 1 else ""
-        output = first.with_name(f"{first.name.split('.')[0]}.{tag}{split}.{protocol or 'full'}.json")
     if output is not None:
         write_json(output, result)
         typer.echo(f"wrote {output}")
+
+
+def default_output(checkpoints: list[Path], split: str, protocol: str | None) -> Path:
+    """The result file beside the first checkpoint: ``NAME.SPLIT.PROTOCOL.json``, NAME its file name without the
+    model suffix (``vse.v1.pt`` -> ``vse.v1``); an ensemble's NAME adds ``.ensemble-`` and a digest of all its
+    files, so that two ensembles (or two versions of one model) never share a result file."""
+    first = checkpoints[0]
+    name = next((first.name[:-len(s)] for s in MODEL_SUFFIXES if first.name.endswith(s)), first.name)
+    if len(checkpoints) > 1:
+        members = "\n".join(str(c.resolve()) for c in checkpoints)
+        name += ".ensemble-" + hashlib.sha1(members.encode()).hexdigest()[:8]
+    return first.with_name(f"{name}.{split}.{protocol or 'full'}.json")
 
 
 def convert(
@@ -100,6 +116,7 @@ def convert(
     """
     from itmatch.checkpoint import load_checkpoint, save_model
     from itmatch.data.vocab import load_vocab
+    from itmatch.fileio import check_outputs
     from itmatch.release import save_release
 
     if to not in ("native", "release"):
@@ -107,6 +124,7 @@ def convert(
     wanted = ".safetensors" if to == "native" else ".pth.tar"
     if not target.name.endswith(wanted):
         raise ItmatchError(f"{target}: --to {to} writes a {wanted} file; name the output *{wanted}")
+    check_outputs({"TARGET": target}, {"--vocab": vocab})  # the source itself may be replaced: it is read first
     loaded = load_checkpoint(source, trust=trust_checkpoint)
     if to == "release":
         if vocab is not None:

@@ -17,7 +17,7 @@ def reproduce(
     data: Annotated[Optional[Path], typer.Option(
         help="Folder holding f30k_precomp/ and/or coco_precomp/ (the SCAN release's data/).")] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Run directory: runs/ (one training run each), results/, table.md, table.json.")] = None,
+        help="Run directory: runs/ (one training run each), results/, table-ID.md, table-ID.json.")] = None,
     vocab: Annotated[Optional[Path], typer.Option(
         help="Folder with f30k_precomp_vocab.json / coco_precomp_vocab.json (default: --data; else each "
              "dataset folder's vocab.json).")] = None,
@@ -41,7 +41,7 @@ def reproduce(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Reproduce a paper's table: train each row's variant with the paper's recipe, evaluate it with the paper's
-    protocol, and write OUT/table.md and OUT/table.json with the measured numbers beside the published ones.
+    protocol, and write OUT/table-ID.md and OUT/table-ID.json with the measured numbers beside the published ones.
     Runs resume where they stopped; finished rows are not recomputed.
 
     Examples:
@@ -59,7 +59,7 @@ def reproduce(
     """
     from itmatch.papers import load_paper
     from itmatch.papers.plan import describe, parse_checkpoints, plan_table
-    from itmatch.papers.report import table_doc, write_table
+    from itmatch.papers.report import check_table_paths, table_doc, write_table
     from itmatch.papers.runner import Runner
 
     document = load_paper(paper)
@@ -78,6 +78,7 @@ def reproduce(
     if dry_run:
         typer.echo(describe(plan))
         return
+    check_table_paths(target, paper, chosen.id)
     runner = Runner(plan, data=data, vocab=vocab, train=rows_from is None, device=device, progress=progress,
                     trust=trust_checkpoint, echo=typer.echo)
     results = [runner.row_result(row) if row.runs or row.checkpoint else None for row in plan.table.rows]

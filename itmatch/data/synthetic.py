@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from itmatch.data.folder import VOCAB_FILE
+from itmatch.data.folder import FOLDER, VOCAB_FILE
 from itmatch.data.precomp import CAPTIONS_PER_IMAGE, SPLITS, features_writer, write_captions
 from itmatch.data.vocab import build_vocab, save_vocab
 from itmatch.errors import ItmatchError
+from itmatch.fileio import atomic_dir
 
 NOUNS = (
     "dog", "cat", "horse", "bird", "cow", "sheep", "elephant", "giraffe", "zebra", "bear",
@@ -76,23 +77,26 @@ def write_synthetic(
     and test). ``captions_per_image``: a count, or an inclusive range ``(lo, hi)`` drawn per image (then
     ``cap2img.npy`` is written). ``repeat_images`` stores every image 5 times like some released files.
     ``vocab.json`` is built from the train and dev captions. The same arguments always give the same bytes.
+    ``out`` is written as a dataset folder (``itmatch.data.folder.FOLDER``): new, empty, or one itmatch wrote, which
+    it replaces whole when complete; a folder holding other files is refused.
     """
     counts = _split_counts(n_images)
     _check_options(captions_per_image, n_regions, feature_dim, repeat_images)
     out = Path(out)
     directions = _concept_directions(seed, feature_dim)
     vocab_captions: list[str] = []
-    for split, count in counts.items():
-        rngs = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split)])).spawn(3)
-        concepts = _image_concepts(rngs[0], count)
-        captions, caption_image = _captions(rngs[1], concepts, captions_per_image)
-        rows = count * CAPTIONS_PER_IMAGE if repeat_images else count
-        with features_writer(out, split, (rows, n_regions, feature_dim)) as features:
-            _fill_features(features, rngs[2], concepts, directions, noise, repeat_images, progress, split)
-        write_captions(out, split, captions, None if repeat_images else caption_image)
-        if split in ("train", "dev"):
-            vocab_captions += captions
-    save_vocab(build_vocab(vocab_captions, threshold=vocab_threshold), out / VOCAB_FILE)
+    with atomic_dir(out, FOLDER) as tmp:
+        for split, count in counts.items():
+            rngs = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split)])).spawn(3)
+            concepts = _image_concepts(rngs[0], count)
+            captions, caption_image = _captions(rngs[1], concepts, captions_per_image)
+            rows = count * CAPTIONS_PER_IMAGE if repeat_images else count
+            with features_writer(tmp, split, (rows, n_regions, feature_dim)) as features:
+                _fill_features(features, rngs[2], concepts, directions, noise, repeat_images, progress, split)
+            write_captions(tmp, split, captions, None if repeat_images else caption_image)
+            if split in ("train", "dev"):
+                vocab_captions += captions
+        save_vocab(build_vocab(vocab_captions, threshold=vocab_threshold), tmp / VOCAB_FILE)
     return out
 
 

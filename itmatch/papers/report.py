@@ -1,10 +1,12 @@
-"""``table.json`` and ``table.md``: the published numbers of a table beside the measured ones, with the difference
+"""``table-{id}.json`` and ``table-{id}.md``: the published numbers of a table beside the measured ones, with the difference
 (measured − published), and how each measured row was obtained."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json, write_text
 from itmatch.papers.plan import Plan, recipe_changes
 from itmatch.papers.tables import measured_value
@@ -101,9 +103,33 @@ def _cell(row: dict, column: str) -> str:
     return f"{text} / {row['measured'][column]:.1f}" + ("" if diff is None else f" ({diff:+.1f})")
 
 
+def table_paths(out: Path, table: str) -> tuple[Path, Path]:
+    """``out/table-{table}.json`` and ``.md``: one pair per table, so that tables sharing a run directory (and its
+    runs) keep their own reports."""
+    return out / f"table-{table}.json", out / f"table-{table}.md"
+
+
+def check_table_paths(out: Path, paper: str, table: str) -> None:
+    """Raise unless the report files of ``paper``'s ``table`` in ``out`` are new or that table's earlier report
+    (itmatch never overwrites a file it did not write); checked before any training."""
+    js, md = table_paths(out, table)
+    if not js.exists() and not md.exists():
+        return
+    try:
+        doc = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and doc.get("paper") == paper and doc.get("table") == table):
+        taken = js if js.exists() else md
+        raise ItmatchError(f"{taken}: exists and is not itmatch's report of {paper} table {table}; move it away or "
+                           "give another --out (itmatch never overwrites it)")
+
+
 def write_table(out: Path, doc: dict) -> tuple[Path, Path]:
-    """Write ``out/table.json`` and ``out/table.md`` (atomically); returns their paths."""
-    paths = out / "table.json", out / "table.md"
-    write_json(paths[0], doc)
-    write_text(paths[1], table_markdown(doc))
-    return paths
+    """Write the table's report (``table_paths``, atomically, after ``check_table_paths``); returns the paths of
+    the Markdown and JSON files."""
+    check_table_paths(out, doc["paper"], doc["table"])
+    js, md = table_paths(out, doc["table"])
+    write_json(js, doc)
+    write_text(md, table_markdown(doc))
+    return md, js

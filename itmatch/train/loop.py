@@ -163,6 +163,8 @@ class _Trainer:
     def __init__(self, config: TrainConfig, data: Path, vocab: Path, out: Path, resume: bool,
                  info: processes.DistInfo, progress: bool) -> None:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
+        if out.exists() and not out.is_dir():
+            raise ItmatchError(f"{out}: is a file, not a folder; give --out a new folder for the run")
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self.vocab = load_vocab(vocab)
         self.train_split = load_split(data, "train")
@@ -326,15 +328,19 @@ class _Trainer:
 
 
 def _check_fresh(out: Path) -> None:
+    """Refuse an ``out`` holding a run, unless that run stopped before its first step ended (its config.toml and
+    an empty log.jsonl, written at the start, are all it has: a new start replaces them and loses nothing)."""
     existing = [name for name in RUN_FILES if (out / name).exists()]
-    if existing:
+    log = out / "log.jsonl"
+    never_trained = existing == ["config.toml", "log.jsonl"] and not log.read_text(encoding="utf-8").strip()
+    if existing and not never_trained:
         raise ItmatchError(f"{out}: holds another training run ({', '.join(existing)}); pass --resume to "
                            "continue it, or choose a new --out")
 
 
 def _open_run(out: Path, config: TrainConfig) -> dict | None:
-    """The checkpoint to resume from (None when the run was killed before its first), after checking that
-    ``config`` is the run's own, up to ``RESUMABLE_CHANGES``."""
+    """The checkpoint to resume from (None when the run was killed before its first, and then nothing it wrote
+    is lost by starting over), after checking that ``config`` is the run's own, up to ``RESUMABLE_CHANGES``."""
     saved_path = out / "config.toml"
     if not saved_path.exists():
         raise ItmatchError(f"{out}: no training run to resume (no config.toml); drop --resume to start one")
@@ -346,7 +352,14 @@ def _open_run(out: Path, config: TrainConfig) -> dict | None:
         raise ItmatchError(f"{saved_path}: --resume with a different config ({detail}); only "
                            f"{', '.join(RESUMABLE_CHANGES)} may change when resuming")
     last = out / "last.pt"
-    return load_training_checkpoint(last) if last.exists() else None
+    if last.exists():
+        return load_training_checkpoint(last)
+    log = out / "log.jsonl"
+    if (out / "best.pt").exists() or (log.exists() and log.read_text(encoding="utf-8").strip()):
+        raise ItmatchError(f"{out}: has no last.pt to resume from, yet epochs of the run ended (best.pt or "
+                           "log.jsonl); starting over would overwrite them: put last.pt back, or train into a new "
+                           "--out")
+    return None
 
 
 def _value(config: dict, key: str) -> Any:
