@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import fnmatch
 import json
 import os
@@ -204,6 +205,26 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
+def folder_lock(path: str | os.PathLike, option: str = "--out") -> Iterator[None]:
+    """Hold an exclusive lock on the folder ``path`` (made if missing) while a command writes it: a second itmatch
+    process that writes the same folder at the same time (two `train` runs, an `index add` beside an `index
+    build`) stops with one line instead of interleaving its files with the first's. An advisory ``flock`` on the
+    folder itself: no lock file, and released by the system when a process dies."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ItmatchError(f"{path}: another itmatch process is writing this folder now; wait until it ends, "
+                               f"or give {option} another folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
@@ -232,7 +253,15 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
     if fmt is not None:
         check_folder(path, fmt, option)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent)
+    with contextlib.ExitStack() as held:
+        if path.is_dir():
+            held.enter_context(folder_lock(path, option))  # no other process adds to it while it is replaced
+        remove_stale(path.parent)
+        yield from _replace_folder(path, fmt, option)
+
+
+def _replace_folder(path: Path, fmt: FolderFormat | None, option: str) -> Iterator[Path]:
+    """``atomic_dir``'s work once ``path`` is checked (and locked, when it exists)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:

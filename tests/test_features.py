@@ -244,6 +244,9 @@ def test_registry_and_custom_extractor(tmp_path: Path, pictures: list[Path]) -> 
     feats = extract_features(pictures[:2], tmp_path / "mean", extractor="test-mean-colour", regions=2,
                              progress=False)
     assert feats.features.shape == (2, 2, 3)
+    for row, path in enumerate(pictures[:2]):  # each picture's own mean colour, in the pictures' order
+        colour = load_image(path).reshape(-1, 3).mean(0)
+        np.testing.assert_allclose(np.asarray(feats.features[row]), np.tile(colour, (2, 1)), rtol=1e-5)
 
 
 def test_precomputed_extractor(tmp_path: Path, pictures: list[Path]) -> None:

@@ -281,3 +281,27 @@ def test_sigterm_leaves_no_temporary_files(tmp_path):
     process.terminate()
     assert process.wait(timeout=60) == 128 + 15
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_being_written_is_not_written_by_a_second_process(synthetic, tmp_path, capsys):
+    """The lock is per open folder, so this process holding it stands for another itmatch process."""
+    from itmatch.fileio import folder_lock
+    from train_support import synthetic_data as train_data, train_args
+
+    data, models = synthetic
+    index = tmp_path / "index"
+    assert main(build_argv(data, models, index)) == 0
+    before = listing(index)
+    with folder_lock(index):
+        with pytest.raises(ItmatchError, match="index: another itmatch process is writing this folder now"):
+            add_to_index(index, data, split="dev")
+        assert main(build_argv(data, models, index)) == 2
+        assert "give --out another folder" in capsys.readouterr().err
+    assert listing(index) == before
+    assert add_to_index(index, data, split="dev")["skipped"] == 0  # released
+    run = tmp_path / "run"
+    run.mkdir()
+    with folder_lock(run):
+        assert main(["train", *train_args("sgr", train_data(tmp_path / "train"), run, "run.max_steps=1")]) == 2
+    assert "run: another itmatch process is writing this folder now" in capsys.readouterr().err
+    assert list(run.iterdir()) == []

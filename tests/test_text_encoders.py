@@ -4,6 +4,7 @@ padding behaviour, token augmentation, region dropping, GloVe initialisation, an
 from __future__ import annotations
 
 import copy
+import json
 import socket
 
 import numpy as np
@@ -175,6 +176,7 @@ def test_region_dropping_keeps_order_and_at_least_one_region():
     assert (kept == 1).all() and torch.equal(all_dropped[:, 0], feats[:, 0])
     same, kept = drop_regions(feats, n, prob=0.0)
     assert torch.equal(kept, n)
+    assert all(torch.equal(same[b, : n[b]], feats[b, : n[b]]) for b in range(4))  # every region kept, in place
 
 
 # -- GloVe ---------------------------------------------------------------------------------------------------
@@ -229,3 +231,9 @@ def test_bert_models_are_evaluated_with_their_own_tokenizer_also_in_ensembles(tm
     code = main(["evaluate", "--data", str(data), "--checkpoint", str(tmp_path / "bert.safetensors"),
                  "--no-progress", "--output", str(tmp_path / "r.json")])
     assert code == 0 and "rsum" in capsys.readouterr().out
+    from itmatch.metrics import retrieval_metrics
+    want = retrieval_metrics(expected_bert, split.caption_image)  # the CLI scored with BERT's own tokenizer
+    result = json.loads((tmp_path / "r.json").read_text())
+    for direction in ("i2t", "t2i"):
+        assert result[direction] == pytest.approx(want[direction]), direction
+    assert result["rsum"] == pytest.approx(want["rsum"])

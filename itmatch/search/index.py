@@ -38,7 +38,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import FolderFormat, atomic_dir, atomic_path, check_folder, mark_folder, remove_stale, write_json
+from itmatch.fileio import (FolderFormat, atomic_dir, atomic_path, check_folder, folder_lock, mark_folder, remove_stale,
+                            write_json)
 from itmatch.search.gallery import Gallery, already_in, open_gallery
 
 FORMAT = "itmatch-index"
@@ -327,6 +328,13 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     (same file, size and modification time, as `extract` keys them) are skipped. Returns the new metadata plus
     ``skipped``: how many pictures were already there."""
     index_dir = Path(index_dir)
+    open_index(index_dir, writable=True)  # an index, before it is locked
+    with folder_lock(index_dir, "--index"):  # one writer at a time: a second `add` would take the same segment
+        return _add(index_dir, features, split, device, progress)
+
+
+def _add(index_dir: Path, features: str | Path, split: str | None, device: str, progress: bool) -> dict[str, Any]:
+    """``add_to_index``'s work, with the index locked."""
     index = open_index(index_dir, writable=True)
     meta = index.meta
     remove_stale(index_dir)  # what a killed `add` left

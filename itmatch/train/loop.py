@@ -27,7 +27,7 @@ from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
-from itmatch.fileio import remove_stale, write_text
+from itmatch.fileio import folder_lock, remove_stale, write_text
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
 from itmatch.protocols import evaluate_blocks, protocol_blocks
@@ -152,7 +152,8 @@ def train(config: TrainConfig, *, data: str | Path, vocab: str | Path, out: str 
     """
     info = processes.setup(device)
     try:
-        return _Trainer(config, Path(data), Path(vocab), Path(out), resume, info, progress).run()
+        with contextlib.ExitStack() as held:  # the run directory's lock, taken once it is written
+            return _Trainer(config, Path(data), Path(vocab), Path(out), resume, info, progress, held).run()
     finally:
         info.close()
 
@@ -161,7 +162,7 @@ class _Trainer:
     """One run: set up from a fresh or resumed run directory, then ``run``."""
 
     def __init__(self, config: TrainConfig, data: Path, vocab: Path, out: Path, resume: bool,
-                 info: processes.DistInfo, progress: bool) -> None:
+                 info: processes.DistInfo, progress: bool, held: contextlib.ExitStack) -> None:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
         if out.exists() and not out.is_dir():
             raise ItmatchError(f"{out}: is a file, not a folder; give --out a new folder for the run")
@@ -203,6 +204,10 @@ class _Trainer:
             self._restore(checkpoint)
         info.barrier()
         if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(folder_lock(out))  # no second run writes here while this one does
+            if not resume:
+                _check_fresh(out)  # another run may have begun here since the first check
             write_text(out / "config.toml", dumps(config))
             remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
             self._write_log(None)
