@@ -74,7 +74,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``cpu``/``cuda``/``cuda:N`` (default: cuda when available) with a clear error when it is missing."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ItmatchError(f"--device {str(device)!r}: use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ItmatchError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     return dev

@@ -72,3 +72,52 @@ def test_nan_in_saved_scores_names_the_file(dataset, tmp_path, capsys):
     np.save(tmp_path / "scores.npy", scores)
     assert main(["evaluate", "--data", str(data), "--sims", str(tmp_path / "scores.npy")]) == 2
     assert f"{tmp_path / 'scores.npy'}: scores of images 7 are NaN; save them again" in capsys.readouterr().err
+
+
+def one_line_error(capsys, argv: list[str], expected: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
+
+
+def test_a_mistyped_device_folder_arguments_and_a_missing_run_folder_are_one_line_errors(dataset, tmp_path, capsys):
+    data, sgr, _ = dataset
+    one_line_error(capsys, ["evaluate", "--data", str(data), "--checkpoint", str(sgr), "--device", "gpu"],
+                   "--device 'gpu': use cpu, cuda or cuda:N")
+    one_line_error(capsys, ["data", "vocab", "--captions", str(data), "--out", str(tmp_path / "v.json")],
+                   f"{data}: is a folder; give a caption file")
+    one_line_error(capsys, ["train", "--config", str(data), "--data", str(data), "--vocab", str(data / "vocab.json"),
+                            "--out", str(tmp_path / "run")], f"{data}: is a folder; give --config a recipe file")
+    one_line_error(capsys, ["reproduce", "--paper", "sgraf", "--table", "5", "--rows-from",
+                            str(tmp_path / "missing"), "--out", str(tmp_path / "t5")], "no such run folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_damaged_index_and_a_bad_model_file_are_named(dataset, tmp_path, capsys):
+    import shutil
+
+    from itmatch.models import create_model
+    from itmatch.search import build_index
+
+    data, _, _ = dataset
+    vocab = load_vocab(data / "vocab.json")
+    vse = tmp_path / "vse.safetensors"
+    torch.manual_seed(0)
+    save_model(vse, create_model("vse", vocab_size=len(vocab), img_dim=SMALL["img_dim"], embed_size=32),
+               vocab=vocab.to_json())
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not a model")
+    one_line_error(capsys, ["index", "build", "--features", str(data), "--split", "test", "--embedder", str(broken),
+                            "--out", str(tmp_path / "index")], f"error: {broken}: not a checkpoint")
+    index = tmp_path / "index"
+    build_index(data, index, split="test", embedder=vse)
+    for damage, words in (("index.json", "index.json: unreadable"),
+                          ("seg-00000/image_emb.npy", "the index is damaged or incomplete (FileNotFoundError")):
+        copy = tmp_path / "copy"
+        shutil.copytree(index, copy)
+        if damage.endswith(".json"):
+            (copy / damage).write_text("{bad")
+        else:
+            (copy / damage).unlink()
+        one_line_error(capsys, ["search", "--index", str(copy), "a dog"], words)
+        shutil.rmtree(copy)

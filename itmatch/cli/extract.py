@@ -40,7 +40,7 @@ def list_pictures(images: Path) -> list[Path]:
         raise ItmatchError(f"{images}: no such folder or manifest file")
     manifest = read_manifest(images, check_images=False)
     if manifest.problems:
-        raise ManifestError(manifest.path, manifest.problems)
+        raise ManifestError(manifest.path, manifest.problems, "fix them, or leave them out of the manifest")
     return [item.image for item in manifest.items]
 
 

@@ -67,6 +67,9 @@ def reproduce(
         for item in document.tables:
             typer.echo(f"table {item.id}: {item.caption} ({len(item.rows)} rows)")
         return
+    if rows_from is not None and (rows_from.is_file() or not (rows_from.exists() or checkpoints)):
+        raise ItmatchError(f"--rows-from {rows_from}: no such run folder; give the --out of an earlier "
+                           "`itmatch reproduce`")
     target = out or rows_from
     if target is None and not dry_run:
         raise ItmatchError("give --out RUN_DIR (where the runs and the table go), or --dry-run")

@@ -151,6 +151,8 @@ def read_captions(path: str | os.PathLike) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ItmatchError(f"{path}: caption file not found") from None
+    except IsADirectoryError:
+        raise ItmatchError(f"{path}: is a folder; give a caption file (one caption a line)") from None
     except UnicodeDecodeError as exc:
         raise ItmatchError(f"{path}: not UTF-8 text ({exc}); save the captions as UTF-8") from None
     lines = text.split("\n")

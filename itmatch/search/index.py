@@ -240,9 +240,23 @@ def open_index(directory: str | Path, *, writable: bool = False) -> Index:
     meta_path = directory / INDEX_FILE
     if not meta_path.is_file():
         raise ItmatchError(f"{directory}: not a search index (no {INDEX_FILE}); build one with `itmatch index build`")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ItmatchError(f"{meta_path}: unreadable ({exc}); build the index again with `itmatch index build`"
+                           ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ItmatchError(f"{meta_path}: not an itmatch index of format version {FORMAT_VERSION}; build it again")
+    try:
+        return _open(directory, meta, writable, faiss)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ItmatchError(f"{directory}: the index is damaged or incomplete ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else exc!r}); build it again with "
+                           "`itmatch index build`") from None
+
+
+def _open(directory: Path, meta: dict[str, Any], writable: bool, faiss: Any) -> Index:
+    """``open_index``'s reading of the files ``meta`` names."""
     folders = [directory / s["dir"] for s in meta["segments"]]
     names = ["features", "image_emb", "caption_emb"] + [f"reranker-{k}/{field}" for k, entry in
                                                        enumerate(meta["rerankers"]) for field in entry["fields"]]
@@ -403,10 +417,8 @@ class IndexModels:
 def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -> IndexModels:
     """The models stored in the index ``folder`` whose metadata is ``meta`` (their ``model_name`` is noted in
     ``meta``); the first stage must be an embedding model."""
-    from itmatch.loading import load_models
-
     vocab = folder / meta["vocab"] if meta.get("vocab") else None
-    embedder, embedder_vocab = load_models([folder / meta["embedder"]["file"]], vocab, device=device)
+    embedder, embedder_vocab = _load_stored(folder, meta["embedder"], vocab, device)
     source = meta["embedder"].get("source", meta["embedder"]["file"])
     if not embedder.is_embedding:
         raise ItmatchError(f"{source}: the first stage needs an embedding model (vse, hrem), not "
@@ -414,10 +426,21 @@ def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -
     meta["embedder"]["model_name"] = embedder.model_name
     rerankers = []
     for entry in meta["rerankers"]:
-        model, words = load_models([folder / entry["file"]], vocab, device=device)
+        model, words = _load_stored(folder, entry, vocab, device)
         entry["model_name"] = model.model_name
         rerankers.append((model, words))
     return IndexModels(embedder, embedder_vocab, rerankers)
+
+
+def _load_stored(folder: Path, entry: dict[str, Any], vocab: Path | None, device: str) -> tuple[Any, Any]:
+    """A model stored in the index (its copy); an error about the file names the file it was copied from."""
+    from itmatch.loading import load_models
+
+    stored = folder / entry["file"]
+    try:
+        return load_models([stored], vocab, device=device)
+    except ItmatchError as exc:
+        raise ItmatchError(str(exc).replace(str(stored), entry.get("source", str(stored)))) from None
 
 
 def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: str, progress: bool,

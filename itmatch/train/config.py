@@ -117,6 +117,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Train
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ItmatchError(f"{path}: config file not found; the recipes are in configs/*.toml") from None
+    except IsADirectoryError:
+        raise ItmatchError(f"{path}: is a folder; give --config a recipe file (configs/*.toml)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ItmatchError(f"{path}: not valid TOML ({exc})") from None
     return config_from_dict(raw, str(path), overrides)

@@ -63,13 +63,11 @@ class Problem:
 class ManifestError(ItmatchError):
     """A manifest with bad lines; ``problems`` lists every one of them."""
 
-    def __init__(self, manifest: Path, problems: Sequence[Problem]) -> None:
+    def __init__(self, manifest: Path, problems: Sequence[Problem],
+                 fix: str = "fix them, or pass --skip-bad to build without them") -> None:
         self.problems = list(problems)
         report = "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(
-            f"{manifest}: {len(self.problems)} bad line(s); fix them, or pass --skip-bad to build without them:\n"
-            f"{report}"
-        )
+        super().__init__(f"{manifest}: {len(self.problems)} bad line(s); {fix}:\n{report}")
 
 
 @dataclass(frozen=True)
