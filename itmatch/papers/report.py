@@ -1,5 +1,5 @@
-"""``table-{id}.json`` and ``table-{id}.md``: the published numbers of a table beside the measured ones, with the difference
-(measured − published), and how each measured row was obtained."""
+"""``table-{id}.json`` and ``table-{id}.md``: the published numbers of a table beside the measured ones, with the
+difference (measured − published), and how each measured row was obtained."""
 
 from __future__ import annotations
 
