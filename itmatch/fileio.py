@@ -206,12 +206,10 @@ def _running(pid: int) -> bool:
 
 @contextlib.contextmanager
 def folder_lock(path: str | os.PathLike, option: str = "--out") -> Iterator[None]:
-    """Hold an exclusive lock on the folder ``path`` (made if missing) while a command writes it: a second itmatch
+    """Hold an exclusive lock on the existing folder ``path`` while a command writes it: a second itmatch
     process that writes the same folder at the same time (two `train` runs, an `index add` beside an `index
     build`) stops with one line instead of interleaving its files with the first's. An advisory ``flock`` on the
     folder itself: no lock file, and released by the system when a process dies."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
@@ -253,36 +251,30 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
     if fmt is not None:
         check_folder(path, fmt, option)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as held:
-        if path.is_dir():
-            held.enter_context(folder_lock(path, option))  # no other process adds to it while it is replaced
+    held = folder_lock(path, option) if path.is_dir() else contextlib.nullcontext()
+    with held:  # no other process adds to the folder while it is replaced
         remove_stale(path.parent)
-        yield from _replace_folder(path, fmt, option)
-
-
-def _replace_folder(path: Path, fmt: FolderFormat | None, option: str) -> Iterator[Path]:
-    """``atomic_dir``'s work once ``path`` is checked (and locked, when it exists)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        yield tmp
-        if fmt is not None:
-            mark_folder(tmp, fmt, claim=_entries(tmp))
-            check_folder(path, fmt, option)
-        if path.exists():
-            old = path.with_name(f".{path.name}.itmatch-old-{_HOST}-{os.getpid()}")
-            path.rename(old)
-            try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+        try:
+            yield tmp
+            if fmt is not None:
+                mark_folder(tmp, fmt, claim=_entries(tmp))
+                check_folder(path, fmt, option)
+            if path.exists():
+                old = path.with_name(f".{path.name}.itmatch-old-{_HOST}-{os.getpid()}")
+                path.rename(old)
+                try:
+                    tmp.rename(path)
+                except BaseException:
+                    old.rename(path)  # the earlier folder back in its place
+                    raise
+                shutil.rmtree(old)
+            else:
                 tmp.rename(path)
-            except BaseException:
-                old.rename(path)  # the earlier folder back in its place
-                raise
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _umask() -> int:

@@ -237,9 +237,7 @@ def open_index(directory: str | Path, *, writable: bool = False) -> Index:
     import faiss
 
     directory = Path(directory)
-    meta_path = directory / INDEX_FILE
-    if not meta_path.is_file():
-        raise ItmatchError(f"{directory}: not a search index (no {INDEX_FILE}); build one with `itmatch index build`")
+    meta_path = _meta_path(directory)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -253,6 +251,14 @@ def open_index(directory: str | Path, *, writable: bool = False) -> Index:
         raise ItmatchError(f"{directory}: the index is damaged or incomplete ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else exc!r}); build it again with "
                            "`itmatch index build`") from None
+
+
+def _meta_path(directory: Path) -> Path:
+    """``directory``'s index.json, with a one-line error when it is not an index."""
+    meta_path = directory / INDEX_FILE
+    if not meta_path.is_file():
+        raise ItmatchError(f"{directory}: not a search index (no {INDEX_FILE}); build one with `itmatch index build`")
+    return meta_path
 
 
 def _open(directory: Path, meta: dict[str, Any], writable: bool, faiss: Any) -> Index:
@@ -342,7 +348,7 @@ def add_to_index(index_dir: str | Path, features: str | Path, *, split: str | No
     (same file, size and modification time, as `extract` keys them) are skipped. Returns the new metadata plus
     ``skipped``: how many pictures were already there."""
     index_dir = Path(index_dir)
-    open_index(index_dir, writable=True)  # an index, before it is locked
+    _meta_path(index_dir)  # an index, before it is locked (and read, under the lock)
     with folder_lock(index_dir, "--index"):  # one writer at a time: a second `add` would take the same segment
         return _add(index_dir, features, split, device, progress)
 
