@@ -1,4 +1,5 @@
-"""The exception type for a user's mistake (bad file, bad option, bad data), and its picture-file kind.
+"""The exception type for a user's mistake (bad file, bad option, bad data), its picture-file kind, and a helper
+that lists numbers in its messages.
 
 The CLI prints its message on one line and exits non-zero without a traceback; anything else is a bug.
 """
@@ -10,3 +11,8 @@ class ItmatchError(Exception):
 
 class UnreadableImage(ItmatchError):
     """A picture file that cannot be decoded (missing, truncated, not a picture)."""
+
+
+def listed(numbers: list[int], shown: int = 10) -> str:
+    """``numbers`` for a message: the first ``shown``, then how many more."""
+    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")

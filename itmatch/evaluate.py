@@ -11,10 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-from itmatch.data.precomp import ImageRows, PrecompSplit, SplitFiles, load_split
+from itmatch.data.precomp import ImageRows, PrecompSplit, load_split
 from itmatch.data.vocab import Vocabulary
 from itmatch.distributed import DistInfo, setup
-from itmatch.errors import ItmatchError
+from itmatch.errors import ItmatchError, listed
 from itmatch.fileio import write_npy
 from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
@@ -136,26 +136,16 @@ def sims_caption_image(path: str | Path, captions_per_image: int = CAPTIONS_PER_
 
 
 def check_scores(block_sims: list[np.ndarray], blocks: list[tuple[np.ndarray, np.ndarray]],
-                 split: PrecompSplit | None, sims: Sequence[str | Path] = ()) -> None:
-    """Refuse NaN scores (they cannot be ranked), naming their cause: the images whose features hold NaN or
-    infinity (by their rows in the features file of ``split``, when there is one), else the saved score files
-    ``sims``, else the model."""
+                 sims: Sequence[str | Path] = ()) -> None:
+    """Refuse NaN scores (they cannot be ranked), naming their cause: the saved score files ``sims``, else the
+    model (features holding NaN are refused when read: ``PrecompSplit.image_features``)."""
     bad = sorted({int(i) for (imgs, _), part in zip(blocks, block_sims)
                   for i in np.asarray(imgs)[np.isnan(part).any(axis=1)]})
     if not bad:
         return
-    rows = [int(split.image_rows[i]) for i in bad] if split is not None else []
-    broken = [r for r in rows if not np.isfinite(split.features[r]).all()]
-    if broken:
-        raise ItmatchError(f"{SplitFiles.of(split.directory, split.split).images}: feature rows {_listed(broken)} "
-                           "hold NaN or infinite values; extract those pictures again or drop them")
     where = ", ".join(map(str, sims)) if sims else "the model"
-    raise ItmatchError(f"{where}: scores of images {_listed(bad)} are NaN; "
+    raise ItmatchError(f"{where}: scores of images {listed(bad)} are NaN; "
                        + ("save them again" if sims else "the checkpoint's weights may be broken"))
-
-
-def _listed(numbers: list[int], shown: int = 10) -> str:
-    return ", ".join(map(str, numbers[:shown])) + (f" and {len(numbers) - shown} more" if len(numbers) > shown else "")
 
 
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
@@ -237,7 +227,7 @@ def evaluate_split(data: str | Path | None, split: str, *, checkpoints: Sequence
         info.close()
     if block_sims is None:
         return None
-    check_scores(block_sims, blocks, split_data, sims)
+    check_scores(block_sims, blocks, sims)
     result = evaluate_blocks(protocol, caption_image, block_sims)
     if save_sims_to is not None:  # only scores that could be evaluated are saved
         save_sims(save_sims_to, block_sims)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "itmatch"
 
 #: Lowest first; a module may import its own layer and the layers below, never one above.
 LAYERS: list[tuple[str, ...]] = [
-    ("itmatch.errors", "itmatch.fileio", "itmatch.metrics", "itmatch.protocols", "itmatch.losses",
+    ("itmatch.errors", "itmatch.fields", "itmatch.fileio", "itmatch.metrics", "itmatch.protocols", "itmatch.losses",
      "itmatch.distributed"),
     ("itmatch.data", "itmatch.features"),
     ("itmatch.models",),

@@ -1,9 +1,10 @@
-"""Error messages that fit the case: a checkpoint's blocked object is named with the option that allows it, and NaN
-features are reported by file and row, with no --save-sims file left behind."""
+"""Error messages that fit the case: a checkpoint's blocked object is named with the option that allows it, NaN
+features are reported by file and row with nothing written, and bad model sizes and mistyped values name their field."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,99 @@ def test_a_damaged_index_and_a_bad_model_file_are_named(dataset, tmp_path, capsy
             (copy / damage).unlink()
         one_line_error(capsys, ["search", "--index", str(copy), "a dog"], words)
         shutil.rmtree(copy)
+
+
+@pytest.mark.parametrize("name, args, expected", [
+    ("sgr", {"embed_size": -5}, "embed_size = -5: must be > 0"),
+    ("saf", {"dropout": 1.0}, "dropout = 1.0: must be in [0, 1)"),
+    ("saf", {"dropout": float("nan")}, "dropout = nan: must be in [0, 1)"),
+    ("tshsr", {"sim_dim": "256"}, "sim_dim = '256': expected int"),
+    ("ave", {"lambda_softmax": True}, "lambda_softmax = True: expected float"),
+    ("vse", {"region_drop": 2}, "region_drop = 2.0: must be in [0, 1)"),
+    ("vse", {"pool_k": 2.5}, "pool_k = 2.5: expected int"),
+    ("hrem", {"relation_heads": 0}, "relation_heads = 0: must be > 0"),
+    ("hrem", {"glove": 5}, "glove = 5: expected str or none"),
+])
+def test_a_model_size_or_probability_out_of_range_or_of_the_wrong_type_is_named(name, args, expected):
+    from itmatch.models import create_model
+
+    with pytest.raises(ItmatchError, match=re.escape(expected)):
+        create_model(name, **args)
+
+
+def test_an_int_is_taken_for_a_float_field():
+    model = small_model("sgr", lambda_softmax=9)
+    assert type(model.config.lambda_softmax) is float and model.config.lambda_softmax == 9.0
+
+
+def test_train_names_the_settings_that_fit_the_features_and_refuses_nan_features(tmp_path, capsys):
+    from train_support import synthetic_data, train_args
+
+    data = synthetic_data(tmp_path / "data", train=12, dev=6, test=6)
+    out = tmp_path / "run"
+    one_line_error(capsys, ["train", *train_args("sgr", data, out, "model.args.img_dim=48",
+                                                 "model.args.num_regions=20")],
+                   f"{data / 'train_ims.npy'}: image features must be (N, 20, 48) for this model, got (1, 36, 32); "
+                   "fit the recipe to the features: --set model.args.num_regions=36 --set model.args.img_dim=32")
+    assert not out.exists()  # refused before the run folder was made
+    features = np.load(data / "train_ims.npy")
+    features[7, 2, 3] = np.nan
+    np.save(data / "train_ims.npy", features)
+    one_line_error(capsys, ["train", *train_args("sgr", data, out, "schedule.epochs=1")],
+                   f"{data / 'train_ims.npy'}: feature rows 7 hold NaN or infinite values")
+    assert not (out / "last.pt").exists()
+
+
+def test_encode_refuses_nan_features_and_writes_nothing(dataset, tmp_path, capsys):
+    from itmatch.models import create_model
+
+    data = dataset[0]
+    vocab = load_vocab(data / "vocab.json")
+    vse = tmp_path / "vse.safetensors"
+    save_model(vse, create_model("vse", vocab_size=len(vocab), img_dim=SMALL["img_dim"], embed_size=32),
+               vocab=vocab.to_json())
+    broken = tmp_path / "data"
+    broken.mkdir()
+    for path in Path(data).iterdir():
+        (broken / path.name).symlink_to(path)
+    features = np.load(data / "test_ims.npy")
+    features[11, 4, 1] = -np.inf
+    (broken / "test_ims.npy").unlink()
+    np.save(broken / "test_ims.npy", features)
+    one_line_error(capsys, ["encode", "--checkpoint", str(vse), "--data", str(broken), "--out", str(tmp_path / "emb"),
+                            "--no-progress"], f"{broken / 'test_ims.npy'}: feature rows 11 hold NaN or infinite")
+    assert not (tmp_path / "emb").exists() and not list(tmp_path.glob(".emb*"))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["evaluate", "--bogus"], "No such option: --bogus; see `itmatch evaluate --help`"),
+    (["evaluate", "--max-memory", "-1"], "Invalid value for '--max-memory': Input should be greater than or equal to 1"),
+    (["evaluate", "--sims", "s.npy", "--captions-per-image", "0"], "Invalid value for '--captions-per-image'"),
+    (["data", "synth", "--out", "x", "--images", "3", "--dim", "abc"], "Invalid value for '--dim'"),
+    (["train", "--config"], "Option '--config' requires an argument; see `itmatch train --help`"),
+    (["nosuch"], "No such command 'nosuch'; see `itmatch --help`"),
+])
+def test_usage_errors_are_one_line(argv, expected, capsys):
+    one_line_error(capsys, argv, expected)
+
+
+def test_help_is_not_an_error(capsys):
+    assert main(["evaluate", "--help"]) == 0
+    assert "--max-memory" in capsys.readouterr().out
+    assert main([]) == 2  # the command alone: its help, and the usage-error code
+    assert "Commands" in capsys.readouterr().out
+
+
+def test_extractor_options_are_checked_by_name_type_and_range(tmp_path, capsys):
+    from itmatch.features import get_extractor
+
+    with pytest.raises(ItmatchError, match="extractor 'ssd-mobilenet-v2' has no option 'nms'; its options are: "
+                                           "regions, min_score, nms_iou"):
+        get_extractor("ssd-mobilenet-v2", nms=0.3)
+    with pytest.raises(ItmatchError, match="option min_score = 'high': expected float"):
+        get_extractor("ssd-mobilenet-v2", min_score="high")
+    with pytest.raises(ItmatchError, match=r"min_score must lie in \[0, 1\)"):
+        get_extractor("ssd-mobilenet-v2", min_score=5)
+    assert get_extractor("ssd-mobilenet-v2", min_score=0, nms_iou=1).config()["min_score"] == 0.0
+    one_line_error(capsys, ["extract", "--images", str(tmp_path), "--out", str(tmp_path / "f"), "--option",
+                            "regions=3"], "--option regions: set by itmatch extract itself; use --regions")

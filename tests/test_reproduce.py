@@ -138,6 +138,21 @@ def test_dry_run_estimates_and_errors(capsys):
     assert "total: ~" in out and "DATA/coco_precomp" in out
     assert main(["reproduce", "--paper", "sgraf", "--table", "6", "--dry-run"]) == 2
     assert "its tables are: 1, 2, 3, 4, 5, 7" in capsys.readouterr().err
+
+
+def test_the_flop_count_reads_the_resolved_config():
+    from itmatch.papers.cost import encode_mflop, pair_mflop
+
+    # a preset is counted as its base model with the preset's fields (not as another model)
+    assert pair_mflop("tshsr_i2t", {}) == pair_mflop("tshsr", {"streams": "i2t"}) < pair_mflop("tshsr", {})
+    assert pair_mflop("tshsr_t2i", {}) == pair_mflop("tshsr", {"streams": "t2i", "t2i_hsr": True})
+    # SGR: 14 nodes of a 1024 -> 256 projection and 3 steps of three 256² products, plus ~2 of attention
+    assert pair_mflop("sgr", {}) == pytest.approx(2 + 14 * (2 * 1024 * 256 + 3 * 3 * 2 * 256 ** 2) / 1e6)
+    assert pair_mflop("sgr", {"sim_dim": 128}) < pair_mflop("sgr", {}) < pair_mflop("sgr", {"sim_dim": 384})
+    assert pair_mflop("saf", {}) == pytest.approx(2 + 14 * 2 * 1024 * 256 / 1e6)
+    assert pair_mflop("hrem", {}) == pair_mflop("vse", {}) == 0.0
+    assert encode_mflop("hrem", {"text_encoder": "bert"}) > encode_mflop("vse", {"text_encoder": "bert"}) \
+        > encode_mflop("vse", {}) == encode_mflop("sgr", {})
     assert main(["reproduce", "--paper", "clip", "--table", "1"]) == 2
     assert main(["reproduce", "--paper", "sgraf", "--table", "3"]) == 2  # no --out
 

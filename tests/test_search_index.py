@@ -229,3 +229,16 @@ def test_index_files_are_memory_mapped_and_hold_the_rerankers_encodings(syntheti
     np.testing.assert_allclose(stored["glob"], expected.glob.numpy(), atol=1e-6)
     assert index.meta["rerankers"][0]["source"] == str(models["sgr"].absolute())
     assert (out / index.meta["rerankers"][0]["file"]).is_file()
+
+
+def test_an_index_build_refuses_pictures_whose_features_are_not_finite(tmp_path):
+    source = picture_dataset().parent / "features"
+    features = tmp_path / "features"
+    shutil.copytree(source, features)
+    array = np.load(features / "features.npy")
+    array[2, 0, 5] = np.nan
+    np.save(features / "features.npy", array)
+    picture = json.loads((features / "images.jsonl").read_text().splitlines()[2])["path"]
+    with pytest.raises(ItmatchError, match=f"{features}: the features of 1 picture.*{Path(picture).name}.* hold NaN"):
+        build_index(features, tmp_path / "index", embedder=picture_models()["vse"])
+    assert not (tmp_path / "index").exists()

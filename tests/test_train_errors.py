@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_support import ROOT, checkpoint, max_difference, synthetic_data, train_args
@@ -103,12 +104,15 @@ def test_resume_without_last_pt_never_starts_over_on_a_run_that_trained(data: Pa
 
 def test_a_run_that_failed_at_its_first_step_can_be_started_again(data: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "run"
-    fails(capsys, train_args("sgr", data, out, "run.max_steps=1", "model.args.img_dim=7"),
-          "image features must be (N, 36, 7) for this model")  # found by the first step
+    out, broken = tmp_path / "run", tmp_path / "broken"
+    shutil.copytree(data, broken)
+    features = np.load(broken / "train_ims.npy")
+    features[1:] = np.nan  # the first picture is fine: the check before the run passes, the first batch fails
+    np.save(broken / "train_ims.npy", features)
+    fails(capsys, train_args("sgr", broken, out, "run.max_steps=1"), "hold NaN or infinite values")
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.jsonl"]
     assert main(["train", *train_args("sgr", data, out, "run.max_steps=1")]) == 0
-    assert (out / "last.pt").exists() and "img_dim = 7" not in (out / "config.toml").read_text()
+    assert (out / "last.pt").exists()
 
 
 #: TSHSR's model arguments added after the first TSHSR runs were saved (and their defaults).

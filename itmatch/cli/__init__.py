@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import signal
 import sys
 import threading
@@ -50,11 +51,24 @@ EXTRAS = {"cv2": "extract", "cairosvg": "extract", "matplotlib": "extract", "ope
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error, or a missing optional dependency,
-    prints one line and returns 2."""
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error (a bad option included), or a missing
+    optional dependency, prints one line and returns 2."""
     try:
         with _sigterm_exits():
-            app(args=argv, prog_name="itmatch")  # standalone: usage errors print usage and exit 2
+            code = app(args=argv, prog_name="itmatch", standalone_mode=False)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except typer.TyperException as exc:  # an unknown option, a missing one, a value out of its range
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `itmatch` or a command group alone: its help
+            exc.show()
+        else:
+            words = sys.argv[1:] if argv is None else argv  # without a context: the words before the options
+            path = ctx.command_path if ctx is not None else " ".join(
+                ["itmatch", *itertools.takewhile(lambda word: not word.startswith("-"), words)])
+            print(f"error: {exc.format_message().rstrip('.')}; see `{path} --help`", file=sys.stderr)
+        return exc.exit_code
     except ItmatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+    return code if isinstance(code, int) else 0  # an int: the code of a `typer.Exit` (130 after Ctrl-C)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ def manifest(
                                                 "(image,caption rows); paths relative to the manifest's folder.")],
     out: Annotated[Path, typer.Option(help="Dataset folder to write (must be new, empty or an earlier build).")],
     split: Annotated[str, typer.Option(help="train/dev/test fractions.")] = "0.8/0.1/0.1",
-    seed: Annotated[int, typer.Option(help="Seed of the deterministic split.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the deterministic split.", min=0)] = 0,
     skip_bad: Annotated[bool, typer.Option(help="Leave bad lines out (and list them) instead of stopping.")] = False,
     extractor: Extractor = "ssd-mobilenet-v2",
     regions: Regions = 36,
@@ -62,7 +62,7 @@ def tuxpaint(
         help="Add the ~7,450 Open Clip Art drawings (noisy title/keyword captions) to the train split.")] = False,
     dev: Annotated[int, typer.Option(help="Dev stamps.", min=0)] = 100,
     test: Annotated[int, typer.Option(help="Test stamps.", min=0)] = 150,
-    seed: Annotated[int, typer.Option(help="Seed of the deterministic split.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the deterministic split.", min=0)] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only this many stamps (and drawings), for a quick "
                                                       "trial.", min=1)] = None,
     extractor: Extractor = "ssd-mobilenet-v2",

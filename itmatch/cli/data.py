@@ -30,7 +30,7 @@ def synth(
     repeat_images: Annotated[
         bool, typer.Option(help="Store each image 5 times in *_ims.npy, like some released files.")
     ] = False,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.", min=0)] = 0,
 ) -> None:
     """Write planted synthetic data in the SCAN precomp format (features whose regions show the captions' words).
 

@@ -83,7 +83,7 @@ def encode(
     vocab: Annotated[Optional[Path], typer.Option(
         help="Vocabulary JSON of a Bi-GRU model (default: the one stored in the checkpoint).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Images or captions encoded at once.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Images or captions encoded at once.", min=1)] = 128,
     trust_checkpoint: Annotated[bool, typer.Option(
         help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,

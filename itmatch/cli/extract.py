@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import json
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import parse_value
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["min_score=0.3", "features_dir=feats"]`` -> ``{"min_score": 0.3, "features_dir": "feats"}`` (JSON values
-    where they parse, strings otherwise)."""
+    """``["min_score=0.3", "features_dir=feats"]`` -> ``{"min_score": 0.3, "features_dir": "feats"}`` (values read
+    as ``--set`` reads them: ``itmatch.fields.parse_value``)."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ItmatchError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option min_score=0.3")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
+        options[key.strip()] = parse_value(value.strip())
     return options
 
 
@@ -76,9 +74,13 @@ def extract(
     from itmatch.distributed import launch_rank
     from itmatch.features import extract_features
 
+    options = parse_options(option)
+    own = sorted(set(options) & set(inspect.signature(extract_features).parameters))
+    if own:
+        raise ItmatchError(f"--option {own[0]}: set by itmatch extract itself; use --{own[0].replace('_', '-')}")
     pictures = list_pictures(images)
     result = extract_features(pictures, out, extractor=extractor, regions=regions, batch_size=batch_size,
-                              progress=progress, skip_unreadable=skip_unreadable, **parse_options(option))
+                              progress=progress, skip_unreadable=skip_unreadable, **options)
     if launch_rank():  # under torchrun rank 0 reports
         return
     n, r, d = result.features.shape

@@ -25,7 +25,8 @@ def evaluate(
     sims: Annotated[Optional[list[Path]], typer.Option(
         help="Saved score matrix .npy (images × captions) instead of a model; repeat to average.")] = None,
     captions_per_image: Annotated[Optional[int], typer.Option(
-        help="With --sims and no --data: captions per image, in image order (default 5, the authors' layout).")
+        help="With --sims and no --data: captions per image, in image order (default 5, the authors' layout).",
+        min=1)
     ] = None,
     split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",
     vocab: Annotated[Optional[Path], typer.Option(
@@ -35,7 +36,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     precision: Annotated[str, typer.Option(help="fp32 (exact), tf32 or bf16 (GPU speed-ups).")] = "fp32",
     max_memory: Annotated[Optional[int], typer.Option(
-        help="Working memory of one scoring tile in MiB (default suits the device).")] = None,
+        help="Working memory of one scoring tile in MiB (default suits the device).", min=1)] = None,
     dev_subset: Annotated[bool, typer.Option(
         help="Use the authors' 1,000-image dev subset (first 5,000 captions).")] = False,
     save_sims: Annotated[Optional[Path], typer.Option(

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from itmatch.errors import ItmatchError
+from itmatch.errors import ItmatchError, listed
 from itmatch.fileio import atomic_path, write_npy, write_text
 
 SPLITS = ("train", "dev", "test", "testall")
@@ -87,6 +87,11 @@ class PrecompSplit:
         order = np.argsort(rows, kind="stable")
         out = np.empty((len(rows), self.n_regions, self.feature_dim), dtype=np.float32)
         out[order] = self.features[rows[order]]
+        broken = ~np.isfinite(out).all(axis=(1, 2))
+        if broken.any():
+            raise ItmatchError(f"{SplitFiles.of(self.directory, self.split).images}: feature rows "
+                               f"{listed(sorted(set(rows[broken].tolist())))} hold NaN or infinite values; extract "
+                               "those pictures again or drop them")
         return out
 
 

@@ -14,6 +14,8 @@ and select it with ``itmatch extract --extractor my-features`` (after importing 
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import coerce
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,23 @@ def list_extractors() -> list[str]:
 
 
 def get_extractor(name: str, **options: Any) -> Extractor:
-    """Create the extractor registered as ``name`` with ``options`` (e.g. ``regions=36``)."""
+    """Create the extractor registered as ``name`` with ``options`` (e.g. ``regions=36``); an option the factory
+    does not take, or a value not of its annotated type, is an error naming it."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ItmatchError(
             f"unknown extractor {name!r}; choose one of: {', '.join(list_extractors())}"
         ) from None
-    return factory(**options)
+    parameters = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(options) - set(parameters))
+        if unknown:
+            raise ItmatchError(f"extractor {name!r} has no option {unknown[0]!r}; its options are: "
+                               f"{', '.join(parameters)}")
+    hints = typing.get_type_hints(factory)
+    return factory(**{key: coerce(value, hints[key], f"option {key}") if key in hints else value
+                      for key, value in options.items()})
 
 
 def check_regions(regions: Regions, expected: int, source: str) -> None:

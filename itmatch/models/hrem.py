@@ -50,9 +50,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import check_fields
 from itmatch.models.layers import l2norm, length_mask
 from itmatch.models.pooling import mean_pool
-from itmatch.models.registry import register_model
+from itmatch.models.registry import register_preset
 from itmatch.models.vse import VSE, TrainBatch, VSEConfig
 
 INTERACTIONS = ("fusion", "standalone", "off")
@@ -91,6 +92,9 @@ class HREMConfig(VSEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_fields(self, positive=("relation_heads", "instance_heads", "relation_topk", "sigma"),
+                     fractions=("relation_dropout", "instance_dropout"),
+                     non_negative=("fusion_weight", "instance_warmup", "relevance_weight", "reg_weight"))
         if self.interaction not in INTERACTIONS:
             raise ItmatchError(f"interaction must be one of {', '.join(INTERACTIONS)}, got {self.interaction!r}")
         if self.interaction != "off" and not (self.instance_intra or self.instance_inter):
@@ -364,7 +368,5 @@ class HREM(VSE):
         return loss, logs
 
 
-@register_model
-def hrem(**overrides) -> HREM:
-    """HREM: fragment-level relations at inference; instance-level association graph in training."""
-    return HREM(HREMConfig(**overrides))
+register_preset("hrem", HREM, HREMConfig, "HREM: fragment-level relations at inference; instance-level association "
+                "graph in training.")

@@ -38,7 +38,7 @@ from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunk
                                    pair_chunks, xavier_init_)
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
                                         squared_difference)
-from itmatch.models.registry import register_model
+from itmatch.models.registry import register_preset
 
 MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
 ATTENTIONS = ("t2i", "i2t")
@@ -58,6 +58,7 @@ class SGRAFConfig(RegionWordConfig):
     similarity: str = "vector"     # "vector" similarity representations; "scalar" cosines (module "AVE" only)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name, allowed in (("module", MODULES), ("attention", ATTENTIONS), ("similarity", SIMILARITIES)):
             if getattr(self, name) not in allowed:
                 raise ItmatchError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -378,31 +379,11 @@ class SGRAF(RegionWordMatcher):
         return weights[0], weights[1:]
 
 
-def _build(name: str, module: str, overrides: dict) -> SGRAF:
-    if overrides.setdefault("module", module) != module:
-        raise ItmatchError(f"model {name!r} cannot take module={overrides['module']!r}")
-    return SGRAF(SGRAFConfig(**overrides))
-
-
-@register_model
-def sgr(**overrides) -> SGRAF:
-    """SGR: similarity graph reasoning (3 steps) over the global and local similarity vectors."""
-    return _build("sgr", "SGR", overrides)
-
-
-@register_model
-def saf(**overrides) -> SGRAF:
-    """SAF: similarity attention filtration over the global and local similarity vectors."""
-    return _build("saf", "SAF", overrides)
-
-
-@register_model
-def ave(**overrides) -> SGRAF:
-    """Average aggregation (SGRAF Table 4's AA): the mean of ``sigmoid(w . s)`` over the similarity nodes."""
-    return _build("ave", "AVE", overrides)
-
-
-@register_model
-def sgraf_joint(**overrides) -> SGRAF:
-    """SGR and SAF trained jointly over shared similarity nodes (SGRAF Table 5): summed loss, mean score."""
-    return _build("sgraf_joint", "SGR+SAF", overrides)
+register_preset("sgr", SGRAF, SGRAFConfig, "SGR: similarity graph reasoning (3 steps) over the global and local "
+                "similarity vectors.", module="SGR")
+register_preset("saf", SGRAF, SGRAFConfig, "SAF: similarity attention filtration over the global and local "
+                "similarity vectors.", module="SAF")
+register_preset("ave", SGRAF, SGRAFConfig, "Average aggregation (SGRAF Table 4's AA): the mean of sigmoid(w . s) "
+                "over the similarity nodes.", module="AVE")
+register_preset("sgraf_joint", SGRAF, SGRAFConfig, "SGR and SAF trained jointly over shared similarity nodes (SGRAF "
+                "Table 5): summed loss, mean score.", module="SGR+SAF")

@@ -96,7 +96,7 @@ from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, sim
 from itmatch.models.layers import cached_weights, in_pair_chunks, l2norm, length_mask, xavier_init_
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
                                         squared_difference)
-from itmatch.models.registry import register_model
+from itmatch.models.registry import register_preset
 
 STREAMS = ("both", "i2t", "t2i")
 READOUTS = ("sigmoid", "inner")
@@ -118,6 +118,7 @@ class TSHSRConfig(RegionWordConfig):
     relation_norm: str = "softmax"  # R of Eq. 4: "softmax" over each row (SGR's edges); "none": R as printed
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name, allowed in (("streams", STREAMS), ("readout", READOUTS), ("relation_norm", RELATION_NORMS)):
             if getattr(self, name) not in allowed:
                 raise ItmatchError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -309,26 +310,9 @@ class TSHSR(RegionWordMatcher):
         return per_word
 
 
-def _build(name: str, fixed: dict, overrides: dict) -> TSHSR:
-    for key, value in fixed.items():
-        if overrides.setdefault(key, value) != value:
-            raise ItmatchError(f"model {name!r} cannot take {key}={overrides[key]!r}; use 'tshsr' with overrides")
-    return TSHSR(TSHSRConfig(**overrides))
-
-
-@register_model
-def tshsr(**overrides) -> TSHSR:
-    """TSHSR: HSR over image-to-text similarities plus pooled text-to-image similarities (the paper's model)."""
-    return _build("tshsr", {}, overrides)
-
-
-@register_model
-def tshsr_i2t(**overrides) -> TSHSR:
-    """The image-to-text stream with HSR alone: the paper's "Ours (HSR)"."""
-    return _build("tshsr_i2t", {"streams": "i2t"}, overrides)
-
-
-@register_model
-def tshsr_t2i(**overrides) -> TSHSR:
-    """The text-to-image stream with HSR alone (Table V's T2I rows)."""
-    return _build("tshsr_t2i", {"streams": "t2i", "t2i_hsr": True}, overrides)
+register_preset("tshsr", TSHSR, TSHSRConfig, "TSHSR: HSR over image-to-text similarities plus pooled text-to-image "
+                "similarities (the paper's model).")
+register_preset("tshsr_i2t", TSHSR, TSHSRConfig, "The image-to-text stream with HSR alone: the paper's \"Ours (HSR)\".",
+                streams="i2t")
+register_preset("tshsr_t2i", TSHSR, TSHSRConfig, "The text-to-image stream with HSR alone (Table V's T2I rows).",
+                streams="t2i", t2i_hsr=True)

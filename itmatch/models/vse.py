@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import check_fields
 from itmatch.losses import ranking_loss
 from itmatch.models.augment import augment_tokens, drop_regions
 from itmatch.models.base import Encoding, Matcher
@@ -29,7 +30,7 @@ from itmatch.models.encoders import DEFAULT_TEXT_ENCODER, BertTextEncoder, GRUTe
 from itmatch.models.glove import init_embedding_from_glove
 from itmatch.models.layers import l2norm
 from itmatch.models.pooling import Pool
-from itmatch.models.registry import register_model
+from itmatch.models.registry import register_preset
 
 if TYPE_CHECKING:
     from itmatch.data.vocab import Vocabulary
@@ -63,6 +64,9 @@ class VSEConfig:
     text_lr_factor: float = 0.1                  # learning-rate factor of the BERT weights
 
     def __post_init__(self) -> None:
+        check_fields(self, positive=("img_dim", "embed_size", "word_dim", "num_layers", "pool_k", "triplet_cutoff",
+                                     "triplet_dim"), fractions=("region_drop", "token_augment"),
+                     non_negative=("hinge_sum_epochs", "text_lr_factor"))
         if self.text_encoder not in TEXT_ENCODERS:
             raise ItmatchError(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
         if self.loss not in LOSSES:
@@ -268,7 +272,5 @@ class VSE(Matcher):
         return self.batch_loss(self.encode_train_batch(features, tokens, lengths, n_regions), **options)
 
 
-@register_model
-def vse(**overrides) -> VSE:
-    """VSE baseline: region MLP encoder, Bi-GRU or BERT-family words, GPO (or mean/max/top-k) pooling."""
-    return VSE(VSEConfig(**overrides))
+register_preset("vse", VSE, VSEConfig, "VSE baseline: region MLP encoder, Bi-GRU or BERT-family words, GPO (or "
+                "mean/max/top-k) pooling.")

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import math
 
+from itmatch.errors import ItmatchError
+from itmatch.models.hrem import HREMConfig
+from itmatch.models.registry import model_config
+from itmatch.models.sgraf import SGRAFConfig
+from itmatch.models.tshsr import TSHSRConfig
+from itmatch.models.vse import VSEConfig
 from itmatch.train.config import TrainConfig
 
 SUSTAINED_TFLOPS = 10.0
-WORDS, REGIONS, DIM, SIM = 13, 36, 1024, 256
+WORDS = 13  # words of a caption with <start>/<end>
 #: Training captions of the SCAN precomp releases.
 TRAIN_CAPTIONS = {"f30k": 145_000, "coco": 566_435}
 #: (images, captions) of each scored block and the number of blocks: dev = the first 1,000 dev images.
@@ -28,31 +34,31 @@ ENCODE_MFLOP = {"bigru": 380.0, "bert": 2950.0}
 FRAGMENT_MFLOP = 630.0
 
 
-def _nodes(args: dict, per_word: bool = True) -> int:
-    return (WORDS if per_word else REGIONS) + int(args.get("global_node", True))
-
-
 def pair_mflop(model: str, args: dict) -> float:
-    """Forward MFLOP of the pair work for one image-caption pair (0 for embedding models)."""
-    if model in ("vse", "hrem"):
+    """Forward MFLOP of the pair work for one image-caption pair of model ``model`` built with ``args`` (0 for
+    embedding models), at the config's sizes (``WORDS`` words a caption)."""
+    config = model_config(model, **args)
+    if isinstance(config, VSEConfig):  # VSE, HREM: one dot product a pair
         return 0.0
-    project = 2 * DIM * SIM / 1e6
-    if model == "tshsr":
-        layers, streams = args.get("hsr_layers", 3), args.get("streams", "both")
-        hsr_step = 2 * 2 * SIM * SIM / 1e6
-        i2t = 2 + (WORDS + 1) * (project + layers * hsr_step)
-        t2i = 2 + (REGIONS + 1) * (project + (layers * hsr_step if args.get("t2i_hsr") else 0.0))
-        return {"both": i2t + t2i, "i2t": i2t, "t2i": t2i}[streams]
-    nodes = _nodes(args, args.get("attention", "t2i") == "t2i")
-    steps = args.get("sgr_step", 3) if model in ("sgr", "sgraf_joint") else 0
-    return 2 + nodes * (project + steps * 3 * 2 * SIM * SIM / 1e6)
+    regions, dim, sim = config.num_regions, config.embed_size, config.sim_dim
+    project = 2 * dim * sim / 1e6
+    if isinstance(config, TSHSRConfig):
+        hsr_step = 2 * 2 * sim * sim / 1e6
+        i2t = 2 + (WORDS + 1) * (project + config.hsr_layers * hsr_step) if config.uses_i2t else 0.0
+        t2i_steps = config.hsr_layers * hsr_step if config.t2i_hsr else 0.0
+        return i2t + (2 + (regions + 1) * (project + t2i_steps) if config.uses_t2i else 0.0)
+    if isinstance(config, SGRAFConfig):
+        nodes = (WORDS if config.attention == "t2i" else regions) + int(config.global_node)
+        steps = config.sgr_step if "SGR" in config.heads else 0
+        return 2 + nodes * (project + steps * 3 * 2 * sim * sim / 1e6)
+    raise ItmatchError(f"no FLOP count for model {model!r}: add its pair work to itmatch/papers/cost.py")
 
 
 def encode_mflop(model: str, args: dict) -> float:
     """Forward MFLOP of encoding one image and one caption."""
-    text = "bert" if args.get("text_encoder") == "bert" else "bigru"
-    relation = FRAGMENT_MFLOP if model == "hrem" else 0.0
-    return ENCODE_MFLOP[text] + relation
+    config = model_config(model, **args)
+    text = "bert" if getattr(config, "text_encoder", "bigru") == "bert" else "bigru"
+    return ENCODE_MFLOP[text] + (FRAGMENT_MFLOP if isinstance(config, HREMConfig) else 0.0)
 
 
 def train_hours(config: TrainConfig, dataset: str) -> float:

@@ -105,7 +105,17 @@ def _features_folder(directory: Path) -> Gallery:
         raise ItmatchError(f"{directory}: no picture in it could be decoded; nothing to index")
     pictures = [_picture(feature_set.images[i], directory) for i in keep]
     _, regions, dim = feature_set.features.shape
-    return Gallery(len(keep), regions, dim, lambda ids: np.asarray(feature_set.features[keep[ids]], np.float32),
+
+    def read_features(ids: np.ndarray) -> np.ndarray:
+        features = np.asarray(feature_set.features[keep[ids]], np.float32)
+        broken = np.asarray(ids)[~np.isfinite(features).all(axis=(1, 2))]
+        if len(broken):
+            raise ItmatchError(f"{directory}: the features of {len(broken)} picture(s) ({pictures[broken[0]]['path']}"
+                               f"{', ...' if len(broken) > 1 else ''}) hold NaN or infinite values; check the "
+                               "extractor and extract them again")
+        return features
+
+    return Gallery(len(keep), regions, dim, read_features,
                    np.asarray(feature_set.boxes[keep]), pictures, [], np.zeros(0, np.int64),
                    feature_set.info.get("extractor"), {"kind": "features", "path": str(directory.absolute())})
 

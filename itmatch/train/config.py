@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import coerce, parse_value
 from itmatch.scoring import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw")
@@ -177,23 +178,8 @@ def _build(cls: type, raw: Any, source: str, where: str) -> Any:
         if dataclasses.is_dataclass(kind):
             values[name] = _build(kind, raw[name], source, f"{where}{name}.")
         else:
-            values[name] = _coerce(raw[name], kind, f"{source}: {where}{name}")
+            values[name] = coerce(raw[name], kind, f"{source}: {where}{name}")
     return cls(**values)
-
-
-def _coerce(value: Any, kind: Any, label: str) -> Any:
-    """``value`` as type ``kind`` (int, float, bool, str, dict, list[int]), or an error naming ``label``."""
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind in (bool, str, dict) and isinstance(value, kind):
-        return dict(value) if kind is dict else value
-    if typing.get_origin(kind) is list and isinstance(value, list):
-        item = typing.get_args(kind)[0]
-        return [_coerce(v, item, f"{label}[{i}]") for i, v in enumerate(value)]
-    name = getattr(kind, "__name__", str(kind))
-    raise ItmatchError(f"{label} = {value!r}: expected {'a table' if kind is dict else name}")
 
 
 def _apply_override(config: TrainConfig, item: str) -> None:
@@ -202,7 +188,7 @@ def _apply_override(config: TrainConfig, item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ItmatchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=3e-4")
-    value = _parse_value(text.strip())
+    value = parse_value(text.strip())
     parts = key.split(".")
     if parts[:2] == ["model", "args"] and len(parts) == 3:
         config.model.args[parts[2]] = value
@@ -215,14 +201,7 @@ def _apply_override(config: TrainConfig, item: str) -> None:
                           if f.name != "args")
         raise ItmatchError(f"--set {key}: unknown config key; use model.args.NAME or one of: {known}")
     kind = typing.get_type_hints(type(section))[parts[1]]
-    setattr(section, parts[1], _coerce(value, kind, f"--set {key}"))
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    setattr(section, parts[1], coerce(value, kind, f"--set {key}"))
 
 
 def _check_values(config: TrainConfig) -> None:

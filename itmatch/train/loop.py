@@ -96,6 +96,22 @@ def build_model(config: TrainConfig, vocab_size: int) -> Matcher:
     return model
 
 
+def check_features(model: Matcher, split: PrecompSplit) -> None:
+    """Encode the split's first picture before any work, so that features the recipe's sizes do not fit are
+    refused at once, with the ``--set`` items that fit them (the first step would only say they differ)."""
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval().encode_images(torch.from_numpy(split.image_features(np.zeros(1, dtype=np.int64))))
+    except ItmatchError as exc:
+        sizes = {"num_regions": split.n_regions, "img_dim": split.feature_dim}
+        fix = " ".join(f"--set model.args.{k}={v}" for k, v in sizes.items() if k in model.model_args())
+        raise ItmatchError(f"{SplitFiles.of(split.directory, split.split).images}: {exc}; fit the recipe to the "
+                           f"features: {fix}") from None
+    finally:
+        model.train(training)
+
+
 def make_optimizer(config: TrainConfig, model: Matcher) -> torch.optim.Optimizer:
     """Adam (the SGRAF authors') or AdamW over the model's ``parameter_groups(lr)`` (each group's ``lr_factor``
     scales the scheduled rate, e.g. BERT weights at 0.1×; by default one group of all parameters)."""
@@ -171,6 +187,7 @@ class _Trainer:
         self.train_split = load_split(data, "train")
         self.dev_split = _load_dev(data, config.data.dev_subset)
         self.model = build_model(config, len(self.vocab))
+        check_features(self.model, self.train_split)
         self.position = Position()
         if checkpoint is not None:
             self._check_same_run(checkpoint, vocab)

@@ -30,7 +30,6 @@ from torch.utils.checkpoint import checkpoint
 
 from itmatch.losses import ranking_loss
 from itmatch.models.base import Encoding, Matcher
-from itmatch.models.region_word import RegionEncoding
 from itmatch.train.active_pairs import active_pair_scores
 from itmatch.train.config import LossSection
 from itmatch.train.distributed import gather_fields, gather_rows
@@ -123,8 +122,7 @@ def score_in_chunks(model: Matcher, images: Encoding, texts: Encoding, recompute
         return score(images, texts)
     chunks = [texts.select(slice(start, start + CPU_CAPTION_CHUNK))
               for start in range(0, len(texts), CPU_CAPTION_CHUNK)]
-    if isinstance(images, RegionEncoding):  # its Gram matrices once for all chunks, outside any checkpoint
-        images.gram()
+    images = model.prepared_images(images)  # per-image work (Gram matrices) once for all chunks, not in a checkpoint
     if not recompute:
         return torch.cat([score(images, chunk) for chunk in chunks], -1)
     recomputing = lambda: (contextlib.nullcontext(), scratch_buffers(model))  # noqa: E731

