@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("itmatch.data", "itmatch.features"),
     ("itmatch.models",),
     ("itmatch.checkpoint", "itmatch.release", "itmatch.loading", "itmatch.scoring"),
-    ("itmatch.evaluate", "itmatch.train", "itmatch.papers"),
+    ("itmatch.evaluate", "itmatch.embeddings", "itmatch.train", "itmatch.papers"),
     ("itmatch.search", "itmatch.viz", "itmatch.demo"),
     ("itmatch.serve",),
     ("itmatch.cli", "itmatch.__main__"),

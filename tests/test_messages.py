@@ -188,7 +188,8 @@ def test_encode_refuses_nan_features_and_writes_nothing(dataset, tmp_path, capsy
 
 @pytest.mark.parametrize("argv, expected", [
     (["evaluate", "--bogus"], "No such option: --bogus; see `itmatch evaluate --help`"),
-    (["evaluate", "--max-memory", "-1"], "Invalid value for '--max-memory': Input should be greater than or equal to 1"),
+    (["evaluate", "--max-memory", "-1"], "Invalid value for '--max-memory': Input should be greater than or equal "
+                                         "to 1"),
     (["evaluate", "--sims", "s.npy", "--captions-per-image", "0"], "Invalid value for '--captions-per-image'"),
     (["data", "synth", "--out", "x", "--images", "3", "--dim", "abc"], "Invalid value for '--dim'"),
     (["train", "--config"], "Option '--config' requires an argument; see `itmatch train --help`"),

@@ -189,7 +189,7 @@ def test_extract_and_encode_refuse_folders_holding_other_files(tmp_path, capsys)
 
 def test_a_failed_encode_leaves_the_earlier_embeddings_as_they_were(synthetic, tmp_path, monkeypatch):
     import itmatch.scoring
-    from itmatch.cli.encode import encode_split
+    from itmatch.embeddings import encode_split
 
     out = tmp_path / "embeddings"
     encode_split(synthetic[1]["vse"], synthetic[0], "test", out)  # then another model on other data:

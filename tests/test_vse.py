@@ -395,7 +395,7 @@ def test_encode_writes_embeddings_that_reproduce_the_scores(tmp_path, capsys):
 def test_encode_refuses_a_cross_attention_model(tmp_path):
     from conftest import small_model
 
-    from itmatch.cli.encode import encode_split
+    from itmatch.embeddings import encode_split
     from itmatch.errors import ItmatchError
 
     data = write_synthetic(tmp_path / "data", n_images={"train": 3, "test": 2}, feature_dim=24)
