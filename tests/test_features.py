@@ -286,3 +286,11 @@ def test_extract_cli(tmp_path: Path, pictures: list[Path]) -> None:
     assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in pictures[:2])
     bad = runner.invoke(app, ["extract", "--images", str(folder), "--out", str(tmp_path / "g"), "--option", "x"])
     assert bad.exit_code != 0 and "KEY=VALUE" in str(bad.exception)
+
+
+def test_an_extractor_is_rebuilt_from_its_stored_config_with_the_same_settings() -> None:
+    from itmatch.features import extractor_from_config, get_extractor
+
+    made = get_extractor("ssd-mobilenet-v2", regions=12, min_score=0.35, nms_iou=0.6)
+    again = extractor_from_config(made.config())  # the config also holds versions and D, which are not settings
+    assert again.config() == made.config() and (again.regions, again.min_score, again.nms_iou) == (12, 0.35, 0.6)

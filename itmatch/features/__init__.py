@@ -13,6 +13,7 @@ from itmatch.features import precomputed, ssd  # noqa: F401  (register the built
 from itmatch.features.base import (
     Extractor,
     Regions,
+    extractor_from_config,
     get_extractor,
     list_extractors,
     register_extractor,
@@ -30,6 +31,7 @@ __all__ = [
     "Regions",
     "UnreadableImage",
     "extract_features",
+    "extractor_from_config",
     "find_images",
     "get_extractor",
     "list_extractors",

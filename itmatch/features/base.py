@@ -91,12 +91,7 @@ def list_extractors() -> list[str]:
 def get_extractor(name: str, **options: Any) -> Extractor:
     """Create the extractor registered as ``name`` with ``options`` (e.g. ``regions=36``); an option the factory
     does not take, or a value not of its annotated type, is an error naming it."""
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ItmatchError(
-            f"unknown extractor {name!r}; choose one of: {', '.join(list_extractors())}"
-        ) from None
+    factory = _factory(name)
     parameters = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         unknown = sorted(set(options) - set(parameters))
@@ -106,6 +101,22 @@ def get_extractor(name: str, **options: Any) -> Extractor:
     hints = typing.get_type_hints(factory)
     return factory(**{key: coerce(value, hints[key], f"option {key}") if key in hints else value
                       for key, value in options.items()})
+
+
+def extractor_from_config(config: dict[str, Any]) -> Extractor:
+    """The extractor whose ``config()`` is ``config`` (stored with the features it made), built again with the
+    same settings; the entries that are not settings (versions, the feature size) are left out."""
+    settings = inspect.signature(_factory(config["name"])).parameters
+    return get_extractor(config["name"], **{k: v for k, v in config.items() if k in settings})
+
+
+def _factory(name: str) -> ExtractorFactory:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ItmatchError(
+            f"unknown extractor {name!r}; choose one of: {', '.join(list_extractors())}"
+        ) from None
 
 
 def check_regions(regions: Regions, expected: int, source: str) -> None:

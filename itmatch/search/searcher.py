@@ -228,18 +228,13 @@ class Searcher:
 
 def query_extractor(config: dict[str, Any] | None) -> Any:
     """The extractor that made features described by ``config`` (the index's), built with the same settings."""
-    import inspect
-
-    from itmatch.features import get_extractor
+    from itmatch.features import extractor_from_config
 
     if not config or config.get("name") == "precomputed":
         raise ItmatchError("this index's features were not made by an extractor that reads pictures "
                            f"({(config or {}).get('name', 'unknown')}); picture queries need `itmatch extract` "
                            "or `itmatch data build` features")
-    made = get_extractor(config["name"], regions=config["regions"])
-    accepted = inspect.signature(type(made)).parameters
-    options = {k: v for k, v in config.items() if k in accepted and k != "regions"}
-    return get_extractor(config["name"], regions=config["regions"], **options) if options else made
+    return extractor_from_config(config)
 
 
 def _check_counts(top: int, shortlist: int) -> None:
