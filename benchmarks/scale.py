@@ -201,7 +201,7 @@ def float16_difference(models: dict[str, Path], queries: int) -> dict[str, float
 def recall_at_100(index_dir: Path, queries: int, nprobes: list[int]) -> dict[int, float]:
     """Mean overlap of the FAISS index's top 100 with exact search's, for queries near gallery pictures."""
     from itmatch.search import open_index
-    from itmatch.search.index import make_faiss
+    from itmatch.search.vectors import make_faiss
 
     index = open_index(index_dir)
     emb = np.load(index_dir / "seg-00000" / "image_emb.npy", mmap_mode="r")

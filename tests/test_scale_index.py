@@ -16,7 +16,7 @@ from search_support import save_models, synthetic_data
 from itmatch.data.precomp import load_split
 from itmatch.errors import ItmatchError
 from itmatch.search import Searcher, add_to_index, build_index, open_index
-from itmatch.search.index import default_m, make_faiss
+from itmatch.search.vectors import default_m, make_faiss
 
 #: Largest change of a re-ranked score when the stored encodings are float16 (docs/scale.md): float16 keeps
 #: 11 significant bits (relative error ≤ 2^-12 ≈ 2.4e-4 per stored value, rounded to nearest); measured here

@@ -15,22 +15,18 @@
       reranker-K/FIELD.npy  each re-ranker's image encoding (e.g. regions (n, R, d), glob (n, d)), so that
                             re-ranking a shortlist is pair scoring only, not encoding
 
-The FAISS index is exact (``IndexFlatIP``) below ``IVF_MIN_IMAGES`` pictures and an inverted file
-(``IndexIVFFlat``, nlist ≈ 4·√n) above, unless ``index_type`` says otherwise: ``ivfpq`` (``IndexIVFPQ``) keeps
-``m`` bytes per picture instead of 4·d, for galleries of millions (docs/scale.md). Inverted files are trained on a
-sample of at most ``TRAIN_SAMPLE`` pictures and filled segment by segment from the memory-mapped embeddings.
-``build`` makes one segment per features folder. ``store_dtype`` ``float16`` halves the region features and the
-re-rankers' encodings on disk (they are read back as float32). ``add`` writes a new segment in the index's
-formats, adds its embeddings to the FAISS indexes (an IVF keeps its trained centroids and codebooks) and rewrites
-``index.json``; the FAISS files get a new generation number, so a reader never sees a FAISS file that
-``index.json`` does not describe.
+The FAISS indexes (``itmatch.search.vectors``: exact, IVF or IVF-PQ) are filled segment by segment from the
+memory-mapped embeddings. ``build`` makes one segment per features folder. ``store_dtype`` ``float16`` halves the
+region features and the re-rankers' encodings on disk (they are read back as float32). ``add`` writes a new
+segment in the index's formats, adds its embeddings to the FAISS indexes (an IVF keeps its trained centroids and
+codebooks) and rewrites ``index.json``; the FAISS files get a new generation number, so a reader never sees a FAISS
+file that ``index.json`` does not describe.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,84 +34,19 @@ from typing import Any, Sequence
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import (FolderFormat, atomic_dir, atomic_path, check_folder, folder_lock, mark_folder, remove_stale,
-                            write_json)
+from itmatch.fileio import FolderFormat, atomic_dir, check_folder, folder_lock, mark_folder, remove_stale, write_json
 from itmatch.search.gallery import Gallery, already_in, open_gallery
+from itmatch.search.vectors import choose_kind, make_faiss, save_faiss
 
 FORMAT = "itmatch-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
-INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq")
 #: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
 #: index.json).
 FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
                                                       "seg-*"), legacy_files=((INDEX_FILE, ("segments", "faiss")),))
 STORE_DTYPES = ("float32", "float16")
-#: Pictures an inverted file (its centroids, and an IVF-PQ's codebooks) is trained on, at most.
-TRAIN_SAMPLE = 200_000
-#: Embeddings added to a FAISS index at once.
-ADD_BLOCK = 65_536
-#: Galleries at least this large get an IVF index under ``index_type="auto"``.
-IVF_MIN_IMAGES = 100_000
 BLOCK = 256  # pictures encoded at once while building
-
-
-def choose_kind(n: int, index_type: str) -> str:
-    """``flat`` or ``ivf`` for ``n`` vectors under ``index_type`` (auto: IVF from ``IVF_MIN_IMAGES``)."""
-    if index_type not in INDEX_TYPES:
-        raise ItmatchError(f"--index-type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
-    if index_type == "auto":
-        return "ivf" if n >= IVF_MIN_IMAGES else "flat"
-    return index_type
-
-
-def make_faiss(vectors: np.ndarray | Sequence[np.ndarray], kind: str, nlist: int | None = None,
-               m: int | None = None) -> Any:
-    """A FAISS inner-product index over ``vectors`` (n, d), or over several (memory-mapped) arrays in turn:
-    exact, IVF (nlist ≈ 4·√n) or IVF-PQ (``m`` bytes a vector, default ``default_m(d)``); an inverted file is
-    trained on a fixed random sample of at most ``TRAIN_SAMPLE`` vectors."""
-    import faiss
-
-    parts = [vectors] if isinstance(vectors, np.ndarray) else list(vectors)
-    n, dim = sum(len(p) for p in parts), parts[0].shape[1]
-    if kind == "flat":
-        index = faiss.IndexFlatIP(dim)
-    else:
-        nlist = nlist or max(1, min(n, round(4 * math.sqrt(n))))
-        needed = max(nlist, 256) if kind == "ivfpq" else nlist  # 256 centroids per PQ sub-vector
-        if n < needed:
-            raise ItmatchError(f"an {kind.upper()} index with {nlist} lists needs at least {needed} pictures to "
-                               f"train on, got {n}; use --index-type flat or a smaller --nlist")
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivfpq":
-            m = m or default_m(dim)
-            if dim % m:
-                raise ItmatchError(f"--m {m} must divide the embedding size {dim}; try {default_m(dim)}")
-            index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        else:
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(_sample(parts, TRAIN_SAMPLE))
-        index.nprobe = max(1, nlist // 8)
-    for part in parts:
-        for start in range(0, len(part), ADD_BLOCK):
-            index.add(np.ascontiguousarray(part[start:start + ADD_BLOCK], dtype=np.float32))
-    return index
-
-
-def default_m(dim: int) -> int:
-    """IVF-PQ sub-vectors for embeddings of ``dim``: the largest divisor of ``dim`` up to ``dim / 4`` (four
-    dimensions a byte; 32 bytes a picture for the demo's 128-d VSE)."""
-    return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
-
-
-def _sample(parts: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """At most ``size`` rows of the arrays ``parts`` taken together, a fixed random choice, float32."""
-    n = sum(len(p) for p in parts)
-    pick = np.sort(np.random.default_rng(0).choice(n, size, replace=False)) if n > size else np.arange(n)
-    offsets = np.cumsum([0] + [len(p) for p in parts])
-    return np.ascontiguousarray(np.concatenate([np.asarray(part[pick[(pick >= lo) & (pick < hi)] - lo])
-                                                for part, lo, hi in zip(parts, offsets[:-1], offsets[1:])]),
-                                dtype=np.float32)
 
 
 def check_store_dtype(store_dtype: str) -> np.dtype:
@@ -517,12 +448,12 @@ def _write_faiss(folder: Path, generation: int, kind: str, nlist: int | None, np
         entry.update(nlist=images.nlist, nprobe=images.nprobe)
     if kind == "ivfpq":
         entry.update(m=images.pq.M)
-    _save_faiss(images, folder / entry["images"])
+    save_faiss(images, folder / entry["images"])
     n_captions = sum(len(c) for c in captions)
     if n_captions:
         entry["captions"] = f"captions.{generation}.faiss"
         caption_kind = choose_kind(n_captions, "auto") if kind != "flat" else "flat"
-        _save_faiss(make_faiss([c for c in captions if len(c)], caption_kind), folder / entry["captions"])
+        save_faiss(make_faiss([c for c in captions if len(c)], caption_kind), folder / entry["captions"])
     return entry
 
 
@@ -530,20 +461,13 @@ def _extend_faiss(folder: Path, generation: int, index: Index, segment: Path) ->
     """The index's FAISS indexes with ``segment``'s embeddings added, saved under a new generation."""
     entry = {**index.meta["faiss"], "images": f"images.{generation}.faiss"}
     index.image_faiss.add(np.load(segment / "image_emb.npy"))
-    _save_faiss(index.image_faiss, folder / entry["images"])
+    save_faiss(index.image_faiss, folder / entry["images"])
     captions = np.load(segment / "caption_emb.npy")
     if index.caption_faiss is None and len(captions):
         entry["captions"] = f"captions.{generation}.faiss"
-        _save_faiss(make_faiss(captions, "flat"), folder / entry["captions"])
+        save_faiss(make_faiss(captions, "flat"), folder / entry["captions"])
     elif index.caption_faiss is not None:
         entry["captions"] = f"captions.{generation}.faiss"
         index.caption_faiss.add(captions)
-        _save_faiss(index.caption_faiss, folder / entry["captions"])
+        save_faiss(index.caption_faiss, folder / entry["captions"])
     return entry
-
-
-def _save_faiss(search_index: Any, path: Path) -> None:
-    import faiss
-
-    with atomic_path(path) as tmp:
-        faiss.write_index(search_index, str(tmp))
