@@ -58,6 +58,8 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, device: str
                     ) -> LoadedModel:
     """Read any supported model file (native, training checkpoint, or the authors' release) in eval mode."""
     path = Path(path)
+    if path.is_dir():
+        raise ItmatchError(f"{path}: is a folder (a training run?); give a model file in it, e.g. {path / 'best.pt'}")
     if not path.is_file():
         raise ItmatchError(f"{path}: no such checkpoint file")
     if _is_safetensors(path):

@@ -54,6 +54,7 @@ def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--ou
     """Raise :class:`ItmatchError` unless ``path`` may be (re)written as a ``fmt`` folder: it does not exist, is
     empty, or is a ``fmt`` folder itmatch wrote that holds only files itmatch wrote there."""
     path = Path(path)
+    check_writable(path, option)
     if not path.exists():
         return
     if not path.is_dir():
@@ -84,6 +85,9 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None],
     existing folder, is the same file as another output, or as an input (option -> path or paths): writing it
     would fail late or replace what the command reads."""
     seen: dict[Path, str] = {}
+    for option, value in outputs.items():
+        if value is not None:
+            check_writable(value, option)
     for option, value in (inputs or {}).items():
         for item in ([] if value is None else [value] if isinstance(value, (str, os.PathLike)) else value):
             seen.setdefault(Path(item).resolve(), option)
@@ -97,6 +101,26 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None],
         if other is not None:
             raise ItmatchError(f"{path}: is also {other}; give {option} another file (it would be replaced)")
         seen[path.resolve()] = option
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Raise :class:`ItmatchError` when the file or folder ``path`` cannot be made: a file stands where a folder
+    of its path should be, or the nearest existing folder of its path is not writable."""
+    parent = Path(path).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ItmatchError(f"{path}: {parent} is a file, not a folder; give {option} another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ItmatchError(f"{path}: cannot write into {parent} (permission denied); give {option} a path in a "
+                           "folder you can write")
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """``path`` as the user knows it: a temporary name of :func:`atomic_path`/:func:`atomic_dir` (also inside a
+    temporary folder) becomes the name it stands for."""
+    parts = [(_STALE.match(part)["name"] if _STALE.match(part) else part) for part in Path(path).parts]
+    return Path(*parts) if parts else Path(path)
 
 
 def read_marker(path: Path) -> dict[str, Any] | None:
@@ -224,8 +248,15 @@ def folder_lock(path: str | os.PathLike, option: str = "--out") -> Iterator[None
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed. A link is
+    followed (the file it points to is replaced, the link kept); a device or a pipe (``/dev/null``) is written
+    straight into, never replaced."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file() and not path.is_dir():
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

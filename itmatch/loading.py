@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from itmatch.checkpoint import load_checkpoint
+from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import Vocabulary, load_vocab, vocab_from_json
 from itmatch.errors import ItmatchError
 from itmatch.models.base import Matcher
@@ -49,3 +50,12 @@ def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]
     if vocab is None:
         raise ItmatchError("this model needs a vocabulary to read captions; pass --vocab VOCAB.json")
     return vocab.encode_all(captions)
+
+
+def check_known_words(model: Matcher, vocab: Vocabulary | None, text: str) -> None:
+    """Refuse a query none of whose words the model's vocabulary holds: its every word would be read as the
+    unknown word, and the results would look ranked while meaning nothing (a model with its own tokenizer reads
+    any text)."""
+    if model.tokenize is None and vocab is not None and not any(word in vocab for word in tokenize(text)):
+        raise ItmatchError(f"none of the words of {text.strip()!r} is in the model's vocabulary ({len(vocab)} "
+                           "words); try other words")

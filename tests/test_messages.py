@@ -219,3 +219,60 @@ def test_extractor_options_are_checked_by_name_type_and_range(tmp_path, capsys):
     assert get_extractor("ssd-mobilenet-v2", min_score=0, nms_iou=1).config()["min_score"] == 0.0
     one_line_error(capsys, ["extract", "--images", str(tmp_path), "--out", str(tmp_path / "f"), "--option",
                             "regions=3"], "--option regions: set by itmatch extract itself; use --regions")
+
+
+def test_an_output_through_a_link_or_onto_a_device_keeps_the_link_and_the_device(tmp_path, capsys):
+    scores = np.eye(4, 20, dtype=np.float32).repeat(5, axis=1)[:, :20]
+    np.save(tmp_path / "s.npy", scores)
+    real, link, null = tmp_path / "real.json", tmp_path / "link.json", tmp_path / "null.json"
+    real.write_text("{}")
+    link.symlink_to(real)
+    null.symlink_to(os.devnull)
+    for output in (link, null):
+        assert main(["evaluate", "--sims", str(tmp_path / "s.npy"), "--output", str(output)]) == 0
+    assert link.is_symlink() and '"rsum"' in real.read_text()
+    assert null.is_symlink() and Path(os.devnull).is_char_device()  # written into, never replaced
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(dataset, tmp_path, capsys, monkeypatch):
+    data, sgr, _ = dataset
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(sgr), "--output", str(blocker / "r.json")],
+                   f"{blocker} is a file, not a folder; give --output another path")
+    one_line_error(capsys, ["data", "synth", "--out", str(blocker / "x"), "--images", "2"],
+                   f"{blocker} is a file, not a folder; give --out another path")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(sgr), "--output", str(locked / "r.json")],
+                   f"cannot write into {locked} (permission denied)")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in Path(data).iterdir():
+        (copy / path.name).symlink_to(path)
+    one_line_error(capsys, ["evaluate", "--data", str(copy), "-c", str(sgr), "--output", str(copy / "vocab.json")],
+                   "is also --data; give --output another file")
+    assert (copy / "vocab.json").is_symlink()
+
+
+def test_a_system_error_on_a_users_path_is_one_line_naming_the_file_it_stands_for(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import itmatch.cli.data
+
+    def disk_full(out, **_):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".d.itmatch-host-7.abcd1234.tmp" / "x"))
+
+    monkeypatch.setattr(itmatch.cli.data, "write_synthetic", disk_full)
+    one_line_error(capsys, ["data", "synth", "--out", str(tmp_path / "d"), "--images", "2"],
+                   f"{tmp_path / 'd' / 'x'}: No space left on device; free some disk space or write elsewhere")
+
+
+def test_a_folder_given_for_a_file_names_the_file_to_give(dataset, tmp_path, capsys):
+    data, sgr, _ = dataset
+    one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(tmp_path)],
+                   f"{tmp_path}: is a folder (a training run?); give a model file in it, e.g. {tmp_path / 'best.pt'}")
+    one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(sgr), "--vocab", str(data)],
+                   f"{data}: is a folder; give the vocabulary's JSON file (e.g. {data / 'vocab.json'})")

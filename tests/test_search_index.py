@@ -192,6 +192,9 @@ def test_user_mistakes_are_one_line_errors(synthetic_index, tmp_path, capsys):
         Searcher(tmp_path)
     with pytest.raises(ItmatchError, match="ids run from 0 to 39"):
         Searcher(out).explain(40, "a dog")
+    for unknown in (lambda: Searcher(out).search_text("qwerty zxcvb"), lambda: Searcher(out).explain(0, "qwerty")):
+        with pytest.raises(ItmatchError, match="none of the words of 'qwerty.*' is in the model's vocabulary"):
+            unknown()
     with pytest.raises(ItmatchError, match="extractor that reads pictures"):
         Searcher(out).search_picture(data / "test_ims.npy")
     with pytest.raises(ItmatchError, match="regions × 1286 dims"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import itertools
 import signal
@@ -13,6 +14,7 @@ from typing import Iterator
 import typer
 
 from itmatch.errors import ItmatchError
+from itmatch.fileio import user_path
 
 app = typer.Typer(
     name="itmatch",
@@ -50,6 +52,13 @@ EXTRAS = {"cv2": "extract", "cairosvg": "extract", "matplotlib": "extract", "ope
           "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve"}
 
 
+#: System errors about the user's paths (not bugs), with what to do.
+_USER_ERRNOS = {errno.EACCES: "give a path you may write (or read)", errno.EPERM: "give a path you may write",
+                errno.EROFS: "give a path on a writable disk", errno.ENOSPC: "free some disk space or write elsewhere",
+                errno.EDQUOT: "free some of your disk quota or write elsewhere",
+                errno.EISDIR: "give a file, not a folder", errno.ENOTDIR: "a part of the path is a file, not a folder"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` (default: ``sys.argv[1:]``); a user error (a bad option included), or a missing
     optional dependency, prints one line and returns 2."""
@@ -78,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: this command needs {exc.name}, which is not installed: pip install 'itmatch[{extra}]'",
               file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave that cannot be written or read: named, with what to do
+        if exc.errno not in _USER_ERRNOS or exc.filename is None:
+            raise
+        print(f"error: {user_path(exc.filename)}: {exc.strerror}; {_USER_ERRNOS[exc.errno]}", file=sys.stderr)
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -68,7 +68,8 @@ def evaluate(
     if output is None and checkpoint:
         output = default_output(checkpoint, split, protocol)
     check_outputs({"--output": output, "--save-sims": save_sims},
-                  {"--checkpoint": checkpoint, "--sims": sims, "--vocab": vocab})
+                  {"--checkpoint": checkpoint, "--sims": sims, "--vocab": vocab,
+                   "--data": sorted(data.iterdir()) if data is not None and data.is_dir() else None})
     result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
                             protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
                             save_sims_to=save_sims, captions_per_image=captions_per_image, device=device,

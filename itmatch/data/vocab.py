@@ -101,6 +101,9 @@ def load_vocab(path: str | os.PathLike) -> Vocabulary:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ItmatchError(f"{path}: vocabulary file not found; build one with `itmatch data vocab`") from None
+    except IsADirectoryError:
+        raise ItmatchError(f"{path}: is a folder; give the vocabulary's JSON file (e.g. {path / 'vocab.json'})"
+                           ) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ItmatchError(f"{path}: not a JSON vocabulary file ({exc}); build one with `itmatch data vocab`") from None
     return vocab_from_json(data, path)

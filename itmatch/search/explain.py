@@ -15,7 +15,7 @@ import torch
 from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import SPECIAL_TOKENS, UNK, Vocabulary
 from itmatch.errors import ItmatchError
-from itmatch.loading import caption_tokens
+from itmatch.loading import caption_tokens, check_known_words
 from itmatch.models.base import Matcher
 from itmatch.scoring import pad_tokens
 
@@ -39,6 +39,8 @@ def explain_pair(models: Sequence[tuple[Matcher, Vocabulary | None]], features: 
                            "or build the index with --reranker")
     if not text.strip():
         raise ItmatchError("the text to explain is empty; give a few words")
+    for model, vocab in usable:
+        check_known_words(model, vocab, text)
     image = torch.as_tensor(np.asarray(features, dtype=np.float32)[None]).to(device)
     explained, tokens = [], []
     with torch.inference_mode():

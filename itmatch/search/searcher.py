@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from itmatch.errors import ItmatchError
-from itmatch.loading import caption_tokens
+from itmatch.loading import caption_tokens, check_known_words
 from itmatch.models.base import Encoding, Matcher
 from itmatch.scoring import default_tiling, encode_texts, images_per_tile, resolve_device
 from itmatch.search.explain import explain_pair
@@ -83,6 +83,7 @@ class Searcher:
         for query in queries:
             if not query.strip():
                 raise ItmatchError("empty query; type a few words")
+            check_known_words(self.embedder, self.embedder_vocab, query)
         start = time.perf_counter()
         tokens: dict[int, list[list[int]]] = {}  # the queries' token ids, once per vocabulary
         with torch.inference_mode():

@@ -27,7 +27,7 @@ from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
-from itmatch.fileio import folder_lock, remove_stale, write_text
+from itmatch.fileio import check_writable, folder_lock, remove_stale, write_text
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
 from itmatch.protocols import evaluate_blocks, protocol_blocks
@@ -182,6 +182,7 @@ class _Trainer:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
         if out.exists() and not out.is_dir():
             raise ItmatchError(f"{out}: is a file, not a folder; give --out a new folder for the run")
+        check_writable(out / "config.toml", "--out")
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self.vocab = load_vocab(vocab)
         self.train_split = load_split(data, "train")

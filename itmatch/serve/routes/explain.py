@@ -17,8 +17,8 @@ def router(service: Service) -> APIRouter:
 
     @routes.get("/explain", summary="What each word of q looks at in a picture (attention data)",
                 responses=answers(Explanation, e404="no such picture",
-                                  e422=f"{BAD_PARAMETER}, the text is empty or too long, or no model of the index "
-                                       "can explain"))
+                                  e422=f"{BAD_PARAMETER}, the text is empty, too long or has no known word, or no "
+                                       "model of the index can explain"))
     async def explain(image: int = Query(..., ge=0, description="the picture's id"),
                       q: str = Query(..., description="the text",
                                      json_schema_extra=query_schema(limits.max_query_chars))) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def router(service: Service) -> APIRouter:
     searcher, index, limits, shortlist = service.searcher, service.index, service.limits, service.shortlist
 
     @routes.get("/search", summary="Pictures for a text query (two-stage: shortlist by embedding, then re-rank)",
-                responses=answers(TextAnswer, e422=f"{BAD_PARAMETER}, or the query is empty or too long"))
+                responses=answers(TextAnswer,
+                                  e422=f"{BAD_PARAMETER}, or the query is empty, too long or has no known word"))
     async def search(q: str = Query(..., description=f"the query, at most {limits.max_query_chars} characters",
                                     json_schema_extra=query_schema(limits.max_query_chars)),
                      top: int = Query(12, ge=1, le=limits.max_top, description="how many pictures")
