@@ -282,6 +282,26 @@ def test_released_checkpoint_rows_are_evaluated_without_training(tmp_path, capsy
     assert "table 1 evaluates the released checkpoints SAF, SGR" in capsys.readouterr().err
 
 
+def test_inputs_that_would_fail_or_be_ignored_after_training_are_refused_first(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_synthetic(data / "f30k_precomp", n_images={"train": 8, "dev": 4, "test": 10}, feature_dim=FEATURE_DIM)
+    out = tmp_path / "out"
+    base = ["reproduce", "--paper", "sgraf_reproduction", "--table", "1", "--out", str(out), "--no-progress"]
+    cases = [
+        (["--data", str(data / "f30k_precomp")], "holds none of f30k_precomp/; give --data the folder that holds"),
+        (["--data", str(data), "--vocab", str(data / "f30k_precomp" / "vocab.json")],
+         "give the folder holding f30k_precomp_vocab.json"),
+        (["--data", str(data), "--vocab", str(tmp_path)], "give the folder holding f30k_precomp_vocab.json"),
+        (["--data", str(data), "--checkpoint", f"SAF={tmp_path / 'missing.pth.tar'}"],
+         "--checkpoint SAF=" + str(tmp_path / "missing.pth.tar") + ": no such model file"),
+        (["--data", str(data), "--epochs-scale", "nan"], "--epochs-scale must be a number > 0, got nan"),
+    ]
+    for extra, expected in cases:
+        assert main([*base, *extra]) == 2
+        assert expected in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
+
+
 def test_assumed_decay_epochs_are_printed_in_the_table(tmp_path):
     from itmatch.papers.plan import plan_table
     from itmatch.papers.report import table_doc, table_markdown

@@ -84,6 +84,7 @@ def reproduce(
     check_table_paths(target, paper, chosen.id)
     runner = Runner(plan, data=data, vocab=vocab, train=rows_from is None, device=device, progress=progress,
                     trust=trust_checkpoint, echo=typer.echo)
+    runner.check_inputs()
     results = [runner.row_result(row) if row.runs or row.checkpoint else None for row in plan.table.rows]
     doc = table_doc(plan, results)
     md, js = write_table(target, doc)

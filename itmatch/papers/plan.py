@@ -4,6 +4,7 @@ directory and state, the evaluations its rows need, and the estimated cost; ``de
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from itmatch.errors import ItmatchError
@@ -84,8 +85,8 @@ def recipe(name: str, overrides: tuple[str, ...] | list[str]) -> TrainConfig:
 def scaled(config: TrainConfig, scale: float) -> TrainConfig:
     """``config`` with its epochs, decay epochs and iteration-counted warm-ups multiplied by ``scale`` (at least
     one epoch; decays that would fall past the last epoch are dropped)."""
-    if scale <= 0:
-        raise ItmatchError(f"--epochs-scale must be > 0, got {scale}")
+    if not 0 < scale < math.inf:
+        raise ItmatchError(f"--epochs-scale must be a number > 0, got {scale}")
     if scale == 1.0:
         return config
     epochs = max(1, round(config.schedule.epochs * scale))

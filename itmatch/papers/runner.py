@@ -16,12 +16,18 @@ from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
 
 def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, Path]:
     """The precomp folder ``DATA/{dataset}_precomp`` and its vocabulary: ``VOCAB/{dataset}_precomp_vocab.json``
-    (the authors' file names; VOCAB defaults to DATA), else ``DATA/{dataset}_precomp/vocab.json``."""
+    when ``--vocab`` VOCAB is given (the authors' file names); else the same name in DATA, else
+    ``DATA/{dataset}_precomp/vocab.json``."""
     folder = data / DATASETS[dataset]
     if not folder.is_dir():
         raise ItmatchError(f"{folder}: no such folder; --data must hold {DATASETS[dataset]}/ (the SCAN release's "
                            "data/ folder layout), see docs/reproducing.md")
-    candidates = [(vocab or data) / f"{DATASETS[dataset]}_vocab.json", folder / VOCAB_FILE]
+    named = f"{DATASETS[dataset]}_vocab.json"
+    if vocab is not None:
+        if not (vocab / named).is_file():
+            raise ItmatchError(f"--vocab {vocab}: give the folder holding {named} (the authors' vocabulary files)")
+        return folder, vocab / named
+    candidates = [data / named, folder / VOCAB_FILE]
     for path in candidates:
         if path.is_file():
             return folder, path
@@ -45,6 +51,23 @@ class Runner:
                  echo: Callable[[str], None] = print) -> None:
         self.plan, self.data, self.vocab, self.train = plan, data, vocab, train
         self.device, self.progress, self.trust, self.echo = device, progress, trust, echo
+
+    def check_inputs(self) -> None:
+        """Refuse, before any training, what would fail or be ignored hours later: a released checkpoint that is
+        not there, a ``--data`` holding none of the table's datasets, a ``--vocab`` without a vocabulary one of
+        them needs."""
+        for name, path in self.plan.checkpoints.items():
+            if not path.is_file():
+                raise ItmatchError(f"--checkpoint {name}={path}: no such model file")
+        if self.data is None:
+            return
+        needed = sorted({row.dataset for row in self.plan.table.rows if row.runs or row.checkpoint})
+        present = [name for name in needed if (self.data / DATASETS[name]).is_dir()]
+        if needed and not present:
+            raise ItmatchError(f"{self.data}: holds none of {', '.join(DATASETS[n] + '/' for n in needed)}; give "
+                               "--data the folder that holds them (the SCAN release's data/)")
+        for name in present:
+            dataset_paths(self.data, self.vocab, name)
 
     def row_result(self, row: Row) -> dict | None:
         """The row's evaluation result (``itmatch evaluate``'s JSON), or None when its runs are not finished
