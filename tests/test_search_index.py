@@ -132,6 +132,12 @@ def test_add_then_search_equals_an_index_built_at_once(synthetic_index, tmp_path
     np.testing.assert_array_equal(open_index(added).features(np.array([30, 2])), probe)
     a, b = one.search_features(probe, top=5, shortlist=50), two.search_features(probe, top=5, shortlist=50)
     assert [[h["caption_id"] for h in r.hits] for r in a] == [[h["caption_id"] for h in r.hits] for r in b]
+    # the same pictures again (no file names to tell new ones by) are refused, not indexed twice
+    with pytest.raises(ItmatchError, match="already in the index \\(seg-00001\\).*nothing added"):
+        add_to_index(added, tmp_path / "second", split="test")
+    assert open_index(added).meta["n_images"] == 40
+    with pytest.raises(ItmatchError, match="given twice as --features"):
+        build_index([tmp_path / "first", tmp_path / "first"], tmp_path / "twice", **options)
 
 
 def test_ivf_searching_every_list_finds_what_the_exact_index_finds(synthetic_index, tmp_path):

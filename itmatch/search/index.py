@@ -238,6 +238,9 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
     if not sources:
         raise ItmatchError("no features to index; give --features FOLDER (repeat it for several folders)")
     galleries = [open_gallery(source, split) for source in sources]
+    for k, gallery in enumerate(galleries):
+        if gallery.source in [g.source for g in galleries[:k]]:
+            raise ItmatchError(f"{sources[k]}: given twice as --features; each folder is indexed once")
     first = galleries[0]
     for source, gallery in zip(sources[1:], galleries[1:]):
         _check_compatible(source, gallery, first.n_regions, first.dim, first.extractor)
@@ -290,6 +293,10 @@ def _add(index_dir: Path, features: str | Path, split: str | None, device: str, 
     meta = index.meta
     remove_stale(index_dir)  # what a killed `add` left
     gallery = open_gallery(features, split)
+    holders = [s["dir"] for s in meta["segments"] if s.get("source") == gallery.source]
+    if holders and not any(picture.get("path") for picture in gallery.pictures):
+        raise ItmatchError(f"{features}: already in the index ({holders[0]}), and its pictures have no file names "
+                           "to tell new ones by; nothing added")
     new = ~already_in(gallery.pictures, index.pictures)
     skipped = int((~new).sum())
     if not new.any():
