@@ -109,12 +109,17 @@ def _open_sims(path: Path) -> np.ndarray:
     """A saved score matrix, memory-mapped, with a one-line error when it is missing or not a 2-D ``.npy``."""
     if not path.exists():
         raise ItmatchError(f"{path}: no such score matrix (.npy of shape images × captions)")
+    if path.is_dir():
+        raise ItmatchError(f"{path}: is a folder; give --sims a .npy score matrix (images × captions)")
     try:
-        sims = np.load(path, mmap_mode="r")
+        sims = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         raise ItmatchError(f"{path}: not a .npy score matrix ({exc})") from None
-    if sims.ndim != 2:
-        raise ItmatchError(f"{path}: shape {sims.shape}; a score matrix is 2-D (images × captions)")
+    if not isinstance(sims, np.ndarray):  # an .npz archive
+        raise ItmatchError(f"{path}: an .npz archive; give --sims one .npy score matrix (np.save)")
+    if sims.ndim != 2 or sims.dtype.kind not in "fiu":
+        raise ItmatchError(f"{path}: {sims.dtype} of shape {sims.shape}; a score matrix is 2-D real numbers "
+                           "(images × captions)")
     return sims
 
 

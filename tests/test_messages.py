@@ -3,6 +3,7 @@ features are reported by file and row with nothing written, and bad model sizes 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -122,6 +123,12 @@ def test_a_damaged_index_and_a_bad_model_file_are_named(dataset, tmp_path, capsy
             (copy / damage).unlink()
         one_line_error(capsys, ["search", "--index", str(copy), "a dog"], words)
         shutil.rmtree(copy)
+    copy = tmp_path / "copy"
+    shutil.copytree(index, copy)
+    stored = json.loads((copy / "index.json").read_text())["embedder"]["file"]
+    (copy / stored).unlink()  # the index's copy of the model, not the user's file it was copied from
+    one_line_error(capsys, ["search", "--index", str(copy), "a dog"],
+                   f"{copy}: the index is damaged or incomplete ({stored} is missing)")
 
 
 @pytest.mark.parametrize("name, args, expected", [
@@ -154,8 +161,9 @@ def test_train_names_the_settings_that_fit_the_features_and_refuses_nan_features
     out = tmp_path / "run"
     one_line_error(capsys, ["train", *train_args("sgr", data, out, "model.args.img_dim=48",
                                                  "model.args.num_regions=20")],
-                   f"{data / 'train_ims.npy'}: image features must be (N, 20, 48) for this model, got (1, 36, 32); "
-                   "fit the recipe to the features: --set model.args.num_regions=36 --set model.args.img_dim=32")
+                   f"{data / 'train_ims.npy'}: image features must be (N, 20, 48) for this model (sgr), got "
+                   "(1, 36, 32); fit the recipe to the features: --set model.args.num_regions=36 --set "
+                   "model.args.img_dim=32")
     assert not out.exists()  # refused before the run folder was made
     features = np.load(data / "train_ims.npy")
     features[7, 2, 3] = np.nan
@@ -276,3 +284,13 @@ def test_a_folder_given_for_a_file_names_the_file_to_give(dataset, tmp_path, cap
                    f"{tmp_path}: is a folder (a training run?); give a model file in it, e.g. {tmp_path / 'best.pt'}")
     one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(sgr), "--vocab", str(data)],
                    f"{data}: is a folder; give the vocabulary's JSON file (e.g. {data / 'vocab.json'})")
+
+
+def test_a_saved_score_matrix_of_the_wrong_kind_is_named(dataset, tmp_path, capsys):
+    data = dataset[0]
+    np.savez(tmp_path / "s.npz", a=np.zeros((20, 100)))
+    np.save(tmp_path / "c.npy", np.zeros((20, 100), complex))
+    for sims, expected in ((tmp_path / "s.npz", "an .npz archive; give --sims one .npy score matrix"),
+                           (tmp_path, "is a folder; give --sims a .npy score matrix"),
+                           (tmp_path / "c.npy", "complex128 of shape (20, 100); a score matrix is 2-D real numbers")):
+        one_line_error(capsys, ["evaluate", "--data", str(data), "--sims", str(sims)], f"{sims}: {expected}")

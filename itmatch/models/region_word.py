@@ -123,8 +123,8 @@ class RegionWordMatcher(Matcher):
     def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:
         cfg = self.config
         if features.dim() != 3 or features.shape[1:] != (cfg.num_regions, cfg.img_dim):
-            raise ItmatchError(f"image features must be (N, {cfg.num_regions}, {cfg.img_dim}) for this model, "
-                               f"got {tuple(features.shape)}")
+            raise ItmatchError(f"image features must be (N, {cfg.num_regions}, {cfg.img_dim}) for this model "
+                               f"({self.model_name or type(self).__name__}), got {tuple(features.shape)}")
         if n_regions is not None and bool((n_regions != features.shape[1]).any()):
             raise ItmatchError(f"{self.model_name or type(self).__name__} needs all {cfg.num_regions} regions "
                                "per image; fill missing regions (the extractor's grid boxes do)")

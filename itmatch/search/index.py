@@ -381,6 +381,9 @@ def _load_stored(folder: Path, entry: dict[str, Any], vocab: Path | None, device
     from itmatch.loading import load_models
 
     stored = folder / entry["file"]
+    if not stored.is_file():
+        raise ItmatchError(f"{folder}: the index is damaged or incomplete ({entry['file']} is missing); build it "
+                           "again")
     try:
         return load_models([stored], vocab, device=device)
     except ItmatchError as exc:
