@@ -26,9 +26,10 @@ def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None
     loaded = [load_checkpoint(p, trust=trust, device=device) for p in checkpoints]
     if vocab_path is not None:
         vocab = load_vocab(vocab_path)
-    else:
-        stored = next((item.vocab for item in loaded if item.vocab is not None), None)
-        vocab = vocab_from_json(stored, checkpoints[0]) if stored is not None else None
+    else:  # the first checkpoint that stores one
+        source, stored = next(((path, item.vocab) for path, item in zip(checkpoints, loaded)
+                               if item.vocab is not None), (None, None))
+        vocab = vocab_from_json(stored, source) if stored is not None else None
     for path, item in zip(checkpoints, loaded):
         size = item.model.vocab_size
         if size is None:
@@ -36,8 +37,10 @@ def load_models(checkpoints: Sequence[str | Path], vocab_path: str | Path | None
         if vocab is None:
             raise ItmatchError(f"{path}: this model reads word ids; give its vocabulary with --vocab VOCAB.json")
         if len(vocab) != size:
-            raise ItmatchError(f"{vocab_path or path}: the vocabulary has {len(vocab)} words but {path} was "
-                               f"trained with {size}; use the vocabulary the model was trained with")
+            fix = ("an ensemble's models must share the vocabulary they were trained with" if len(checkpoints) > 1
+                   else "use the vocabulary the model was trained with")
+            where = vocab_path if vocab_path is not None else f"the vocabulary stored in {source}"
+            raise ItmatchError(f"{path}: trained with {size} words, but {where} has {len(vocab)}; {fix}")
     models = [item.model for item in loaded]
     return (models[0] if len(models) == 1 else Ensemble(models)), vocab
 

@@ -16,7 +16,7 @@ from conftest import SMALL, small_model
 from itmatch.checkpoint import load_model, save_model
 from itmatch.cli import main
 from itmatch.data.synthetic import write_synthetic
-from itmatch.data.vocab import load_vocab
+from itmatch.data.vocab import build_vocab, load_vocab
 from itmatch.errors import ItmatchError
 
 
@@ -76,10 +76,12 @@ def test_nan_in_saved_scores_names_the_file(dataset, tmp_path, capsys):
     assert f"{tmp_path / 'scores.npy'}: scores of images 7 are NaN; save them again" in capsys.readouterr().err
 
 
-def one_line_error(capsys, argv: list[str], expected: str) -> None:
+def one_line_error(capsys, argv: list[str], expected: str) -> str:
+    """Run ``argv``: it must fail with one line holding ``expected``; that line."""
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
+    return err
 
 
 def test_a_mistyped_device_folder_arguments_and_a_missing_run_folder_are_one_line_errors(dataset, tmp_path, capsys):
@@ -294,3 +296,33 @@ def test_a_saved_score_matrix_of_the_wrong_kind_is_named(dataset, tmp_path, caps
                            (tmp_path, "is a folder; give --sims a .npy score matrix"),
                            (tmp_path / "c.npy", "complex128 of shape (20, 100); a score matrix is 2-D real numbers")):
         one_line_error(capsys, ["evaluate", "--data", str(data), "--sims", str(sims)], f"{sims}: {expected}")
+
+
+def test_train_refuses_a_vocabulary_that_knows_none_of_the_captions_words(tmp_path, capsys):
+    from train_support import synthetic_data, train_args
+
+    from itmatch.data.vocab import build_vocab, save_vocab
+
+    data = synthetic_data(tmp_path / "data", train=12, dev=6, test=6)
+    empty = tmp_path / "empty.json"
+    save_vocab(build_vocab(["a dog"], threshold=2), empty)  # the special tokens only
+    args = train_args("sgr", data, tmp_path / "run")
+    args[args.index("--vocab") + 1] = str(empty)
+    one_line_error(capsys, ["train", *args], f"{empty}: holds none of the words of the training captions")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_as_manifest_and_a_non_png_explanation_are_named(tmp_path, capsys):
+    one_line_error(capsys, ["data", "build", "manifest", "--manifest", str(tmp_path), "--out", str(tmp_path / "d")],
+                   f"{tmp_path}: is a folder; give a .jsonl or .csv manifest")
+    one_line_error(capsys, ["explain", "--index", str(tmp_path), "--image", "0", "--text", "a dog", "--out",
+                            str(tmp_path / "e.jpg")], "explain draws a PNG; name the file *.png")
+
+
+def test_an_ensemble_of_models_with_different_vocabularies_names_both(dataset, tmp_path, capsys):
+    data, sgr, _ = dataset
+    other = tmp_path / "other.safetensors"
+    save_model(other, small_model("saf", vocab_size=7), vocab=build_vocab(["a dog", "a cat"], threshold=1).to_json())
+    err = one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(sgr), "-c", str(other)],
+                         f"{other}: trained with 7 words, but the vocabulary stored in {sgr} has")
+    assert err.endswith("an ensemble's models must share the vocabulary they were trained with")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from itmatch import distributed as processes
 from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
+from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
@@ -189,6 +190,11 @@ class _Trainer:
         self.dev_split = _load_dev(data, config.data.dev_subset)
         self.model = build_model(config, len(self.vocab))
         check_features(self.model, self.train_split)
+        if self.model.tokenize is None and not any(word in self.vocab for caption in self.train_split.captions[:1000]
+                                                   for word in tokenize(caption)):
+            raise ItmatchError(f"{vocab}: holds none of the words of the training captions, which would all read as "
+                               f"unknown; build the vocabulary from them: itmatch data vocab --captions "
+                               f"{SplitFiles.of(data, 'train').captions} --out VOCAB.json")
         self.position = Position()
         if checkpoint is not None:
             self._check_same_run(checkpoint, vocab)
@@ -208,12 +214,12 @@ class _Trainer:
                                                 if info.device.type == "cuda" else None,
                                                 find_unused_parameters=True, broadcast_buffers=False)
         self.objective = objective
-        tokenize = self.model.tokenize or self.vocab.encode_all
+        token_ids = self.model.tokenize or self.vocab.encode_all
         clusters = None
         if config.data.neighbour_clusters:  # deterministic, so every rank and every resume gets the same ones
             clusters = image_clusters(self.train_split.features, config.data.neighbour_clusters,
                                       seed=config.run.seed)
-        self.batches = TrainBatches(self.train_split, tokenize, config.data.batch_size, config.run.seed,
+        self.batches = TrainBatches(self.train_split, token_ids, config.data.batch_size, config.run.seed,
                                     info.rank, info.world_size, clusters)
         if len(self.batches) == 0:
             raise ItmatchError(f"{data}: the train split has {self.train_split.n_captions} captions, fewer than "

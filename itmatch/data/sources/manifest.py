@@ -128,6 +128,9 @@ def read_manifest(path: str | os.PathLike, check_images: bool = True, progress: 
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ItmatchError(f"{path}: manifest not found") from None
+    except IsADirectoryError:
+        raise ItmatchError(f"{path}: is a folder; give a .jsonl or .csv manifest that lists its pictures with "
+                           "their captions (docs/own-data.md)") from None
     except UnicodeDecodeError as exc:
         raise ItmatchError(f"{path}: not UTF-8 text ({exc}); save the manifest as UTF-8") from None
     problems: list[Problem] = []
