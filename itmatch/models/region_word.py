@@ -16,7 +16,6 @@ from itmatch.fields import check_fields
 from itmatch.models.attention import attention_weights
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
-from itmatch.models.glove import init_embedding_from_glove
 from itmatch.models.layers import cached_on
 
 
@@ -118,7 +117,7 @@ class RegionWordMatcher(Matcher):
         initialisation); returns how many were found. The trainer calls it once, before the first step."""
         if self.config.glove is None:
             return 0
-        return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
+        return self.txt_enc.init_from_glove(vocab, self.config.glove)
 
     def encode_images(self, features: torch.Tensor, n_regions: torch.Tensor | None = None) -> RegionEncoding:
         cfg = self.config

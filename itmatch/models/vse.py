@@ -24,10 +24,9 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.fields import check_fields
 from itmatch.losses import ranking_loss
-from itmatch.models.augment import augment_tokens, drop_regions
+from itmatch.models.augment import drop_regions
 from itmatch.models.base import Encoding, Matcher
 from itmatch.models.encoders import DEFAULT_TEXT_ENCODER, BertTextEncoder, GRUTextEncoder, RegionMLPEncoder
-from itmatch.models.glove import init_embedding_from_glove
 from itmatch.models.layers import l2norm
 from itmatch.models.pooling import Pool
 from itmatch.models.registry import register_preset
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 TEXT_ENCODERS = ("bigru", "bert")
 LOSSES = ("hinge", "triplet")
-UNK_ID = 3  # the authors' vocabularies have no <mask>: a masked word becomes <unk>
 
 
 @dataclasses.dataclass
@@ -158,14 +156,14 @@ class VSE(Matcher):
     def tokenize(self) -> Callable[[list[str]], list[list[int]]] | None:
         """captions -> token ids for a text encoder with its own tokenizer; None when captions are read with
         the vocabulary (the Bi-GRU)."""
-        return self.txt_enc.tokenize if isinstance(self.txt_enc, BertTextEncoder) else None
+        return self.txt_enc.tokenize
 
     def init_word_embeddings(self, vocab: Vocabulary) -> int:
         """Fill the Bi-GRU's word table from ``config.glove`` for the words of ``vocab`` (others keep their random
         initialisation); returns how many words were found. Call once before training, not when resuming."""
-        if self.config.glove is None or not isinstance(self.txt_enc, GRUTextEncoder):
+        if self.config.glove is None:
             return 0
-        return init_embedding_from_glove(self.txt_enc.embed, vocab, self.config.glove)
+        return self.txt_enc.init_from_glove(vocab, self.config.glove)
 
     # -- encoders ----------------------------------------------------------------------------------------
     def image_locals(self, features: torch.Tensor, n_regions: torch.Tensor | None = None
@@ -205,7 +203,7 @@ class VSE(Matcher):
     def parameter_groups(self, lr: float) -> list[dict]:
         """Optimizer groups: the BERT-family weights at ``lr * text_lr_factor``, everything else at ``lr``; each
         group's ``lr_factor`` says how to rescale it when the schedule changes the base rate."""
-        bert = list(self.txt_enc.bert.parameters()) if isinstance(self.txt_enc, BertTextEncoder) else []
+        bert = self.txt_enc.pretrained_parameters()
         ids = {id(p) for p in bert}
         groups = [{"params": [p for p in self.parameters() if id(p) not in ids], "lr": lr, "lr_factor": 1.0}]
         if bert:
@@ -221,20 +219,12 @@ class VSE(Matcher):
                 n_regions = torch.full((len(features),), features.shape[1], dtype=torch.long, device=features.device)
             features, n_regions = drop_regions(features, n_regions, self.config.region_drop)
         if self.training and self.config.token_augment > 0:
-            tokens, lengths = self._augment_tokens(tokens, lengths)
+            tokens, lengths = self.txt_enc.augment(tokens, lengths, self.config.token_augment)
         regions, n_regions = self.image_locals(features, n_regions)
         words, lengths = self.text_locals(tokens, lengths)
         images = l2norm(self.aggregate_images(regions, n_regions))
         texts = l2norm(self.aggregate_texts(words, lengths))
         return TrainBatch(images, texts, regions, n_regions, words, lengths)
-
-    def _augment_tokens(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.txt_enc, BertTextEncoder):
-            return augment_tokens(tokens, lengths, vocab_size=self.txt_enc.vocab_size, mask_id=self.txt_enc.mask_id,
-                                  continuation=self.txt_enc.continuation.to(tokens.device),
-                                  prob=self.config.token_augment)
-        return augment_tokens(tokens, lengths, vocab_size=self.config.vocab_size, mask_id=UNK_ID,
-                              prob=self.config.token_augment)
 
     def ranking_loss(self, images: torch.Tensor, texts: torch.Tensor, *, margin: float, hardest_negative: bool,
                      same_image: torch.Tensor | None, epoch: int) -> torch.Tensor:
