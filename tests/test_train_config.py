@@ -109,3 +109,10 @@ def test_missing_file_and_section_type(tmp_path: Path) -> None:
     raw = {"model": 3, "optim": {}, "schedule": {}, "loss": {}, "data": {}, "run": {}}
     with pytest.raises(ItmatchError, match=r"x\.toml: \[model\] must be a table"):
         config_from_dict(raw, "x.toml")
+
+
+def test_command_line_values_read_as_toml_then_as_python_numbers_then_as_text():
+    from itmatch.fields import parse_value
+
+    assert [parse_value(t) for t in ("3", "0.5", ".5", "1e-3", "true", "[30, 40]", '"x"', "null", "none", "a-b")] \
+        == [3, 0.5, 0.5, 0.001, True, [30, 40], "x", None, "none", "a-b"]

@@ -41,9 +41,9 @@ def explain(
     from itmatch.search.gallery import check_image_id, open_gallery
     from itmatch.viz import draw_explanation
 
+    check_outputs({"--out": out, "--json": json_out}, {"--model": model, "--vocab": vocab})
     if out.suffix.lower() != ".png":
         raise ItmatchError(f"--out {out}: explain draws a PNG; name the file *.png")
-    check_outputs({"--out": out, "--json": json_out}, {"--model": model, "--vocab": vocab})
     if index is not None:
         if model or features:
             raise ItmatchError("give either --index, or --model with --features, not both")

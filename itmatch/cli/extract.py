@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,15 +13,19 @@ from itmatch.errors import ItmatchError
 from itmatch.fields import parse_value
 
 
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+def parse_options(pairs: list[str] | None, reserved: Iterable[str] = ("regions",)) -> dict[str, Any]:
     """``["min_score=0.3", "features_dir=feats"]`` -> ``{"min_score": 0.3, "features_dir": "feats"}`` (values read
-    as ``--set`` reads them: ``itmatch.fields.parse_value``)."""
+    as ``--set`` reads them: ``itmatch.fields.parse_value``); a ``reserved`` key, which the command sets through an
+    option of its own, is an error naming that option."""
     options: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ItmatchError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option min_score=0.3")
-        options[key.strip()] = parse_value(value.strip())
+        if key in reserved:
+            raise ItmatchError(f"--option {key}: set by the command itself; use --{key.replace('_', '-')}")
+        options[key] = parse_value(value.strip())
     return options
 
 
@@ -74,10 +79,7 @@ def extract(
     from itmatch.distributed import launch_rank
     from itmatch.features import extract_features
 
-    options = parse_options(option)
-    own = sorted(set(options) & set(inspect.signature(extract_features).parameters))
-    if own:
-        raise ItmatchError(f"--option {own[0]}: set by itmatch extract itself; use --{own[0].replace('_', '-')}")
+    options = parse_options(option, reserved=inspect.signature(extract_features).parameters)
     pictures = list_pictures(images)
     result = extract_features(pictures, out, extractor=extractor, regions=regions, batch_size=batch_size,
                               progress=progress, skip_unreadable=skip_unreadable, **options)

@@ -61,6 +61,7 @@ def evaluate(
       torchrun --nproc_per_node 4 -m itmatch evaluate --device cuda ... (each process scores a share of the
       images on its own GPU; rank 0 writes the report; see docs/scale.md)
     """
+    from itmatch.data.folder import data_files
     from itmatch.evaluate import evaluate_split
     from itmatch.fileio import check_outputs, write_json
     from itmatch.protocols import format_table
@@ -69,7 +70,7 @@ def evaluate(
         output = default_output(checkpoint, split, protocol)
     check_outputs({"--output": output, "--save-sims": save_sims},
                   {"--checkpoint": checkpoint, "--sims": sims, "--vocab": vocab,
-                   "--data": sorted(data.iterdir()) if data is not None and data.is_dir() else None})
+                   "--data": data_files(data, split) if data is not None else None})
     result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
                             protocol=protocol, dev_subset=dev_subset, trust=trust_checkpoint,
                             save_sims_to=save_sims, captions_per_image=captions_per_image, device=device,

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from itmatch.data.precomp import SplitFiles
 from itmatch.errors import ItmatchError
 from itmatch.fileio import FolderFormat, write_json, write_npy, write_text
 
@@ -28,6 +29,14 @@ VOCAB_FILE = "vocab.json"
 FOLDER = FolderFormat("itmatch-dataset", 1, legacy=("*_ims.npy", "*_caps.txt", "*_cap2img.npy", "*_boxes.npy",
                                                     "*_images.jsonl", VOCAB_FILE, DATASET_FILE),
                       legacy_files=((DATASET_FILE, ("splits", "extractor")),))
+
+
+def data_files(directory: str | os.PathLike, split: str) -> list[Path]:
+    """The files of ``split`` in the dataset folder ``directory`` and those every split shares (whether they exist
+    or not): what a command reading the split must never write over."""
+    files = SplitFiles.of(directory, split)
+    return [files.images, files.captions, files.cap2img, boxes_path(directory, split),
+            pictures_path(directory, split), Path(directory) / VOCAB_FILE, Path(directory) / DATASET_FILE]
 
 
 def boxes_path(directory: str | os.PathLike, split: str) -> Path:

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fields import coerce
+from itmatch.fields import coerce, simple_kind
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,29 @@ def get_extractor(name: str, **options: Any) -> Extractor:
         if unknown:
             raise ItmatchError(f"extractor {name!r} has no option {unknown[0]!r}; its options are: "
                                f"{', '.join(parameters)}")
-    hints = typing.get_type_hints(factory)
-    return factory(**{key: coerce(value, hints[key], f"option {key}") if key in hints else value
+    hints = _hints(factory)
+    return factory(**{key: coerce(value, hints[key], f"option {key}") if simple_kind(hints.get(key)) else value
                       for key, value in options.items()})
+
+
+def _hints(factory: ExtractorFactory) -> dict[str, Any]:
+    """The annotated types of ``factory``'s arguments (a class: of its ``__init__``); {} where they cannot be
+    resolved (e.g. names imported only for type checkers): its options are then passed through unchecked."""
+    try:
+        return typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    except Exception:  # noqa: BLE001 -- any failure to resolve means: no hints
+        return {}
 
 
 def extractor_from_config(config: dict[str, Any]) -> Extractor:
     """The extractor whose ``config()`` is ``config`` (stored with the features it made), built again with the
-    same settings; the entries that are not settings (versions, the feature size) are left out."""
-    settings = inspect.signature(_factory(config["name"])).parameters
-    return get_extractor(config["name"], **{k: v for k, v in config.items() if k in settings})
+    same settings; the entries that are not settings (versions, the feature size) are left out. The settings are
+    the factory's arguments, or, for a factory taking ``**options``, those of the extractor class it builds."""
+    name = config["name"]
+    settings = inspect.signature(_factory(name)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in settings.values()):
+        settings = inspect.signature(type(get_extractor(name, regions=config["regions"]))).parameters
+    return get_extractor(name, **{k: v for k, v in config.items() if k in settings})
 
 
 def _factory(name: str) -> ExtractorFactory:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from itmatch.data.folder import read_boxes, read_info, read_pictures
-from itmatch.data.precomp import SPLITS, load_split
+from itmatch.data.precomp import SPLITS, load_split, nonfinite_rows
 from itmatch.errors import ItmatchError
 
 
@@ -108,7 +108,7 @@ def _features_folder(directory: Path) -> Gallery:
 
     def read_features(ids: np.ndarray) -> np.ndarray:
         features = np.asarray(feature_set.features[keep[ids]], np.float32)
-        broken = np.asarray(ids)[~np.isfinite(features).all(axis=(1, 2))]
+        broken = np.asarray(ids)[nonfinite_rows(features)]
         if len(broken):
             raise ItmatchError(f"{directory}: the features of {len(broken)} picture(s) ({pictures[broken[0]]['path']}"
                                f"{', ...' if len(broken) > 1 else ''}) hold NaN or infinite values; check the "

@@ -239,7 +239,7 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
         raise ItmatchError("no features to index; give --features FOLDER (repeat it for several folders)")
     galleries = [open_gallery(source, split) for source in sources]
     for k, gallery in enumerate(galleries):
-        if gallery.source in [g.source for g in galleries[:k]]:
+        if any(_same_place(earlier.source, gallery.source) for earlier in galleries[:k]):
             raise ItmatchError(f"{sources[k]}: given twice as --features; each folder is indexed once")
     first = galleries[0]
     for source, gallery in zip(sources[1:], galleries[1:]):
@@ -293,8 +293,8 @@ def _add(index_dir: Path, features: str | Path, split: str | None, device: str, 
     meta = index.meta
     remove_stale(index_dir)  # what a killed `add` left
     gallery = open_gallery(features, split)
-    holders = [s["dir"] for s in meta["segments"] if s.get("source") == gallery.source]
-    if holders and not any(picture.get("path") for picture in gallery.pictures):
+    holders = [s["dir"] for s in meta["segments"] if _same_place(s.get("source"), gallery.source)]
+    if holders and not all(picture.get("path") for picture in gallery.pictures):
         raise ItmatchError(f"{features}: already in the index ({holders[0]}), and its pictures have no file names "
                            "to tell new ones by; nothing added")
     new = ~already_in(gallery.pictures, index.pictures)
@@ -325,6 +325,12 @@ def _add(index_dir: Path, features: str | Path, split: str | None, device: str, 
     for old in old_files:
         (index_dir / old).unlink(missing_ok=True)
     return {**meta, "skipped": skipped}
+
+
+def _same_place(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether two gallery sources are the same folder (links resolved) and split."""
+    return a is not None and a.get("split") == b.get("split") and a.get("kind") == b.get("kind") \
+        and Path(a["path"]).resolve() == Path(b["path"]).resolve()
 
 
 def _store_models(folder: Path, embedder: str | Path, rerankers: Sequence[str | Path],
