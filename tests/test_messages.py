@@ -346,3 +346,12 @@ def test_an_ensemble_of_models_with_different_vocabularies_names_both(dataset, t
     err = one_line_error(capsys, ["evaluate", "--data", str(data), "-c", str(sgr), "-c", str(other)],
                          f"{other}: trained with 7 words, but the vocabulary stored in {sgr} has")
     assert err.endswith("an ensemble's models must share the vocabulary they were trained with")
+
+
+def test_train_refuses_a_split_of_one_picture(tmp_path, capsys):
+    from train_support import synthetic_data, train_args
+
+    data = synthetic_data(tmp_path / "data", train=1, dev=2, test=2)
+    one_line_error(capsys, ["train", *train_args("sgr", data, tmp_path / "run")],
+                   "the train split has 1 picture; training needs at least 2")
+    assert not (tmp_path / "run").exists()

@@ -187,6 +187,10 @@ class _Trainer:
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self.vocab = load_vocab(vocab)
         self.train_split = load_split(data, "train")
+        if self.train_split.n_images < 2:
+            raise ItmatchError(f"{SplitFiles.of(data, 'train').images}: the train split has "
+                               f"{self.train_split.n_images} picture; training needs at least 2 (a caption's "
+                               "negatives are the other pictures of its batch)")
         self.dev_split = _load_dev(data, config.data.dev_subset)
         self.model = build_model(config, len(self.vocab))
         check_features(self.model, self.train_split)
