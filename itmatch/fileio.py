@@ -111,7 +111,7 @@ def check_writable(path: str | os.PathLike, option: str, in_place: bool = False)
     target = Path(path).absolute()
     if target.is_symlink():
         target = target.resolve()
-    if target.exists() and (not (target.is_file() or target.is_dir()) or (in_place and target.is_dir())):
+    if _is_device(target) or (in_place and target.is_dir()):
         where = target
     else:
         where = target.parent
@@ -122,6 +122,11 @@ def check_writable(path: str | os.PathLike, option: str, in_place: bool = False)
     if not os.access(where, os.W_OK | (os.X_OK if where.is_dir() else 0)):
         raise ItmatchError(f"{path}: cannot write into {where} (permission denied); give {option} a path you can "
                            "write")
+
+
+def _is_device(path: Path) -> bool:
+    """Whether ``path`` is a device, a pipe or a socket (``/dev/null``): written into, never replaced."""
+    return path.exists() and not (path.is_file() or path.is_dir())
 
 
 def user_path(path: str | os.PathLike) -> Path:
@@ -262,7 +267,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
-    if path.exists() and not path.is_file() and not path.is_dir():
+    if _is_device(path):
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ load through (none of them needs ``itmatch.evaluate``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from itmatch.checkpoint import load_checkpoint
 from itmatch.data.tokenize import tokenize
@@ -55,10 +55,16 @@ def caption_tokens(model: Matcher, vocab: Vocabulary | None, captions: list[str]
     return vocab.encode_all(captions)
 
 
+def knows_a_word(model: Matcher, vocab: Vocabulary | None, texts: Iterable[str]) -> bool:
+    """Whether the model reads a word of ``texts`` as itself, not as the unknown word: some word is in its
+    vocabulary, or it has a tokenizer of its own (which reads any text)."""
+    return model.tokenize is not None or vocab is None or any(word in vocab for text in texts
+                                                              for word in tokenize(text))
+
+
 def check_known_words(model: Matcher, vocab: Vocabulary | None, text: str) -> None:
     """Refuse a query none of whose words the model's vocabulary holds: its every word would be read as the
-    unknown word, and the results would look ranked while meaning nothing (a model with its own tokenizer reads
-    any text)."""
-    if model.tokenize is None and vocab is not None and not any(word in vocab for word in tokenize(text)):
+    unknown word, and the results would look ranked while meaning nothing."""
+    if not knows_a_word(model, vocab, [text]):
         raise ItmatchError(f"none of the words of {text.strip()!r} is in the model's vocabulary ({len(vocab)} "
                            "words); try other words")

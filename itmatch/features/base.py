@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -93,7 +93,7 @@ def get_extractor(name: str, **options: Any) -> Extractor:
     does not take, or a value not of its annotated type, is an error naming it."""
     factory = _factory(name)
     parameters = inspect.signature(factory).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    if not _takes_any_option(parameters):
         unknown = sorted(set(options) - set(parameters))
         if unknown:
             raise ItmatchError(f"extractor {name!r} has no option {unknown[0]!r}; its options are: "
@@ -118,9 +118,17 @@ def extractor_from_config(config: dict[str, Any]) -> Extractor:
     the factory's arguments, or, for a factory taking ``**options``, those of the extractor class it builds."""
     name = config["name"]
     settings = inspect.signature(_factory(name)).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in settings.values()):
-        settings = inspect.signature(type(get_extractor(name, regions=config["regions"]))).parameters
+    if _takes_any_option(settings):
+        made = get_extractor(name, regions=config["regions"])
+        settings = inspect.signature(type(made)).parameters
+        if not any(k in settings for k in config if k != "regions"):
+            return made
     return get_extractor(name, **{k: v for k, v in config.items() if k in settings})
+
+
+def _takes_any_option(parameters: Mapping[str, inspect.Parameter]) -> bool:
+    """Whether a signature with ``parameters`` takes ``**options`` (so any option name)."""
+    return any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _factory(name: str) -> ExtractorFactory:

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from itmatch import distributed as processes
 from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
-from itmatch.data.tokenize import tokenize
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
 from itmatch.fileio import check_writable, folder_lock, remove_stale, write_text
+from itmatch.loading import knows_a_word
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
 from itmatch.protocols import evaluate_blocks, protocol_blocks
@@ -194,8 +194,7 @@ class _Trainer:
         self.dev_split = _load_dev(data, config.data.dev_subset)
         self.model = build_model(config, len(self.vocab))
         check_features(self.model, self.train_split)
-        if self.model.tokenize is None and not any(word in self.vocab for caption in self.train_split.captions[:1000]
-                                                   for word in tokenize(caption)):
+        if not knows_a_word(self.model, self.vocab, self.train_split.captions[:1000]):
             raise ItmatchError(f"{vocab}: holds none of the words of the training captions, which would all read as "
                                f"unknown; build the vocabulary from them: itmatch data vocab --captions "
                                f"{SplitFiles.of(data, 'train').captions} --out VOCAB.json")
