@@ -33,6 +33,7 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
     written to ``out/embeddings.json``."""
     from itmatch.data.precomp import ImageRows, load_split
     from itmatch.loading import caption_tokens, load_models
+    from itmatch.models.registry import embedding_models
     from itmatch.scoring import feature_batches, resolve_device, text_batches
 
     out = Path(out)
@@ -40,7 +41,7 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
     dev = resolve_device(device)
     model, words = load_models([checkpoint], vocab, trust=trust, device=str(dev))
     if not model.is_embedding:
-        raise ItmatchError(f"{checkpoint}: itmatch encode needs an embedding model (vse, hrem); "
+        raise ItmatchError(f"{checkpoint}: itmatch encode needs an embedding model ({', '.join(embedding_models())}); "
                            f"{model.model_name or type(model).__name__} scores pairs with cross-attention")
     if batch_size < 1:
         raise ItmatchError(f"--batch-size must be >= 1, got {batch_size}")

@@ -18,7 +18,7 @@ from itmatch.errors import ItmatchError, listed
 from itmatch.fileio import write_npy
 from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
-from itmatch.models.ensemble import Ensemble
+from itmatch.models.ensemble import Ensemble, member_mean
 from itmatch.protocols import CAPTIONS_PER_IMAGE, check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
 
@@ -41,18 +41,16 @@ def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
     row = np.zeros(split.n_captions, dtype=np.int64)
     row[needed] = np.arange(len(needed))  # only the blocks' captions are tokenized
     texts = [split.captions[c] for c in needed]
-    if len(members) == 1 or all(m.tokenize is None and not m.is_embedding for m in members):
-        tokens = caption_tokens(model, vocab, texts)
-        options = _engine_options(model, engine)
-        return [score_matrix(model, ImageRows(split, images), [tokens[c] for c in row[captions]], **options)
+
+    def scores_of(matcher: Matcher) -> list[np.ndarray]:
+        tokens = caption_tokens(matcher, vocab, texts)
+        options = _engine_options(matcher, engine)
+        return [score_matrix(matcher, ImageRows(split, images), [tokens[c] for c in row[captions]], **options)
                 for images, captions in blocks]
-    total = [np.zeros((len(images), len(captions)), dtype=np.float64) for images, captions in blocks]
-    for member in members:
-        tokens = caption_tokens(member, vocab, texts)
-        options = _engine_options(member, engine)
-        for acc, (images, captions) in zip(total, blocks):
-            acc += score_matrix(member, ImageRows(split, images), [tokens[c] for c in row[captions]], **options)
-    return [(acc / len(members)).astype(np.float32) for acc in total]
+
+    if len(members) == 1 or all(m.tokenize is None and not m.is_embedding for m in members):
+        return scores_of(model)  # one set of token ids and tiles: score_matrix averages the members
+    return member_mean(map(scores_of, members))
 
 
 def _engine_options(model: Matcher, engine: dict) -> dict:
@@ -66,12 +64,7 @@ def load_sims(paths: Sequence[str | Path], blocks: list[tuple[np.ndarray, np.nda
               n_images: int, n_captions: int) -> list[np.ndarray]:
     """Saved score matrices, averaged: each path is a full (images × captions) ``.npy`` of the split, or —
     for a protocol with folds — a stem whose ``STEM.fold{k}.npy`` files hold the folds' blocks."""
-    total = [np.zeros((len(i), len(c)), dtype=np.float64) for i, c in blocks]
-    for path in map(Path, paths):
-        parts = _sims_parts(path, blocks, n_images, n_captions)
-        for acc, part in zip(total, parts):
-            acc += part
-    return [(acc / len(paths)).astype(np.float32) for acc in total]
+    return member_mean(_sims_parts(Path(path), blocks, n_images, n_captions) for path in paths)
 
 
 def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from itmatch.distributed import resolve_device
 from itmatch.errors import ItmatchError
 from itmatch.models.base import Encoding, Matcher, TextEncoding
-from itmatch.models.ensemble import Ensemble
+from itmatch.models.ensemble import Ensemble, member_mean
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 #: Captions per text-encoder call of the engine: the Bi-GRU's matrix products are efficient only over many
@@ -126,17 +126,17 @@ def score_matrix(model: Matcher, features: np.ndarray | torch.Tensor, token_list
     budget = max_memory or tile_memory
     caption_chunk = caption_chunk or tile_captions
     members = list(model.members) if isinstance(model, Ensemble) else [model]
-    total = np.zeros((len(features), len(token_lists)), dtype=np.float32)
+
+    def member_scores(member: Matcher) -> list[np.ndarray]:
+        was_training = member.training
+        member.eval()
+        try:
+            return [_score_member(member, features, token_lists, dev, budget, caption_chunk, image_chunk, progress)]
+        finally:
+            member.train(was_training)
+
     with torch.inference_mode(), precision_context(precision, dev):
-        for member in members:
-            was_training = member.training
-            member.eval()
-            try:
-                total += _score_member(member, features, token_lists, dev, budget, caption_chunk, image_chunk,
-                                       progress)
-            finally:
-                member.train(was_training)
-    return total / len(members) if len(members) > 1 else total
+        return member_mean(map(member_scores, members))[0]
 
 
 def _score_member(model: Matcher, features, token_lists, dev: torch.device, budget: int, caption_chunk: int,

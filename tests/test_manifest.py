@@ -11,13 +11,8 @@ from typer.testing import CliRunner
 
 from itmatch.cli.build import app
 from itmatch.data import load_split, load_vocab
-from itmatch.data.sources.manifest import (
-    ManifestError,
-    build_from_manifest,
-    parse_fractions,
-    read_manifest,
-    split_sizes,
-)
+from itmatch.data.sources.dataset import build_from_manifest, parse_fractions, split_sizes
+from itmatch.data.sources.manifest import ManifestError, read_manifest
 from itmatch.errors import ItmatchError
 from itmatch.features import open_features
 

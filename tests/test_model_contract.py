@@ -18,6 +18,7 @@ import torch
 from itmatch.checkpoint import load_model, save_model
 from itmatch.models import create_model, list_models
 from itmatch.models.base import Matcher, TextEncoding
+from itmatch.models.registry import embedding_models
 from itmatch.scoring import score_matrix
 from itmatch.train.config import LossSection
 from itmatch.train.objective import TrainingObjective
@@ -67,6 +68,12 @@ def model(request) -> Matcher:
 
 def test_every_builtin_model_is_registered() -> None:
     assert {"sgr", "saf", "ave", "sgraf_joint", "tshsr", "tshsr_i2t", "tshsr_t2i", "vse", "hrem"} <= set(list_models())
+
+
+def test_embedding_models_are_named_without_building_one() -> None:
+    """The names messages offer where an embedding model is needed are exactly the models that are one."""
+    assert embedding_models() == sorted(n for n in list_models() if tiny_model(n).is_embedding)
+    assert {"vse", "hrem"} <= set(embedding_models())
 
 
 def test_encode_and_score_shapes(model: Matcher) -> None:

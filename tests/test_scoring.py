@@ -12,6 +12,7 @@ from conftest import sharpen as sharpen_to, small_model
 from reference_sgraf import reference_scores
 
 from itmatch.models import Ensemble, attention
+from itmatch.models.ensemble import member_mean
 from itmatch.models.layers import NODE_CHUNK_ROWS
 from itmatch.models.sgraf import GraphReasoning
 from itmatch.scoring import _tile_map, encode_images, encode_texts, score_encoded, score_matrix
@@ -65,6 +66,22 @@ def test_ensemble_averages_members():
         tokens, lengths = pad_tokens(captions)
         batched = direct(feats, tokens, lengths).numpy()
     np.testing.assert_allclose(batched, expected, rtol=0, atol=1e-5)
+
+
+def test_member_mean_is_the_authors_average_and_keeps_read_only_inputs():
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.random((4, 6), dtype=np.float32) for _ in range(3))
+    held = a.copy()
+    held.flags.writeable = False  # as a memory-mapped saved matrix is
+    two = member_mean([[held, held[:2]], [b, b[:2]]])
+    assert [t.dtype for t in two] == [np.float32] * 2
+    np.testing.assert_array_equal(two[0], (a + b) / 2)  # the authors' (sims1 + sims2) / 2, bit for bit
+    np.testing.assert_array_equal(two[1], ((a + b) / 2)[:2])
+    np.testing.assert_array_equal(held, a)
+    np.testing.assert_allclose(member_mean(iter([[a.copy()], [b], [c]]))[0], (a + b + c) / 3, rtol=1e-6)
+    assert member_mean([[a]])[0] is a  # one member: its own scores, not a copy
+    with pytest.raises(ValueError, match="at least one member"):
+        member_mean([])
 
 
 def test_caption_score_does_not_depend_on_its_neighbours():

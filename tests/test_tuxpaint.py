@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from itmatch.cli.build import app
 from itmatch.data import load_split, load_vocab
 from itmatch.data.sources.debian import cache_dir
-from itmatch.data.sources.manifest import Item, split_items
+from itmatch.data.sources.dataset import split_items
+from itmatch.data.sources.manifest import Item
 from itmatch.data.sources.tuxpaint import (
     build_tuxpaint,
     clean_caption,

@@ -43,7 +43,7 @@ def manifest(
 
     Example: itmatch data build manifest --manifest photos/captions.jsonl --out data/photos --split 0.8/0.1/0.1
     """
-    from itmatch.data.sources.manifest import build_from_manifest
+    from itmatch.data.sources.dataset import build_from_manifest
 
     result = build_from_manifest(manifest, out, split=split, seed=seed, skip_bad=skip_bad, extractor=extractor,
                                  regions=regions, features_dir=features, batch_size=batch_size, progress=progress,

@@ -8,10 +8,13 @@ from typing import Annotated, Optional
 import typer
 
 from itmatch.embeddings import encode_split
+from itmatch.models.registry import embedding_models
+
+EMBEDDERS = ", ".join(embedding_models())
 
 
 def encode(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="An embedding model (vse, hrem).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help=f"An embedding model ({EMBEDDERS}).")],
     data: Annotated[Path, typer.Option(help="Precomp folder ({split}_ims.npy, {split}_caps.txt).")],
     out: Annotated[Path, typer.Option(help="Output folder for images.npy, captions.npy, embeddings.json.")],
     split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",

@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from itmatch.models.registry import embedding_models
+
+EMBEDDERS = ", ".join(embedding_models())
+
 app = typer.Typer(help="Build a search index over pictures, or add pictures to one.", no_args_is_help=True)
 
 FeaturesOption = Annotated[Path, typer.Option(
@@ -21,7 +25,7 @@ def build(
     features: Annotated[list[Path], typer.Option(
         help="An `itmatch extract` folder (features.npy, images.jsonl) or a dataset folder (with --split); repeat "
              "for several folders (e.g. shards of one large extraction), each becomes a segment.")],
-    embedder: Annotated[Path, typer.Option(help="Embedding model (vse, hrem) that shortlists by one vector each.")],
+    embedder: Annotated[Path, typer.Option(help=f"Embedding model ({EMBEDDERS}) that shortlists by one vector each.")],
     out: Annotated[Path, typer.Option(help="New index folder (an earlier index there is replaced).")],
     reranker: Annotated[list[Path] | None, typer.Option(
         help="Cross-attention model (sgr, saf, tshsr) re-ranking the shortlist; repeat for an ensemble (SGRAF).")

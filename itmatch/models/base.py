@@ -7,7 +7,7 @@ downstream (the scoring engine, evaluation, training losses, search) talks only 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Self
+from typing import Any, Callable, ClassVar, Self
 
 import torch
 from torch import nn
@@ -128,6 +128,9 @@ class Matcher(nn.Module):
     """
 
     model_name: str = ""
+    #: Whether encodings are single vectors ``emb`` (N, d), L2-normalised, and ``score`` their dot product (a class
+    #: attribute, so that the registry can name the embedding models without building one).
+    is_embedding: ClassVar[bool] = False
     config: Any = None
 
     # -- required ------------------------------------------------------------------------------------------
@@ -160,10 +163,6 @@ class Matcher(nn.Module):
                 if filled.get(name, ABSENT) != now.get(name, ABSENT)}
 
     # -- scoring ---------------------------------------------------------------------------------------------
-    @property
-    def is_embedding(self) -> bool:
-        """Whether encodings are single vectors ``emb`` (N, d), L2-normalised, and ``score`` their dot product."""
-        return False
 
     def pair_bytes_per_word(self) -> int:
         """Bytes of working memory per (image, word) pair inside ``score``; 0 when scoring is one matmul."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Self
+from typing import Iterable, Self, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,3 +61,28 @@ class Ensemble(Matcher):
     def score(self, images: EnsembleEncoding, texts: EnsembleEncoding) -> torch.Tensor:
         scores = [m.score(i, t) for m, i, t in zip(self.members, images.parts, texts.parts)]
         return torch.stack(scores).mean(0)
+
+
+def member_mean(members: Iterable[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """An ensemble's scores where its members are scored one after another (each with its own tokens and tiles, or
+    read from saved matrices): ``members`` yields each member's score arrays (blocks, or one per query), and the
+    result is their element-wise mean, float32, as ``Ensemble.score`` takes it. One member's arrays are summed in
+    at a time, so only one set is held besides the running sum (float32: for two members the same numbers as the
+    authors' ``(sims1 + sims2) / 2``). The first member's arrays become the sums when they are writable float32
+    arrays: pass fresh ones."""
+    totals: list[np.ndarray] | None = None
+    count = 0
+    for parts in members:
+        if totals is None:
+            totals = [np.asarray(part, dtype=np.float32) for part in parts]
+            totals = [total if total.flags.writeable else total.copy() for total in totals]
+        else:
+            for total, part in zip(totals, parts, strict=True):
+                total += part
+        count += 1
+    if totals is None:
+        raise ValueError("an ensemble needs at least one member")
+    if count > 1:
+        for total in totals:
+            total /= count
+    return totals

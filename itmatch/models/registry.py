@@ -14,6 +14,7 @@ from itmatch.models.base import Matcher
 
 _FACTORIES: dict[str, Callable[..., Matcher]] = {}
 _CONFIGS: dict[str, Callable[..., Any]] = {}
+_CLASSES: dict[str, type] = {}
 
 
 def register_model(factory: Callable[..., Matcher]) -> Callable[..., Matcher]:
@@ -43,6 +44,7 @@ def register_preset(name: str, model: Callable[[Any], Matcher], config: Callable
     factory.__name__, factory.__qualname__, factory.__doc__ = name, name, doc
     register_model(factory)
     _CONFIGS[name] = make_config
+    _CLASSES[name] = model
 
 
 def model_config(name: str, **overrides: Any) -> Any:
@@ -59,6 +61,12 @@ def model_config(name: str, **overrides: Any) -> Any:
 def list_models() -> list[str]:
     """Names accepted by ``create_model``, sorted."""
     return sorted(_FACTORIES)
+
+
+def embedding_models() -> list[str]:
+    """Names of the registered presets whose models are embedding models (``Matcher.is_embedding``), sorted: what
+    messages offer where one is needed. A plain factory's class is unknown until it is built, so it is left out."""
+    return sorted(name for name, cls in _CLASSES.items() if getattr(cls, "is_embedding", False))
 
 
 def create_model(name: str, **overrides) -> Matcher:

@@ -126,6 +126,8 @@ def _weighted_triplet(scores: torch.Tensor, positives: torch.Tensor, margin: flo
 class VSE(Matcher):
     """The embedding baseline: ``img_enc`` (regions), ``txt_enc`` (Bi-GRU or BERT-family), ``img_pool``/``txt_pool``."""
 
+    is_embedding = True
+
     def __init__(self, config: VSEConfig) -> None:
         super().__init__()
         self.config = config
@@ -138,10 +140,6 @@ class VSE(Matcher):
                                           bidirectional=True, dropout=0.0, normalize=False)
         self.img_pool = Pool(config.pooling, config.pool_k)
         self.txt_pool = Pool(config.pooling, config.pool_k)
-
-    @property
-    def is_embedding(self) -> bool:
-        return True
 
     @property
     def has_own_objective(self) -> bool:

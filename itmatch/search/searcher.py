@@ -22,6 +22,7 @@ import torch
 from itmatch.errors import ItmatchError
 from itmatch.loading import caption_tokens, check_known_words
 from itmatch.models.base import Encoding, Matcher
+from itmatch.models.ensemble import member_mean
 from itmatch.scoring import default_tiling, encode_texts, images_per_tile, resolve_device
 from itmatch.search.explain import explain_pair
 from itmatch.search.gallery import check_image_id
@@ -120,13 +121,14 @@ class Searcher:
         """Mean re-ranker score (k,) of pictures ``ids`` against one query (``texts``: its encoding per model),
         in tiles of pictures that keep a tile's working memory within the engine's budget."""
         budget = default_tiling(self.device)[0]
-        total = np.zeros(len(ids), dtype=np.float64)
-        for k, ((model, _), text) in enumerate(zip(self.rerankers, texts)):
+
+        def member_scores(k: int, model: Matcher, text: Encoding) -> list[np.ndarray]:
             step = images_per_tile(model, text, len(ids), budget)
-            for lo in range(0, len(ids), step):
-                images = self._stored_encoding(k, ids[lo:lo + step])
-                total[lo:lo + step] += model.score(images, text)[:, 0].float().cpu().numpy()
-        return (total / len(self.rerankers)).astype(np.float32)
+            return [np.concatenate([model.score(self._stored_encoding(k, ids[lo:lo + step]), text)[:, 0].float()
+                                    .cpu().numpy() for lo in range(0, len(ids), step)])]
+
+        return member_mean(member_scores(k, model, text)
+                           for k, ((model, _), text) in enumerate(zip(self.rerankers, texts)))[0]
 
     def _stored_encoding(self, reranker: int, ids: np.ndarray) -> Encoding:
         fields = self.index.encoding_fields(reranker, ids)
@@ -180,8 +182,8 @@ class Searcher:
         """Mean re-ranker score of each picture of ``pictures`` (Q, R, D) against its candidate captions; a
         caption shortlisted for several pictures of the group is encoded once."""
         wanted = np.unique(np.concatenate(candidates))
-        totals = [np.zeros(len(ids), dtype=np.float64) for ids in candidates]
-        for k, (model, vocab) in enumerate(self.rerankers):
+
+        def member_scores(k: int, model: Matcher, vocab: Any) -> list[np.ndarray]:
             if k not in self._caption_tokens:
                 self._caption_tokens[k] = caption_tokens(model, vocab, self.index.captions)
             chunks = encode_texts(model, [self._caption_tokens[k][j] for j in wanted], self.device, CAPTION_BATCH)
@@ -190,10 +192,11 @@ class Searcher:
             row_of = np.empty(len(wanted), dtype=np.int64)
             row_of[order] = np.arange(len(order))  # the row of each wanted caption in ``texts``
             images = model.encode_images(pictures)
-            for q, ids in enumerate(candidates):
-                rows = torch.from_numpy(row_of[np.searchsorted(wanted, ids)]).to(self.device)
-                totals[q] += model.score(images.select(slice(q, q + 1)), texts.select(rows))[0].float().cpu().numpy()
-        return [(total / len(self.rerankers)).astype(np.float32) for total in totals]
+            return [model.score(images.select(slice(q, q + 1)),
+                                texts.select(torch.from_numpy(row_of[np.searchsorted(wanted, ids)]).to(self.device))
+                                )[0].float().cpu().numpy() for q, ids in enumerate(candidates)]
+
+        return member_mean(member_scores(k, model, vocab) for k, (model, vocab) in enumerate(self.rerankers))
 
     def _caption_hit(self, caption: int) -> dict[str, Any]:
         image = int(self.index.caption_image[caption])

@@ -23,14 +23,8 @@ from typing import Any
 
 from itmatch.data.sources import openclipart
 from itmatch.data.sources.debian import installed_version, unpacked_package
-from itmatch.data.sources.manifest import (
-    BuildResult,
-    Item,
-    check_out,
-    features_cache,
-    split_items,
-    write_dataset,
-)
+from itmatch.data.sources.dataset import BuildResult, check_out, features_cache, split_items, write_dataset
+from itmatch.data.sources.manifest import Item
 from itmatch.distributed import launch_rank
 from itmatch.errors import ItmatchError
 from itmatch.features import (
