@@ -46,7 +46,8 @@ from itmatch.checkpoint import save_model
 from itmatch.data.vocab import build_vocab
 from itmatch.fileio import write_json
 from itmatch.models import create_model
-from itmatch.search.index import FORMAT, FORMAT_VERSION, INDEX_FILE, _store_models, _write_faiss, load_index_models
+from itmatch.search.build import _store_models, _write_faiss
+from itmatch.search.index import FORMAT, FORMAT_VERSION, INDEX_FILE, load_index_models
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS, FEATURE_DIM = 36, 1286  # the demo's: SSD-MobileNetV2 regions
