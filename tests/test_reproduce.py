@@ -101,6 +101,9 @@ def test_scaled_recipe():
     quick = scaled(config, 0.1)
     assert (quick.schedule.epochs, quick.schedule.lr_decay_epochs) == (3, [2])
     assert quick.model.args["instance_warmup"] == 800
+    del config.model.args["instance_warmup"]  # a recipe that keeps the model's default warm-up (8,000 iterations)
+    assert scaled(config, 0.1).model.args["instance_warmup"] == 800
+    assert "instance_warmup" not in scaled(recipe("sgr_f30k", []), 0.1).model.args  # SGR counts no iterations
     assert scaled(recipe("sgr_f30k", []), 0.02).schedule.lr_decay_epochs == []  # 1 epoch: no decay left
     with pytest.raises(ItmatchError, match="epochs-scale"):
         scaled(config, 0)

@@ -43,7 +43,7 @@ Where the released code and this one differ, and why, see docs/models.md (HREM s
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -64,6 +64,9 @@ SAME_MODALITY_RANKS = ("cross", "within")
 class HREMConfig(VSEConfig):
     """VSE options plus HREM's; names follow the authors' ``opt`` in comments where one exists."""
 
+    #: Fields counted in training iterations, not epochs: a recipe run at a fraction of its epochs scales them too
+    #: (``reproduce --epochs-scale``).
+    iteration_fields: ClassVar[tuple[str, ...]] = ("instance_warmup",)
     pooling: str = "topk"
     pool_k: int = 2
     loss: str = "triplet"                    # base_loss / gnn_loss "trip"

@@ -8,13 +8,12 @@ import math
 from pathlib import Path
 
 from itmatch.errors import ItmatchError
+from itmatch.models.registry import model_config
 from itmatch.papers import cost
 from itmatch.papers.tables import Paper, Table
 from itmatch.train.config import TrainConfig, changed_keys, load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs"
-#: Model arguments counted in training iterations: scaled with the epochs (HREM's instance-level warm-up).
-ITERATION_ARGS = ("instance_warmup",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +90,11 @@ def scaled(config: TrainConfig, scale: float) -> TrainConfig:
         return config
     epochs = max(1, round(config.schedule.epochs * scale))
     decays = sorted({d for d in (max(1, round(e * scale)) for e in config.schedule.lr_decay_epochs) if d < epochs})
-    args = {k: (round(v * scale) if k in ITERATION_ARGS else v) for k, v in config.model.args.items()}
+    # fields counted in iterations (a model config's ``iteration_fields``, e.g. HREM's instance-level warm-up),
+    # whether the recipe sets them or leaves them at their defaults
+    model = model_config(config.model.name, **config.model.args)
+    counted = {name: round(getattr(model, name) * scale) for name in getattr(model, "iteration_fields", ())}
+    args = {**config.model.args, **counted}
     return dataclasses.replace(
         config, schedule=dataclasses.replace(config.schedule, epochs=epochs, lr_decay_epochs=decays),
         model=dataclasses.replace(config.model, args=args))
