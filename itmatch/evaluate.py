@@ -6,6 +6,7 @@ COCO-1K never computes the full 5,000 × 25,000 matrix. Results are the JSON of 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -15,11 +16,11 @@ from itmatch.data.precomp import ImageRows, PrecompSplit, load_split
 from itmatch.data.vocab import Vocabulary
 from itmatch.distributed import DistInfo, setup
 from itmatch.errors import ItmatchError, listed
-from itmatch.fileio import write_npy
+from itmatch.fileio import atomic_path
 from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
 from itmatch.models.ensemble import Ensemble, member_mean
-from itmatch.protocols import CAPTIONS_PER_IMAGE, check_protocol, evaluate_blocks, protocol_blocks
+from itmatch.protocols import CAPTIONS_PER_IMAGE, MAX_FOLDS, check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
 
 
@@ -98,6 +99,11 @@ def fold_path(path: Path, fold: int) -> Path:
     return path.with_name(f"{stem}.fold{fold}.npy")
 
 
+def sims_files(path: str | Path) -> list[Path]:
+    """Every file ``--sims path`` may read: the matrix ``path``, or the fold files of the stem ``path``."""
+    return [Path(path), *(fold_path(Path(path), k) for k in range(MAX_FOLDS))]
+
+
 def _open_sims(path: Path) -> np.ndarray:
     """A saved score matrix, memory-mapped, with a one-line error when it is missing or not a 2-D ``.npy``."""
     if not path.exists():
@@ -147,11 +153,15 @@ def check_scores(block_sims: list[np.ndarray], blocks: list[tuple[np.ndarray, np
 
 
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
-    """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds."""
+    """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds. The folds are
+    written as one set: all under temporary names first, then renamed one after the other, so that a failure (or
+    Ctrl-C) leaves the earlier set whole instead of a mix of two sets."""
     path = Path(path)
     targets = [path] if len(blocks_sims) == 1 else [fold_path(path, k) for k in range(len(blocks_sims))]
-    for target, sims in zip(targets, blocks_sims):
-        write_npy(target, sims.astype(np.float32))
+    with contextlib.ExitStack() as stack:
+        for target, sims in zip(targets, blocks_sims):
+            with open(stack.enter_context(atomic_path(target)), "wb") as f:
+                np.save(f, sims.astype(np.float32))
     return targets
 
 

@@ -28,6 +28,8 @@ from itmatch.errors import ItmatchError
 
 #: The marker file in every folder itmatch writes.
 MARKER = ".itmatch-folder.json"
+#: How many folders above a file ``owning_folder`` looks for a marker (an index's seg-K/reranker-N/FIELD.npy: 3).
+_OWNER_DEPTH = 4
 
 # Temporary names: `.NAME.itmatch-HOST-PID.RANDOM.tmp` (files and folders being written), `.NAME.itmatch-old-HOST-PID`
 # (a folder being replaced). Distinctive, so that no file of the user's is ever taken for one; the host, so that a
@@ -40,9 +42,9 @@ _STALE = re.compile(r"^\.(?P<name>.+)\.itmatch-(?P<old>old-)?(?P<host>[A-Za-z0-9
 
 @dataclasses.dataclass(frozen=True)
 class FolderFormat:
-    """A kind of folder itmatch writes. ``legacy`` are the (glob) names a folder written before markers existed may
-    hold, ``legacy_files`` the JSON files (with the keys each must have) of which such a folder must have one: only
-    then is an unmarked folder recognised as itmatch's."""
+    """A kind of folder itmatch writes. ``legacy`` are the (glob) paths, '/'-separated and relative, that a folder
+    written before markers existed may hold, ``legacy_files`` the JSON files (with the keys each must have) of
+    which such a folder must have one: only then is an unmarked folder recognised as itmatch's."""
 
     name: str
     version: int
@@ -82,12 +84,17 @@ def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--ou
 def check_outputs(outputs: dict[str, str | os.PathLike | None],
                   inputs: dict[str, Iterable[str | os.PathLike] | str | os.PathLike | None] | None = None) -> None:
     """Raise :class:`ItmatchError` before any work when an output file (option -> path; None: not given) is an
-    existing folder, is the same file as another output, or as an input (option -> path or paths): writing it
-    would fail late or replace what the command reads."""
+    existing folder, is the same file as another output, or as an input (option -> path or paths), or is one of the
+    files of an itmatch folder (a dataset's features, an index's metadata, a run's checkpoints): writing it would
+    fail late, replace what the command reads, or break that folder."""
     seen: dict[Path, str] = {}
     for option, value in outputs.items():
         if value is not None:
             check_writable(value, option)
+            owner = owning_folder(value)
+            if owner is not None:
+                raise ItmatchError(f"{value}: is a file of the itmatch {owner[1]} folder {owner[0]}; give {option} a "
+                                   "file outside it (it would be replaced and the folder broken)")
     for option, value in (inputs or {}).items():
         for item in ([] if value is None else [value] if isinstance(value, (str, os.PathLike)) else value):
             seen.setdefault(Path(item).resolve(), option)
@@ -101,6 +108,23 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None],
         if other is not None:
             raise ItmatchError(f"{path}: is also {other}; give {option} another file (it would be replaced)")
         seen[path.resolve()] = option
+
+
+def owning_folder(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """The itmatch folder whose marker claims the file ``path`` (links followed), and the folder's format; None
+    when no folder up to ``_OWNER_DEPTH`` levels above it claims it. A command that writes a single file must not
+    write one of these: the folder's own command replaces them, and only as a whole."""
+    target = Path(path).resolve()
+    if _is_device(target):
+        return None
+    for folder in list(target.parents)[:_OWNER_DEPTH]:
+        marker = read_marker(folder)
+        if marker is None:
+            continue
+        relative = target.relative_to(folder).as_posix()
+        if relative == MARKER or _claimed(relative, [str(c) for c in marker.get("files", [])]):
+            return folder, str(marker.get("format"))
+    return None
 
 
 def check_writable(path: str | os.PathLike, option: str, in_place: bool = False) -> None:
@@ -145,18 +169,22 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     return marker if isinstance(marker, dict) else None
 
 
-def mark_folder(path: str | os.PathLike, fmt: FolderFormat, claim: Iterable[str] = ()) -> None:
+def mark_folder(path: str | os.PathLike, fmt: FolderFormat, claim: Iterable[str] = (),
+                settle: Iterable[str] = ()) -> None:
     """Write the marker of the ``fmt`` folder ``path``: what it already claimed (for a folder of an older version:
     the files with ``fmt``'s names), plus ``claim`` (files or folders written or about to be; a folder covers what
-    is under it). Claim a name before writing it, so that a kill in between leaves nothing unclaimed."""
+    is under it). Claim a name before writing it, so that a kill in between leaves nothing unclaimed. The claims of
+    the subfolders ``settle``, written by now, give way to those of the files they hold: a user's file put there
+    later is then not taken for itmatch's."""
     path = Path(path)
     marker = read_marker(path)
     if marker is not None and marker.get("format") == fmt.name:
-        kept = [str(c) for c in marker.get("files", [])]
+        kept = {str(c) for c in marker.get("files", [])}
     else:
-        kept = [e for e in _entries(path) if _legacy_name(e, fmt)]
+        kept = {e for e in _entries(path) if _legacy_name(e, fmt)}
+    settled = {f"{folder}/{entry}" for folder in settle for entry in _entries(path / folder)}
     write_json(path / MARKER, {"format": fmt.name, "format_version": fmt.version,
-                               "files": sorted(set(kept) | set(claim))})
+                               "files": sorted((kept - set(settle)) | settled | set(claim))})
 
 
 def _entries(path: Path) -> list[str]:
@@ -196,8 +224,10 @@ def _json_with(path: Path, keys: tuple[str, ...], fmt: str) -> bool:
 
 
 def _legacy_name(entry: str, fmt: FolderFormat) -> bool:
-    top = entry.split("/", 1)[0]
-    return any(fnmatch.fnmatchcase(top, pattern) for pattern in fmt.legacy)
+    """Whether the whole path ``entry`` is one of ``fmt``'s names (a file in a subfolder: a pattern with its folder,
+    ``seg-*/features.npy``), so that a user's file put into one of itmatch's subfolders is never taken for
+    itmatch's."""
+    return any(fnmatch.fnmatchcase(entry, pattern) for pattern in fmt.legacy)
 
 
 def _first(entries: list[str]) -> str:

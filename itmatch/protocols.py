@@ -22,6 +22,8 @@ PROTOCOLS: tuple[str, ...] = ("f30k", "coco1k", "coco5k", "full")
 CAPTIONS_PER_IMAGE = 5
 _LAYOUTS = {"f30k": (1000, 1), "coco1k": (5000, 5), "coco5k": (5000, 1)}
 """(images, folds) of the fixed-size protocols; each image has ``CAPTIONS_PER_IMAGE`` captions in image order."""
+#: The most blocks a protocol scores (COCO-1K's five folds): how many fold files a saved set may have.
+MAX_FOLDS = max(folds for _, folds in _LAYOUTS.values())
 
 Block = tuple[np.ndarray, np.ndarray]
 

@@ -92,6 +92,14 @@ def test_an_index_of_the_previous_version_is_recognised_by_its_names_only(synthe
     with pytest.raises(ItmatchError, match=r"index: holds files itmatch did not write \(e.g. notes.txt and"):
         build_index(data, out, split="test", embedder=models["vse"])
     assert (out / "notes.txt").read_text() == "mine" and (out / "index.json").is_file()
+    (out / "notes.txt").unlink()
+    for inside in ("models/NOTES.txt", "seg-00000/mine.csv"):  # in one of itmatch's subfolders: still the user's
+        (out / inside).write_text("mine")
+        with pytest.raises(ItmatchError, match=f"holds files itmatch did not write \\(e.g. {inside} and"):
+            build_index(data, out, split="test", embedder=models["vse"])
+        assert (out / inside).read_text() == "mine"
+        (out / inside).unlink()
+    build_index(data, out, split="test", embedder=models["vse"])  # the names alone: recognised, replaced
 
 
 def killed_while_writing(path: Path) -> Path:
@@ -156,6 +164,12 @@ def test_index_add_skips_pictures_already_in_the_index(tmp_path, capsys):
     np.testing.assert_array_equal(index.features(np.array([10, 11])), np.asarray(more.features[3:5]))
     hits = Searcher(out).search_text("a red circle", top=12, shortlist=12).hits
     assert len(hits) == 12 and len({h["path"] for h in hits}) == 12  # each picture once
+    claims = read_marker(out)["files"]
+    assert "seg-00001" not in claims and "seg-00001/features.npy" in claims  # its files, not its whole folder
+    (out / "seg-00001" / "README.txt").write_text("mine")
+    with pytest.raises(ItmatchError, match=r"holds files itmatch did not write \(e.g. seg-00001/README.txt\)"):
+        build_index(features, out, embedder=models["vse"])
+    assert (out / "seg-00001" / "README.txt").read_text() == "mine"
 
 
 def test_a_features_folder_of_the_previous_version_is_reused(tmp_path):
@@ -227,6 +241,85 @@ def test_outputs_that_are_inputs_or_folders_are_refused_before_any_work(tmp_path
     assert "caps.txt: is also --captions; give --out another file" in capsys.readouterr().err
     assert victim.read_bytes() == kept and captions.read_text() == "a red circle\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.txt", "sgr.safetensors"]
+
+
+def test_single_file_outputs_never_replace_a_file_of_an_itmatch_folder(synthetic, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic[0], data)  # `data synth`'s folder, with its marker
+    download = tmp_path / "precomp"
+    shutil.copytree(picture_dataset(), download)  # a precomp folder without a marker (a download)
+    (download / "train_caps.txt").write_text("a red circle\n")
+    features = tmp_path / "features"
+    shutil.copytree(picture_dataset().parent / "features", features)
+    picture = tmp_path / "mine.png"
+    shutil.copy(sorted((picture_dataset().parent / "png").glob("*.png"))[0], picture)
+    extract_features([picture], tmp_path / "mine", progress=False)
+    before = {folder: listing(folder) for folder in (data, download, features, tmp_path / "mine")}
+    kept = picture.read_bytes()
+    captions = tmp_path / "caps.txt"
+    captions.write_text("a red circle\n")
+    assert main(["data", "vocab", "--captions", str(captions), "--out", str(data / "vocab.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'vocab.json'}: is a file of the itmatch itmatch-dataset folder {data}; give --out a file " \
+           "outside it" in err and err.count("\n") == 1
+    evaluate = ["evaluate", "--checkpoint", str(picture_models()["sgr"]), "--no-progress"]
+    assert main([*evaluate, "--data", str(data), "--split", "test", "--output", str(data / "dev_ims.npy")]) == 2
+    assert "dev_ims.npy: is a file of the itmatch itmatch-dataset folder" in capsys.readouterr().err
+    assert main([*evaluate, "--data", str(download), "--output", str(download / "train_caps.txt")]) == 2
+    assert "train_caps.txt: is also --data; give --output another file" in capsys.readouterr().err
+    assert main(["data", "vocab", "--captions", str(download / "train_caps.txt"), "--out",
+                 str(download / "test_caps.txt")]) == 2
+    assert "test_caps.txt: is also a file of the captions' dataset; give --out" in capsys.readouterr().err
+    explain = ["explain", "--model", str(picture_models()["sgr"]), "--features", str(features), "--image", "0",
+               "--text", "a red circle"]
+    assert main([*explain, "--out", str(tmp_path / "x.png"), "--json", str(features / "images.jsonl")]) == 2
+    assert f"is a file of the itmatch itmatch-features folder {features}; give --json" in capsys.readouterr().err
+    assert main([*explain, "--out", str(features / MARKER)]) == 2  # the marker itself
+    assert "is a file of the itmatch itmatch-features folder" in capsys.readouterr().err
+    mine = [*explain[:4], str(tmp_path / "mine"), *explain[5:]]
+    assert main([*mine, "--out", str(picture)]) == 2  # the picture explained: drawn from, never over
+    assert f"{picture}: is also the picture; give --out another file" in capsys.readouterr().err
+    assert {folder: listing(folder) for folder in before} == before and picture.read_bytes() == kept
+    assert main([*mine, "--out", str(tmp_path / "mine" / "explained.png")]) == 0  # a new file beside them is fine
+    assert main(["data", "vocab", "--captions", str(download / "train_caps.txt"), "--threshold", "1", "--out",
+                 str(download / "vocab_new.json")]) == 0
+
+
+def test_saved_score_folds_are_never_written_over_the_matrices_read(tmp_path, capsys):
+    from itmatch.evaluate import fold_path
+
+    rng = np.random.default_rng(0)
+    for stem in ("sgr", "saf"):
+        for k in range(5):
+            np.save(fold_path(tmp_path / stem, k), rng.random((1000, 5000), dtype=np.float32))
+    before = listing(tmp_path)
+    evaluate = ["evaluate", "--sims", str(tmp_path / "sgr"), "--sims", str(tmp_path / "saf"), "--protocol", "coco1k"]
+    assert main([*evaluate, "--save-sims", str(tmp_path / "sgr.npy")]) == 2  # sgr.npy's folds are sgr.fold*.npy
+    assert f"{fold_path(tmp_path / 'sgr', 0)}: is also --sims; give --save-sims (fold 0) another file" in \
+        capsys.readouterr().err
+    assert main([*evaluate, "--save-sims", str(tmp_path / "both"), "--output", str(tmp_path / "both.fold2.npy")]) == 2
+    assert "both.fold2.npy: is also --output; give --save-sims (fold 2) another file" in capsys.readouterr().err
+    assert listing(tmp_path) == before
+
+
+def test_a_failed_save_of_fold_scores_keeps_the_earlier_set_whole(tmp_path, monkeypatch):
+    from itmatch import evaluate
+
+    earlier = [np.full((2, 3), k, dtype=np.float32) for k in range(5)]
+    evaluate.save_sims(tmp_path / "sims", earlier)
+    before = listing(tmp_path)
+    real_save, calls = np.save, []
+
+    def failing_save(file, array, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError(28, "No space left on device")
+        real_save(file, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError):
+        evaluate.save_sims(tmp_path / "sims", [array + 10 for array in earlier])
+    assert listing(tmp_path) == before and len(calls) == 4  # no fold replaced, no temporary file left
 
 
 def test_result_and_fold_file_names_keep_models_and_ensembles_apart(tmp_path):

@@ -16,6 +16,8 @@ from train_support import ROOT, checkpoint, max_difference, run_train, synthetic
 
 from itmatch.checkpoint import load_checkpoint
 from itmatch.evaluate import evaluate_split
+from itmatch.fileio import MARKER, owning_folder
+from itmatch.train.loop import RUN_FILES
 
 STEPS = 22  # one epoch is 19 batches of 16: the runs cross an epoch end (validation, best.pt, log line)
 
@@ -78,7 +80,8 @@ def test_kill_at_any_step_and_resume(data: Path, uninterrupted: Path, tmp_path: 
 
 def test_run_directory_contents(data: Path, uninterrupted: Path) -> None:
     out = uninterrupted
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.toml", "last.pt", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "best.pt", "config.toml", "last.pt", "log.jsonl"]
+    assert all(owning_folder(out / name) == (out, "itmatch-run") for name in RUN_FILES)  # no other output there
     assert "max_steps = 22" in (out / "config.toml").read_text()
     best = checkpoint(out / "best.pt")  # weights_only: plain tensors and values
     assert best["epoch"] == 0 and best["best_rsum"] == pytest.approx(best["dev"]["rsum"])

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from itmatch.cli import build
+from itmatch.data.folder import dataset_files
 from itmatch.data.precomp import read_captions
 from itmatch.data.synthetic import write_synthetic
 from itmatch.data.vocab import build_vocab, save_vocab
@@ -67,7 +68,8 @@ def vocab(
 
     Example: itmatch data vocab --captions data/f30k/train_caps.txt --captions data/f30k/dev_caps.txt --out vocab.json
     """
-    check_outputs({"--out": out}, {"--captions": captions})
+    datasets = [file for path in captions for file in dataset_files(path.parent)]  # the captions' other files
+    check_outputs({"--out": out}, {"--captions": captions, "a file of the captions' dataset": datasets})
     texts = [caption for path in captions for caption in read_captions(path)]
     built = build_vocab(texts, threshold=threshold)
     save_vocab(built, out)

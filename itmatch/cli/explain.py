@@ -58,6 +58,7 @@ def explain(
         boxes = None if gallery.boxes is None else gallery.boxes[image]
         data = explain_pair(models, gallery.read_features(np.array([image]))[0], text, boxes)
         path = gallery.pictures[image].get("path")
+    check_outputs({"--out": out, "--json": json_out}, {"the picture": path})  # drawn from it, never over it
     picture = load_image(path)[:, :, ::-1] if path and Path(path).is_file() else None
     draw_explanation(data, picture, out)
     if json_out is not None:

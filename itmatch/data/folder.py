@@ -11,6 +11,7 @@ and writing; nothing else spells them out::
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -37,6 +38,17 @@ def data_files(directory: str | os.PathLike, split: str) -> list[Path]:
     files = SplitFiles.of(directory, split)
     return [files.images, files.captions, files.cap2img, boxes_path(directory, split),
             pictures_path(directory, split), Path(directory) / VOCAB_FILE, Path(directory) / DATASET_FILE]
+
+
+def dataset_files(directory: str | os.PathLike) -> list[Path]:
+    """The existing files of ``directory`` named as a dataset's files are (any split's, ``vocab.json``,
+    ``dataset.json``): in a folder without itmatch's marker (a downloaded precomp folder) what a single-file output
+    must not replace."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_file()
+                  and any(fnmatch.fnmatchcase(path.name, pattern) for pattern in FOLDER.legacy))
 
 
 def boxes_path(directory: str | os.PathLike, split: str) -> Path:

@@ -40,10 +40,11 @@ IMAGES_FILE = "images.jsonl"
 PARTIAL = ".partial"
 SHARDS = ".shards"  # the processes' shares of a `torchrun` extraction (itmatch.features.sharded)
 #: What an extraction writes in its folder (the scratch folders included, with all they hold).
-WRITTEN = (*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, PARTIAL, PARTIAL + ".new", SHARDS)
+SCRATCH = (PARTIAL, PARTIAL + ".new", SHARDS)  # folders, all of whose files are the extraction's
+WRITTEN = (*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, *SCRATCH)
 #: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions, finished or interrupted: by
 #: their names and INFO_FILE or the partial run's plan).
-FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=WRITTEN,
+FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=(*WRITTEN, *(f"{n}/*" for n in SCRATCH)),
                       legacy_files=((INFO_FILE, ("extractor", "count")),
                                     (f"{PARTIAL}/plan.json", ("config", "images"))))
 

@@ -138,6 +138,7 @@ def _add(index_dir: Path, features: str | Path, split: str | None, device: str, 
     meta = {**meta, "segments": [*meta["segments"], {**segment, "dir": name}], "n_images": n_images,
             "n_captions": meta["n_captions"] + len(gallery.captions), "faiss": faiss_meta}
     write_json(index_dir / INDEX_FILE, meta)
+    mark_folder(index_dir, FOLDER, settle=[name])  # the new segment's files, not every file in its folder
     for old in old_files:
         (index_dir / old).unlink(missing_ok=True)
     return {**meta, "skipped": skipped}

@@ -41,8 +41,11 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 #: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
 #: index.json).
-FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(INDEX_FILE, "models", "images.*.faiss", "captions.*.faiss",
-                                                      "seg-*"), legacy_files=((INDEX_FILE, ("segments", "faiss")),))
+FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(
+    INDEX_FILE, "images.*.faiss", "captions.*.faiss", "models/embedder.*", "models/reranker-*", "models/vocab.*",
+    *(f"seg-*/{name}" for name in ("features.npy", "boxes.npy", "pictures.jsonl", "captions.txt", "caption_image.npy",
+                                   "image_emb.npy", "caption_emb.npy", "reranker-*/*.npy"))),
+    legacy_files=((INDEX_FILE, ("segments", "faiss")),))
 
 
 class _Stack:

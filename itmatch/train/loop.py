@@ -27,7 +27,8 @@ from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
-from itmatch.fileio import check_writable, folder_lock, remove_stale, write_text
+from itmatch.fileio import (FolderFormat, check_writable, folder_lock, mark_folder, read_marker, remove_stale,
+                            write_text)
 from itmatch.loading import knows_a_word
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
@@ -41,6 +42,8 @@ from itmatch.train.objective import TrainingObjective
 from itmatch.train.state import capture_rng, load_training_checkpoint, restore_rng, save_checkpoint
 
 RUN_FILES = ("config.toml", "last.pt", "best.pt", "log.jsonl")
+#: A run folder's marker claims ``RUN_FILES``, so that no single-file output of another command replaces them.
+RUN_FOLDER = FolderFormat("itmatch-run", 1)
 
 
 @dataclasses.dataclass
@@ -235,6 +238,9 @@ class _Trainer:
             held.enter_context(folder_lock(out))  # no second run writes here while this one does
             if not resume:
                 _check_fresh(out)  # another run may have begun here since the first check
+            marker = read_marker(out)
+            if marker is None or marker.get("format") == RUN_FOLDER.name:  # inside another itmatch folder: its own
+                mark_folder(out, RUN_FOLDER, claim=RUN_FILES)  # its checkpoints are no other command's output
             write_text(out / "config.toml", dumps(config))
             remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
             self._write_log(None)
