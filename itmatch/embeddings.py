@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import FolderFormat, atomic_dir, check_folder, write_json
+from itmatch.fileio import FolderFormat, atomic_dir, check_folder, new_npy, write_json
 
 FORMAT = "itmatch-embeddings"
 FORMAT_VERSION = 1
@@ -71,4 +71,4 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
 
 def _array(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A new float32 ``.npy`` memmap of ``shape`` at ``path``, to fill."""
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    return new_npy(path, np.float32, shape)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import fnmatch
 import json
@@ -366,6 +367,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def new_npy(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` file at ``path`` of ``shape`` and ``dtype``, memory-mapped for writing, its disk space taken
+    now: a full disk is an ``OSError`` (ENOSPC) here, one line in the CLI, rather than a SIGBUS that kills the
+    process without a word when a write through the map meets no space."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: as before
+            del array
+            raise OSError(exc.errno, exc.strerror, str(path)) from None  # named: the CLI's one line names it
+    return array
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from search_support import picture_dataset, picture_models, save_models, synthet
 from itmatch.cli import main
 from itmatch.errors import ItmatchError
 from itmatch.features import extract_features
-from itmatch.fileio import MARKER, atomic_dir, read_marker
+from itmatch.fileio import MARKER, atomic_dir, new_npy, read_marker
 from itmatch.search import Searcher, add_to_index, build_index, open_index
 
 
@@ -359,6 +359,25 @@ def test_a_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
     aside.mkdir()  # the same with the new folder in place: the old one is only a leftover
     remove_stale(tmp_path)
     assert not aside.exists() and (tmp_path / "index" / "index.json").exists()
+
+
+def test_a_full_disk_stops_a_memory_mapped_writer_with_one_line(tmp_path, monkeypatch, capsys):
+    """Space for a memory-mapped output is taken when it is made: a full disk is an error there, not a SIGBUS
+    (exit 135, no message) at the first write through the map that meets no space."""
+    array = new_npy(tmp_path / "a.npy", np.float32, (64, 1024))
+    assert os.stat(tmp_path / "a.npy").st_blocks * 512 >= array.nbytes  # reserved, not a sparse file
+    del array
+
+    def no_space(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--images", "20", "--dim", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out / 'train_ims.npy'}: No space left on device; free some disk space or write " \
+                  "elsewhere\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
 
 
 def test_sigterm_leaves_no_temporary_files(tmp_path):

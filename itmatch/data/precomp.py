@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 
 from itmatch.errors import ItmatchError, listed
-from itmatch.fileio import atomic_path, write_npy, write_text
+from itmatch.fileio import atomic_path, new_npy, write_npy, write_text
 
 SPLITS = ("train", "dev", "test", "testall")
 CAPTIONS_PER_IMAGE = 5
@@ -248,7 +248,7 @@ def features_writer(directory: str | os.PathLike, split: str, shape: tuple[int, 
     path = SplitFiles.of(directory, split).images
     with atomic_path(path) as tmp:
         # The mapping shares the page cache, so the renamed file is complete without an explicit flush.
-        yield np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        yield new_npy(tmp, np.float32, shape)
 
 
 def write_captions(

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from itmatch.errors import ItmatchError
 from itmatch.features.base import Extractor, Regions, check_regions
 from itmatch.features.images import UnreadableImage
-from itmatch.fileio import FolderFormat, write_json, write_text
+from itmatch.fileio import FolderFormat, new_npy, write_json, write_text
 
 FORMAT_VERSION = 1
 ARRAYS = ("features", "boxes", "labels", "scores")
@@ -275,8 +275,7 @@ class _Partial:
             shapes = {"features": ((n, r, dim), np.float32), "boxes": ((n, r, 4), np.float32),
                       "labels": ((n, r), np.int32), "scores": ((n, r), np.float32)}
             self.arrays = {
-                name: np.lib.format.open_memmap(self.directory / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
-                for name, (shape, dtype) in shapes.items()
+                name: new_npy(self.directory / f"{name}.npy", dtype, shape) for name, (shape, dtype) in shapes.items()
             }
             write_json(self.directory / "plan.json", {"config": self.config, "images": self.keys, "dim": dim})
         return self.arrays

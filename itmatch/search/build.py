@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from itmatch.errors import ItmatchError
-from itmatch.fileio import atomic_dir, check_folder, folder_lock, mark_folder, remove_stale, write_json
+from itmatch.fileio import atomic_dir, check_folder, folder_lock, mark_folder, new_npy, remove_stale, write_json
 from itmatch.search.gallery import Gallery, already_in, open_gallery
 from itmatch.search.index import (FOLDER, FORMAT, FORMAT_VERSION, INDEX_FILE, Index, IndexModels, load_index_models,
                                   index_file, open_index)
@@ -184,10 +184,9 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
 
     folder.mkdir(parents=True, exist_ok=True)
     n = gallery.n_images
-    features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=dtype,
-                                         shape=(n, gallery.n_regions, gallery.dim))
+    features = new_npy(folder / "features.npy", dtype, (n, gallery.n_regions, gallery.dim))
     dim = models.embedder.config.embed_size
-    image_emb = np.lib.format.open_memmap(folder / "image_emb.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    image_emb = new_npy(folder / "image_emb.npy", np.float32, (n, dim))
     encodings: list[dict[str, np.ndarray]] = [{} for _ in models.rerankers]
     with torch.inference_mode():
         for ids, block in feature_batches(gallery, BLOCK, progress, desc="index pictures"):
@@ -222,9 +221,8 @@ def _store_encoding(folder: Path, arrays: dict[str, np.ndarray], encoding: Any, 
             continue
         if field.name not in arrays:
             folder.mkdir(exist_ok=True)
-            arrays[field.name] = np.lib.format.open_memmap(folder / f"{field.name}.npy", mode="w+",
-                                                           dtype=dtype if value.is_floating_point() else
-                                                           np.int64, shape=(n, *value.shape[1:]))
+            arrays[field.name] = new_npy(folder / f"{field.name}.npy", dtype if value.is_floating_point() else
+                                         np.int64, (n, *value.shape[1:]))
         arrays[field.name][ids] = value.cpu().numpy()
 
 
