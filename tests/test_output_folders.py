@@ -417,3 +417,11 @@ def test_a_folder_being_written_is_not_written_by_a_second_process(synthetic, tm
         assert main(["train", *train_args("sgr", train_data(tmp_path / "train"), run, "run.max_steps=1")]) == 2
     assert "run: another itmatch process is writing this folder now" in capsys.readouterr().err
     assert list(run.iterdir()) == []
+    pictures = sorted((picture_dataset().parent / "png").glob("*.png"))[:2]
+    features = tmp_path / "features"
+    features.mkdir()
+    with folder_lock(features):  # a second extraction would remove the first's unfinished work under it
+        assert main(["extract", "--images", str(pictures[0].parent), "--out", str(features), "--no-progress"]) == 2
+    assert "features: another itmatch process is writing this folder now" in capsys.readouterr().err
+    assert list(features.iterdir()) == []
+    assert extract_features(pictures, features, progress=False).computed == 2  # released

@@ -4,17 +4,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from itmatch.distributed import launch_rank
 from itmatch.errors import ItmatchError
 from itmatch.features.base import Extractor, get_extractor
 from itmatch.features.sharded import extract_sharded
 from itmatch.features.store import FOLDER, WRITTEN, FeatureSet, extract_here, image_key, is_finished, open_features
-from itmatch.fileio import check_folder, mark_folder, remove_stale
+from itmatch.fileio import check_folder, folder_lock, mark_folder, remove_stale
 
 
 def extract_features(
@@ -52,10 +54,13 @@ def extract_features(
     out = Path(out_dir)
     check_folder(out, FOLDER)
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
-    mark_folder(out, FOLDER, claim=WRITTEN)
-    if is_finished(out, config, keys):
-        return open_features(out)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return extract_sharded(extractor, paths, keys, out, batch_size, progress, skip_unreadable, started)
-    return extract_here(extractor, paths, keys, out, batch_size, progress, skip_unreadable, started)
+    # One extraction writes a folder at a time (a second one would remove the first's unfinished work under it);
+    # under torchrun the job's processes share it, and its first process holds the lock for them all.
+    with folder_lock(out) if not launch_rank() else contextlib.nullcontext():
+        remove_stale(out)
+        mark_folder(out, FOLDER, claim=WRITTEN)
+        if is_finished(out, config, keys):
+            return open_features(out)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return extract_sharded(extractor, paths, keys, out, batch_size, progress, skip_unreadable, started)
+        return extract_here(extractor, paths, keys, out, batch_size, progress, skip_unreadable, started)
