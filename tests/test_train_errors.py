@@ -13,6 +13,7 @@ import torch
 from train_support import ROOT, checkpoint, max_difference, synthetic_data, train_args
 
 from itmatch.cli import main
+from itmatch.fileio import MARKER
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,21 @@ def test_resume_checks_it_is_the_same_run(data: Path, finished: Path, tmp_path: 
     args = train_args("sgr", data, finished) + ["--resume"]
     args[args.index("--vocab") + 1] = str(other)
     fails(capsys, args, str(other), "not the vocabulary this run was trained with")
+    for split in ("train", "dev"):  # the same counts, other captions: other data
+        other_data = tmp_path / f"other-{split}"
+        shutil.copytree(data, other_data)
+        captions = (other_data / f"{split}_caps.txt").read_text().splitlines()
+        captions[0] = captions[1]
+        (other_data / f"{split}_caps.txt").write_text("\n".join(captions) + "\n")
+        args = train_args("sgr", other_data, finished) + ["--resume"]
+        fails(capsys, args, f"the {split} split ({other_data / f'{split}_caps.txt'} and its features) is not the "
+              "one the run was trained on; resume with the same --data")
+    features = np.load(data / "train_ims.npy")
+    features[-1] += 1  # the same captions, other features (e.g. extracted again another way)
+    other_data = tmp_path / "other-features"
+    shutil.copytree(data, other_data)
+    np.save(other_data / "train_ims.npy", features)
+    fails(capsys, train_args("sgr", other_data, finished) + ["--resume"], "the train split", "is not the one")
     fails(capsys, [*train_args("sgr", data, tmp_path / "none"), "--resume"], "no training run to resume")
     no_config = [a for a in train_args("sgr", data, tmp_path / "none") if not a.endswith(".toml")]
     fails(capsys, [a for a in no_config if a != "--config"], "give the recipe with --config")
@@ -110,7 +126,7 @@ def test_a_run_that_failed_at_its_first_step_can_be_started_again(data: Path, tm
     features[1:] = np.nan  # the first picture is fine: the check before the run passes, the first batch fails
     np.save(broken / "train_ims.npy", features)
     fails(capsys, train_args("sgr", broken, out, "run.max_steps=1"), "hold NaN or infinite values")
-    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.toml", "log.jsonl"]
     assert main(["train", *train_args("sgr", data, out, "run.max_steps=1")]) == 0
     assert (out / "last.pt").exists()
 

@@ -15,6 +15,7 @@ memory-mapped, never read whole: MS-COCO's training features are ~33 GB.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,17 @@ class PrecompSplit:
     @property
     def feature_dim(self) -> int:
         return self.features.shape[2]
+
+    def digest(self) -> str:
+        """A fingerprint of the split: its captions, which image each describes, and the features' shape and a
+        few of their rows (first, middle, last image; reading all of them would take minutes). Two splits with
+        equal counts but other captions or other features differ in it (a resumed run checks its data by it)."""
+        hash_ = hashlib.sha256("\n".join(self.captions).encode())
+        sampled = self.image_rows[[0, self.n_images // 2, self.n_images - 1]] if self.n_images else []
+        for part in (self.caption_image, self.image_rows, np.asarray(self.features.shape),
+                     *(np.asarray(self.features[row]) for row in sampled)):
+            hash_.update(np.ascontiguousarray(part).tobytes())
+        return hash_.hexdigest()[:16]
 
     def image_features(self, index: np.ndarray) -> np.ndarray:
         """Float32 ``(k, R, D)`` features of images ``index`` (``(k,)`` ints); rows are read in ascending order."""

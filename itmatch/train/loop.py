@@ -202,6 +202,7 @@ class _Trainer:
                                f"unknown; build the vocabulary from them: itmatch data vocab --captions "
                                f"{SplitFiles.of(data, 'train').captions} --out VOCAB.json")
         self.position = Position()
+        self._digest: dict[str, str] | None = None
         if checkpoint is not None:
             self._check_same_run(checkpoint, vocab)
             self.model.load_state_dict(checkpoint["state_dict"])
@@ -320,7 +321,14 @@ class _Trainer:
             **self._model_content(), "optimizer": self.optimizer.state_dict(), "step_in_epoch": pos.step_in_epoch,
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_stats": {"loss_sums": pos.loss_sums,
                                                                          "seconds": pos.seconds},
-            "n_train_captions": self.train_split.n_captions, "world_size": self.info.world_size, "rng": rng})
+            "n_train_captions": self.train_split.n_captions, "data_digest": self._data_digest(),
+            "world_size": self.info.world_size, "rng": rng})
+
+    def _data_digest(self) -> dict[str, str]:
+        """The fingerprints of the train and dev splits (``PrecompSplit.digest``), made once per run."""
+        if self._digest is None:
+            self._digest = {"train": self.train_split.digest(), "dev": self.dev_split.digest()}
+        return self._digest
 
     def _write_log(self, record: dict | None) -> None:
         """Rewrite ``log.jsonl`` with the epochs before the current one, plus ``record``."""
@@ -338,6 +346,12 @@ class _Trainer:
         if checkpoint["n_train_captions"] != self.train_split.n_captions:
             raise ItmatchError(f"the train split has {self.train_split.n_captions} captions but the run was "
                                f"trained on {checkpoint['n_train_captions']}; resume with the same --data")
+        stored = checkpoint.get("data_digest") or {}  # runs saved before fingerprints: the counts alone
+        for split, digest in self._data_digest().items():
+            if stored.get(split, digest) != digest:
+                raise ItmatchError(f"the {split} split ({SplitFiles.of(self.train_split.directory, split).captions}"
+                                   f" and its features) is not the one the run was trained on; resume with the same "
+                                   "--data")
         if checkpoint["model_name"] != self.model.model_name:
             raise ItmatchError(f"{self.out / 'last.pt'} holds a {checkpoint['model_name']}, not the config's "
                                f"{self.model.model_name}; resume with the run's config")

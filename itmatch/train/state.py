@@ -2,7 +2,8 @@
 
 A checkpoint loads with ``torch.load(weights_only=True)`` and, for its model, with
 ``itmatch.checkpoint.load_checkpoint``: ``{format, format_version, model_name, model_args, state_dict, vocab,
-optimizer, epoch, step, step_in_epoch, best_rsum, best_epoch, lr, config, epoch_stats, n_train_captions, rng}``.
+optimizer, epoch, step, step_in_epoch, best_rsum, best_epoch, lr, config, epoch_stats, n_train_captions,
+data_digest, rng}`` (``data_digest``: the train and dev splits' fingerprints, checked on resume).
 ``epoch``/``step_in_epoch`` say where training stands (``step_in_epoch`` batches of ``epoch`` are done) and
 ``rng`` holds every process's random states (torch, CUDA, numpy, Python), one entry per rank.
 """
