@@ -5,6 +5,7 @@ reproduce`: --dry-run lists exactly the table's rows, a tiny run on synthetic da
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 
 import pytest
@@ -213,6 +214,23 @@ def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
     assert (out / "runs" / "sgr_f30k" / "best.pt").stat().st_mtime_ns == stamp
     again = json.loads((out / "table-5.json").read_text())
     assert again["rows"] == doc["rows"]
+
+    # the same --out with other settings: refused before any training, nothing reported under the new labels
+    table = {p.name: p.read_bytes() for p in out.glob("table-5.*")}
+    capsys.readouterr()
+    assert main([*args, "--set", "model.args.sim_dim=12"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'runs' / 'saf_f30k'}: holds a run of other settings (model.args); give reproduce another " \
+           "--out" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.glob("table-5.*")} == table
+    # a run's best.pt replaced (trained on, or again): its rows are evaluated again, not taken from the kept results
+    best = out / "runs" / "sgr_f30k" / "best.pt"
+    os.utime(best, ns=(stamp + 10**9, stamp + 10**9))
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "evaluating sgr_f30k on" in said and "evaluating saf_f30k on" not in said and "training" not in said
+    made = json.loads((out / "results" / "sgr_f30k.full.json").read_text())["made_from"]["sgr_f30k"]
+    assert made["best"] == [best.stat().st_size, stamp + 10**9] and made["config"]["schedule"]["epochs"] == 1
 
     # --rows-from: the table from finished runs, without --data and without training
     rebuilt = tmp_path / "rebuilt"

@@ -11,7 +11,7 @@ from itmatch.errors import ItmatchError
 from itmatch.models.registry import model_config
 from itmatch.papers import cost
 from itmatch.papers.tables import Paper, Table
-from itmatch.train.config import TrainConfig, changed_keys, load_config
+from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, changed_keys, load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs"
 
@@ -28,8 +28,17 @@ class PlannedRun:
     protocols: tuple[str, ...]
 
     def state(self) -> str:
-        """"finished", "started" (resumable) or "new"."""
-        return run_state(self.directory)
+        """"finished", "started" (resumable), "new", or "other": its folder holds a run of other settings (another
+        ``--set``, a changed recipe), which this plan must neither report nor train on."""
+        return run_state(self.directory, self.config)
+
+    def check_same_settings(self) -> None:
+        """Raise :class:`ItmatchError` when the run's folder holds a run of other settings than planned."""
+        if self.state() == "other":
+            saved = load_config(self.directory / "config.toml")
+            differ = [k for k in changed_keys(saved, self.config) if k not in RESUMABLE_CHANGES]
+            raise ItmatchError(f"{self.directory}: holds a run of other settings ({', '.join(differ)}); give "
+                               "reproduce another --out, or move that run away")
 
     def hours(self) -> float:
         """Estimated GPU-hours still to spend: training unless finished, and the test evaluations."""
@@ -138,14 +147,18 @@ def checkpoint_label(plan: Plan, name: str) -> str:
     return f"released checkpoint {name} ({given if given else f'give --checkpoint {name}=PATH'})"
 
 
-def run_state(directory: Path) -> str:
-    """"finished" (every epoch of its config.toml logged), "started" or "new"."""
+def run_state(directory: Path, planned: TrainConfig | None = None) -> str:
+    """"finished" (every epoch logged: those of ``planned``, else of its config.toml), "started", "new", or
+    "other" when its config.toml differs from ``planned`` beyond what a resumed run may change (its epochs)."""
     config_path = directory / "config.toml"
     if not config_path.is_file():
         return "new"
+    saved = load_config(config_path)
+    if planned is not None and any(k not in RESUMABLE_CHANGES for k in changed_keys(saved, planned)):
+        return "other"
     log = directory / "log.jsonl"
     epochs = len([line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]) if log.is_file() else 0
-    return "finished" if epochs >= load_config(config_path).schedule.epochs else "started"
+    return "finished" if epochs >= (planned or saved).schedule.epochs else "started"
 
 
 def recipe_changes(directory: Path, published: TrainConfig) -> list[str]:

@@ -10,8 +10,9 @@ from pathlib import Path
 from itmatch.data.folder import VOCAB_FILE
 from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json
-from itmatch.papers.plan import Plan, PlannedRun
+from itmatch.papers.plan import Plan, PlannedRun, run_state
 from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
+from itmatch.train.config import load_config
 
 
 def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, Path]:
@@ -41,6 +42,19 @@ def result_path(plan: Plan, row: Row) -> Path:
     return plan.out / "results" / f"{name}.{plan.protocol or row.protocol}.json"
 
 
+def _made_from(runs: list[PlannedRun]) -> dict[str, dict]:
+    """What a row's kept result was computed from: each run's config as trained (its config.toml) and its
+    ``best.pt`` (size, modification time). A kept result is reused only while both still hold: a run trained
+    further, or trained again with other settings, is evaluated again."""
+    made = {}
+    for run in runs:
+        config, best = run.directory / "config.toml", run.directory / "best.pt"
+        stat = best.stat() if best.is_file() else None
+        made[run.id] = {"config": load_config(config).to_dict() if config.is_file() else None,
+                        "best": [stat.st_size, stat.st_mtime_ns] if stat else None}
+    return made
+
+
 class Runner:
     """Produces the measured result of each row of ``plan``; ``train`` off (``--rows-from``) only evaluates
     finished runs. ``device`` and ``progress`` go to the trainer and the evaluation; ``trust`` lets released
@@ -54,11 +68,14 @@ class Runner:
 
     def check_inputs(self) -> None:
         """Refuse, before any training, what would fail or be ignored hours later: a released checkpoint that is
-        not there, a ``--data`` holding none of the table's datasets, a ``--vocab`` without a vocabulary one of
-        them needs."""
+        not there, a run folder holding a run of other settings than planned, a ``--data`` holding none of the
+        table's datasets, a ``--vocab`` without a vocabulary one of them needs."""
         for name, path in self.plan.checkpoints.items():
             if not path.is_file():
                 raise ItmatchError(f"--checkpoint {name}={path}: no such model file")
+        if self.train:  # a run folder of other settings (--rows-from reports the runs as they were trained)
+            for run in self.plan.runs.values():
+                run.check_same_settings()
         if self.data is None:
             return
         needed = sorted({row.dataset for row in self.plan.table.rows if row.runs or row.checkpoint})
@@ -75,13 +92,15 @@ class Runner:
         if row.checkpoint:
             return self._checkpoint_result(row)
         path = result_path(self.plan, row)
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
+        runs = [self.plan.runs[run_id] for run_id in row.runs]
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        made_from = _made_from(runs)
+        if kept is not None and kept.get("made_from", made_from) == made_from:  # (older results: no record)
+            return kept
         if self.data is not None and self._dataset_missing(row):
             return None
-        runs = [self.plan.runs[run_id] for run_id in row.runs]
         for run in runs:
-            if run.state() != "finished":
+            if run_state(run.directory, run.config if self.train else None) != "finished":
                 if not self.train:
                     return None
                 self._train(run)
@@ -91,7 +110,7 @@ class Runner:
             return None
         if self.data is None:
             raise ItmatchError(f"{row.method}: its runs are finished but not evaluated; give --data to evaluate them")
-        result = self._evaluate(row, checkpoints)
+        result = {**self._evaluate(row, checkpoints), "made_from": _made_from(runs)}  # best.pt as evaluated
         write_json(path, result)
         return result
 
