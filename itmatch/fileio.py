@@ -323,6 +323,10 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
     path = Path(path).absolute()
     if path.is_symlink():  # a link to a folder: the folder is what gets replaced, the link keeps pointing at it
         path = path.resolve()
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise ItmatchError(f"{path}: is the folder you are in (or holds it), which would be replaced under you; give "
+                           f"{option} another folder, e.g. {option} ./out")
     if fmt is not None:
         check_folder(path, fmt, option)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -380,6 +380,18 @@ def test_a_full_disk_stops_a_memory_mapped_writer_with_one_line(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy"]
 
 
+def test_the_folder_a_command_runs_in_is_never_replaced_under_it(tmp_path, monkeypatch, capsys):
+    inside = tmp_path / "data"
+    inside.mkdir()
+    monkeypatch.chdir(inside)
+    for out in (".", str(inside), ".."):
+        assert main(["data", "synth", "--out", out, "--images", "20", "--dim", "16"]) == 2
+        assert "is the folder you are in (or holds it), which would be replaced under you; give --out another " \
+               "folder" in capsys.readouterr().err
+    assert list(inside.iterdir()) == [] and [p.name for p in tmp_path.iterdir()] == ["data"]
+    assert main(["data", "synth", "--out", "./out", "--images", "20", "--dim", "16"]) == 0
+
+
 def test_sigterm_leaves_no_temporary_files(tmp_path):
     """`kill` (SIGTERM) stops a command like Ctrl-C does: its writers remove what they had begun."""
     out = tmp_path / "synth"
