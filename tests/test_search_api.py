@@ -185,6 +185,27 @@ def test_an_index_without_captions_refuses_picture_queries(tmp_path):
         assert plain.get("/search", params={"q": "a circle"}).json()["results"][0]["caption"] is None
 
 
+def test_an_index_of_precomputed_features_says_it_cannot_answer_picture_queries(tmp_path):
+    """The status, the 409 and the library agree (the status said yes while the upload failed with a 422)."""
+    import json
+    import shutil
+
+    from itmatch.errors import ItmatchError
+
+    index = tmp_path / "index"
+    shutil.copytree(picture_index(), index)
+    meta = json.loads((index / "index.json").read_text())
+    meta["extractor"] = {"name": "precomputed", "regions": 36}  # features the user made: no picture reader
+    (index / "index.json").write_text(json.dumps(meta))
+    searcher = Searcher(index)
+    with TestClient(create_app(searcher)) as plain:
+        assert plain.get("/health").json()["picture_queries"] is False
+        refused(plain.post("/search/image", files={"file": ("q.png", png_bytes(tmp_path), "image/png")}), 409,
+                "not made by an extractor that reads pictures (precomputed)")
+    with pytest.raises(ItmatchError, match="not made by an extractor that reads pictures"):
+        searcher.search_picture(tmp_path / "query.png")
+
+
 def test_waiting_queries_are_searched_together_and_a_bad_one_fails_alone():
     import asyncio
     from concurrent.futures import ThreadPoolExecutor

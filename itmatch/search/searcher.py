@@ -141,9 +141,28 @@ class Searcher:
                 "width": picture.get("width"), "height": picture.get("height")}
 
     # -- picture → texts ---------------------------------------------------------------------------------
+    def picture_query_problem(self) -> str | None:
+        """Why the index cannot answer picture files (no captions to find, or features not made by an extractor
+        that reads pictures); None when it can. The service's status, its 409 and ``search_picture`` all ask
+        here."""
+        from itmatch.features.precomputed import NAME as PRECOMPUTED
+
+        config = self.index.meta.get("extractor")
+        if not self.index.n_captions:
+            return (f"{self.index.directory}: the index has no captions to search; build it from a dataset folder "
+                    "(--features DATA --split SPLIT) for picture → text search")
+        if not config or config.get("name") == PRECOMPUTED:
+            return ("this index's features were not made by an extractor that reads pictures "
+                    f"({(config or {}).get('name', 'unknown')}); picture queries need `itmatch extract` or "
+                    "`itmatch data build` features")
+        return None
+
     def search_picture(self, path: str | Path, *, top: int = 10, shortlist: int = 100, exhaustive: bool = False
                        ) -> SearchResult:
         """The ``top`` captions for a picture file, read with the extractor that made the index's features."""
+        problem = self.picture_query_problem()
+        if problem is not None:
+            raise ItmatchError(problem)
         with self._extractor_lock:
             regions = self.extractor().extract([Path(path)])[0]
         return self.search_features(regions.features[None], top=top, shortlist=shortlist, exhaustive=exhaustive)[0]
@@ -151,7 +170,9 @@ class Searcher:
     def extractor(self) -> Any:
         """The region extractor of the index's features (made once), for query pictures."""
         if self._extractor is None:
-            self._extractor = query_extractor(self.index.meta.get("extractor"))
+            from itmatch.features import extractor_from_config
+
+            self._extractor = extractor_from_config(self.index.meta["extractor"])
         return self._extractor
 
     def search_features(self, features: np.ndarray, *, top: int = 10, shortlist: int = 100,
@@ -228,17 +249,6 @@ class Searcher:
         data = explain_pair(self.rerankers, self.index.features(np.array([image]))[0], text,
                             self.index.boxes(image), self.device)
         return {"image": image, **{k: v for k, v in self._picture_hit(image).items() if k != "image"}, **data}
-
-
-def query_extractor(config: dict[str, Any] | None) -> Any:
-    """The extractor that made features described by ``config`` (the index's), built with the same settings."""
-    from itmatch.features import extractor_from_config
-
-    if not config or config.get("name") == "precomputed":
-        raise ItmatchError("this index's features were not made by an extractor that reads pictures "
-                           f"({(config or {}).get('name', 'unknown')}); picture queries need `itmatch extract` "
-                           "or `itmatch data build` features")
-    return extractor_from_config(config)
 
 
 def _check_counts(top: int, shortlist: int) -> None:

@@ -21,6 +21,6 @@ def router(service: Service) -> APIRouter:
         return {"status": "ok", "images": index.n_images, "captions": index.n_captions,
                 "models": searcher.model_names, "shortlist": service.shortlist,
                 "explain": bool(explainable(searcher.rerankers)),
-                "picture_queries": bool(index.meta.get("extractor")) and index.n_captions > 0}
+                "picture_queries": searcher.picture_query_problem() is None}
 
     return routes

@@ -32,7 +32,7 @@ def describe(hit: dict[str, Any]) -> dict[str, Any]:
 def router(service: Service) -> APIRouter:
     """The text and picture searches of ``service``."""
     routes = APIRouter()
-    searcher, index, limits, shortlist = service.searcher, service.index, service.limits, service.shortlist
+    searcher, limits, shortlist = service.searcher, service.limits, service.shortlist
 
     @routes.get("/search", summary="Pictures for a text query (two-stage: shortlist by embedding, then re-rank)",
                 responses=answers(TextAnswer,
@@ -62,9 +62,9 @@ def router(service: Service) -> APIRouter:
                                         "or cannot be decoded", e422=BAD_PARAMETER))
     async def search_image(file: UploadFile = File(..., description="the query picture"),
                            top: int = Query(12, ge=1, le=limits.max_top)) -> dict[str, Any]:
-        if not (index.meta.get("extractor") and index.n_captions):
-            raise ApiError(409, "this index cannot answer picture queries: it has no captions or its features "
-                                "were not made by a picture extractor")
+        problem = service.searcher.picture_query_problem()
+        if problem is not None:
+            raise ApiError(409, f"this index cannot answer picture queries: {problem}")
         data = await file.read(limits.max_upload_bytes + 1)
         try:
             width, height = check_upload(data, limits.max_upload_bytes, limits.max_upload_pixels)
