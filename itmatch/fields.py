@@ -10,7 +10,7 @@ import numbers
 import tomllib
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,14 +67,21 @@ def coerce(value: Any, kind: Any, label: str) -> Any:
     raise ItmatchError(f"{label} = {value!r}: expected {'a table' if kind is dict else name}")
 
 
-def check_fields(config: Any, *, positive: Iterable[str] = (), fractions: Iterable[str] = (),
-                 non_negative: Iterable[str] = ()) -> None:
-    """Coerce every field of dataclass ``config`` to its annotated type (in place), then check ranges:
-    ``positive`` fields > 0, ``fractions`` (probabilities of dropping something) in [0, 1), ``non_negative`` >= 0.
-    A None (an optional field left unset) passes the range checks; NaN passes none."""
+def check_fields(config: Any, **rules: Any) -> None:
+    """Coerce every field of dataclass ``config`` to its annotated type (in place), then check the ``rules`` of
+    ``check_ranges``. A config that extends another whose ``__post_init__`` already did this calls ``check_ranges``
+    for its own fields."""
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
         setattr(config, field.name, coerce(getattr(config, field.name), hints[field.name], field.name))
+    check_ranges(config, **rules)
+
+
+def check_ranges(config: Any, *, positive: Iterable[str] = (), fractions: Iterable[str] = (),
+                 non_negative: Iterable[str] = (), choices: Mapping[str, Sequence[Any]] | None = None) -> None:
+    """Check the (coerced) fields of ``config``: ``positive`` fields > 0, ``fractions`` (probabilities of dropping
+    something) in [0, 1), ``non_negative`` >= 0, and each field of ``choices`` one of its allowed values. A None (an
+    optional field left unset) passes the range checks; NaN passes none."""
     rules = [(positive, lambda v: v > 0, "> 0"), (fractions, lambda v: 0 <= v < 1, "in [0, 1)"),
              (non_negative, lambda v: v >= 0, ">= 0")]
     for names, ok, allowed in rules:
@@ -82,3 +89,6 @@ def check_fields(config: Any, *, positive: Iterable[str] = (), fractions: Iterab
             value = getattr(config, name)
             if value is not None and (math.isnan(value) or not ok(value)):
                 raise ItmatchError(f"{name} = {value!r}: must be {allowed}")
+    for name, options in (choices or {}).items():
+        if getattr(config, name) not in options:
+            raise ItmatchError(f"{name} must be one of {', '.join(map(str, options))}, got {getattr(config, name)!r}")

@@ -50,7 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from itmatch.errors import ItmatchError
-from itmatch.fields import check_fields
+from itmatch.fields import check_ranges
 from itmatch.models.layers import l2norm, length_mask
 from itmatch.models.pooling import mean_pool
 from itmatch.models.registry import register_preset
@@ -95,17 +95,13 @@ class HREMConfig(VSEConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, positive=("relation_heads", "instance_heads", "relation_topk", "sigma"),
+        check_ranges(self, positive=("relation_heads", "instance_heads", "relation_topk", "sigma"),
                      fractions=("relation_dropout", "instance_dropout"),
-                     non_negative=("fusion_weight", "instance_warmup", "relevance_weight", "reg_weight"))
-        if self.interaction not in INTERACTIONS:
-            raise ItmatchError(f"interaction must be one of {', '.join(INTERACTIONS)}, got {self.interaction!r}")
+                     non_negative=("fusion_weight", "instance_warmup", "relevance_weight", "reg_weight"),
+                     choices={"interaction": INTERACTIONS, "same_modality_rank": SAME_MODALITY_RANKS})
         if self.interaction != "off" and not (self.instance_intra or self.instance_inter):
             raise ItmatchError("instance_intra and instance_inter are both off; for no instance level set "
                                "interaction = 'off'")
-        if self.same_modality_rank not in SAME_MODALITY_RANKS:
-            raise ItmatchError(f"same_modality_rank must be one of {', '.join(SAME_MODALITY_RANKS)}, got "
-                               f"{self.same_modality_rank!r}")
         if not 0 < self.connect_fraction <= 1:
             raise ItmatchError(f"connect_fraction must lie in (0, 1], got {self.connect_fraction}")
         if self.embed_size % self.relation_heads or self.embed_size % self.instance_heads:

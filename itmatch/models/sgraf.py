@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import check_ranges
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
                                       similarity_vectors)
 from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
@@ -59,11 +60,8 @@ class SGRAFConfig(RegionWordConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, allowed in (("module", MODULES), ("attention", ATTENTIONS), ("similarity", SIMILARITIES)):
-            if getattr(self, name) not in allowed:
-                raise ItmatchError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.sgr_step < 0:
-            raise ItmatchError(f"sgr_step must be >= 0 (0 = no graph reasoning), got {self.sgr_step}")
+        check_ranges(self, non_negative=("sgr_step",),  # 0: no graph reasoning
+                     choices={"module": MODULES, "attention": ATTENTIONS, "similarity": SIMILARITIES})
         if self.similarity == "scalar" and self.module != "AVE":
             raise ItmatchError("similarity 'scalar' (cosines) can only be averaged: use module 'AVE' (model 'ave')")
 

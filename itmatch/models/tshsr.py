@@ -92,6 +92,7 @@ import torch
 from torch import nn
 
 from itmatch.errors import ItmatchError
+from itmatch.fields import check_ranges
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
 from itmatch.models.layers import cached_weights, in_pair_chunks, l2norm, length_mask, xavier_init_
 from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
@@ -119,11 +120,8 @@ class TSHSRConfig(RegionWordConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name, allowed in (("streams", STREAMS), ("readout", READOUTS), ("relation_norm", RELATION_NORMS)):
-            if getattr(self, name) not in allowed:
-                raise ItmatchError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.hsr_layers < 0:
-            raise ItmatchError(f"hsr_layers must be >= 0, got {self.hsr_layers}")
+        check_ranges(self, non_negative=("hsr_layers",),
+                     choices={"streams": STREAMS, "readout": READOUTS, "relation_norm": RELATION_NORMS})
         if self.t2i_hsr and self.streams == "i2t":
             raise ItmatchError("t2i_hsr needs the text-to-image stream; use streams='t2i' or 'both'")
 

@@ -64,11 +64,8 @@ class VSEConfig:
     def __post_init__(self) -> None:
         check_fields(self, positive=("img_dim", "embed_size", "word_dim", "num_layers", "pool_k", "triplet_cutoff",
                                      "triplet_dim"), fractions=("region_drop", "token_augment"),
-                     non_negative=("hinge_sum_epochs", "text_lr_factor"))
-        if self.text_encoder not in TEXT_ENCODERS:
-            raise ItmatchError(f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}, got {self.text_encoder!r}")
-        if self.loss not in LOSSES:
-            raise ItmatchError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+                     non_negative=("hinge_sum_epochs", "text_lr_factor"),
+                     choices={"text_encoder": TEXT_ENCODERS, "loss": LOSSES})
         if self.text_encoder == "bert":
             self.vocab_size = None
             if self.glove is not None:
