@@ -19,7 +19,7 @@ from itmatch.errors import ItmatchError, listed
 from itmatch.fileio import atomic_path
 from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
-from itmatch.models.ensemble import Ensemble, member_mean
+from itmatch.models.ensemble import member_mean
 from itmatch.protocols import CAPTIONS_PER_IMAGE, MAX_FOLDS, check_protocol, evaluate_blocks, protocol_blocks
 from itmatch.scoring import score_matrix
 
@@ -37,7 +37,7 @@ def score_blocks(model: Matcher, vocab: Vocabulary | None, split: PrecompSplit,
     tiles, and the members' scores averaged. Embedding models take ``EMBEDDING_CAPTION_CHUNK`` captions per
     matrix product unless ``caption_chunk`` is given.
     """
-    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    members = model.member_models()
     needed = np.unique(np.concatenate([captions for _, captions in blocks])) if blocks else np.zeros(0, np.int64)
     row = np.zeros(split.n_captions, dtype=np.int64)
     row[needed] = np.arange(len(needed))  # only the blocks' captions are tokenized

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from itmatch.distributed import resolve_device
 from itmatch.errors import ItmatchError
 from itmatch.models.base import Encoding, Matcher, TextEncoding
-from itmatch.models.ensemble import Ensemble, member_mean
+from itmatch.models.ensemble import member_mean
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 #: Captions per text-encoder call of the engine: the Bi-GRU's matrix products are efficient only over many
@@ -125,7 +125,7 @@ def score_matrix(model: Matcher, features: np.ndarray | torch.Tensor, token_list
     tile_memory, tile_captions = default_tiling(dev)
     budget = max_memory or tile_memory
     caption_chunk = caption_chunk or tile_captions
-    members = list(model.members) if isinstance(model, Ensemble) else [model]
+    members = model.member_models()
 
     def member_scores(member: Matcher) -> list[np.ndarray]:
         was_training = member.training

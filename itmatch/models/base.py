@@ -122,7 +122,8 @@ class Matcher(nn.Module):
       (otherwise the ranking loss of the batch's score matrix);
     - ``set_caption_stats_gather(gather)``: data-parallel training hands in a collective for per-caption
       statistics (SAF's BatchNorm);
-    - ``can_explain`` with ``explain(image, text)``: what one pair's score looks at.
+    - ``can_explain`` with ``explain(image, text)``: what one pair's score looks at;
+    - ``member_models()``: the models averaged into this one's score (an ensemble's members; else itself).
 
     Subclasses set ``config`` (a dataclass whose fields rebuild the model); the registry sets ``model_name``.
     """
@@ -163,6 +164,10 @@ class Matcher(nn.Module):
                 if filled.get(name, ABSENT) != now.get(name, ABSENT)}
 
     # -- scoring ---------------------------------------------------------------------------------------------
+
+    def member_models(self) -> list[Matcher]:
+        """The models whose mean score is this model's: itself, or an ensemble's members (scored one by one)."""
+        return [self]
 
     def pair_bytes_per_word(self) -> int:
         """Bytes of working memory per (image, word) pair inside ``score``; 0 when scoring is one matmul."""

@@ -43,6 +43,9 @@ class Ensemble(Matcher):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
 
+    def member_models(self) -> list[Matcher]:
+        return list(self.members)
+
     def pair_bytes_per_word(self) -> int:
         return max(m.pair_bytes_per_word() for m in self.members)
 
