@@ -144,7 +144,7 @@ def run_fresh(code: str) -> subprocess.CompletedProcess:
                           cwd=PACKAGE.parent, timeout=120)
 
 
-@pytest.mark.parametrize("module", ["itmatch.models", "itmatch", "itmatch.evaluate", "itmatch.train"])
+@pytest.mark.parametrize("module", ["itmatch.models", "itmatch", "itmatch.evaluate", "itmatch.train", "itmatch.cli"])
 def test_the_core_imports_no_optional_dependency(module: str) -> None:
     """In a fresh interpreter: importing the module loads none of the extras' packages."""
     result = run_fresh(f"""
@@ -154,6 +154,14 @@ def test_the_core_imports_no_optional_dependency(module: str) -> None:
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_cli_spells_the_default_extractor_as_the_features_package_does() -> None:
+    """The CLI writes the name out so as not to import OpenCV before a command runs; it must be the same."""
+    from itmatch.cli.options import DEFAULT_EXTRACTOR
+    from itmatch.features import DEFAULT_EXTRACTOR as FEATURES_DEFAULT
+
+    assert DEFAULT_EXTRACTOR == FEATURES_DEFAULT
 
 
 def test_the_core_runs_without_the_extras(tmp_path) -> None:

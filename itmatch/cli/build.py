@@ -7,17 +7,11 @@ from typing import Annotated
 
 import typer
 
-from itmatch.cli.extract import parse_options
+from itmatch.cli.options import (DEFAULT_EXTRACTOR, BatchSize, Extractor, ExtractorOptions, Progress, Regions,
+                                 parse_options)
 
 app = typer.Typer(help="Build precomp datasets (features + captions + vocab.json) from pictures.",
                   no_args_is_help=True)
-
-Extractor = Annotated[str, typer.Option(help="Registered extractor: ssd-mobilenet-v2 (D=1286) or precomputed.")]
-Regions = Annotated[int, typer.Option(help="Regions per picture (R).", min=1)]
-Options = Annotated[list[str] | None, typer.Option(
-    "--option", help="Extractor setting KEY=VALUE (repeatable), e.g. min_score=0.3.")]
-BatchSize = Annotated[int, typer.Option(help="Pictures per forward pass.", min=1)]
-Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 @app.command("manifest")
@@ -28,9 +22,9 @@ def manifest(
     split: Annotated[str, typer.Option(help="train/dev/test fractions.")] = "0.8/0.1/0.1",
     seed: Annotated[int, typer.Option(help="Seed of the deterministic split.", min=0)] = 0,
     skip_bad: Annotated[bool, typer.Option(help="Leave bad lines out (and list them) instead of stopping.")] = False,
-    extractor: Extractor = "ssd-mobilenet-v2",
+    extractor: Extractor = DEFAULT_EXTRACTOR,
     regions: Regions = 36,
-    option: Options = None,
+    option: ExtractorOptions = None,
     features: Annotated[Path | None, typer.Option(
         help="Features cache folder (default: under $ITMATCH_CACHE/features); resumable.")] = None,
     batch_size: BatchSize = 8,
@@ -65,9 +59,9 @@ def tuxpaint(
     seed: Annotated[int, typer.Option(help="Seed of the deterministic split.", min=0)] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only this many stamps (and drawings), for a quick "
                                                       "trial.", min=1)] = None,
-    extractor: Extractor = "ssd-mobilenet-v2",
+    extractor: Extractor = DEFAULT_EXTRACTOR,
     regions: Regions = 36,
-    option: Options = None,
+    option: ExtractorOptions = None,
     batch_size: BatchSize = 8,
     progress: Progress = True,
 ) -> None:

@@ -7,10 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from itmatch.cli.options import EMBEDDERS
 from itmatch.embeddings import encode_split
-from itmatch.models.registry import embedding_models
-
-EMBEDDERS = ", ".join(embedding_models())
 
 
 def encode(

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from itmatch.cli.options import (DEFAULT_EXTRACTOR, BatchSize, Extractor, ExtractorOptions, Progress, Regions,
+                                 parse_options)
 from itmatch.errors import ItmatchError
-from itmatch.fields import parse_value
-
-
-def parse_options(pairs: list[str] | None, reserved: Iterable[str] = ("regions",)) -> dict[str, Any]:
-    """``["min_score=0.3", "features_dir=feats"]`` -> ``{"min_score": 0.3, "features_dir": "feats"}`` (values read
-    as ``--set`` reads them: ``itmatch.fields.parse_value``); a ``reserved`` key, which the command sets through an
-    option of its own, is an error naming that option."""
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ItmatchError(f"--option {pair!r}: write it as KEY=VALUE, e.g. --option min_score=0.3")
-        if key in reserved:
-            raise ItmatchError(f"--option {key}: set by the command itself; use --{key.replace('_', '-')}")
-        options[key] = parse_value(value.strip())
-    return options
 
 
 def list_pictures(images: Path) -> list[Path]:
@@ -52,16 +36,14 @@ def extract(
                                               "(.jsonl / .csv) whose pictures to extract.")],
     out: Annotated[Path, typer.Option(help="Features folder to write (features.npy, boxes.npy, labels.npy, "
                                            "scores.npy, images.jsonl, extractor.json).")],
-    extractor: Annotated[str, typer.Option(help="Registered extractor: ssd-mobilenet-v2 (D=1286) or precomputed.")
-                         ] = "ssd-mobilenet-v2",
-    regions: Annotated[int, typer.Option(help="Regions per picture (R).", min=1)] = 36,
-    batch_size: Annotated[int, typer.Option(help="Pictures per forward pass.", min=1)] = 8,
-    option: Annotated[list[str] | None, typer.Option(
-        help="Extractor setting KEY=VALUE (repeatable), e.g. min_score=0.3 or features_dir=DIR.")] = None,
+    extractor: Extractor = DEFAULT_EXTRACTOR,
+    regions: Regions = 36,
+    batch_size: BatchSize = 8,
+    option: ExtractorOptions = None,
     skip_unreadable: Annotated[bool, typer.Option(
         help="Record pictures that cannot be decoded (zeros + an error in images.jsonl) instead of stopping.")
     ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Extract R region features per picture into a resumable, memory-mapped features folder.
 

@@ -7,17 +7,11 @@ from typing import Annotated
 
 import typer
 
-from itmatch.models.registry import embedding_models
-
-EMBEDDERS = ", ".join(embedding_models())
+from itmatch.cli.options import EMBEDDERS, Features, Progress, Split
 
 app = typer.Typer(help="Build a search index over pictures, or add pictures to one.", no_args_is_help=True)
 
-FeaturesOption = Annotated[Path, typer.Option(
-    help="An `itmatch extract` folder (features.npy, images.jsonl) or a dataset folder (with --split).")]
-SplitOption = Annotated[str | None, typer.Option(help="The split of a dataset folder: train, dev, test, testall.")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda or cuda:N for encoding the pictures.")]
-ProgressOption = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 @app.command("build")
@@ -30,7 +24,7 @@ def build(
     reranker: Annotated[list[Path] | None, typer.Option(
         help="Cross-attention model (sgr, saf, tshsr) re-ranking the shortlist; repeat for an ensemble (SGRAF).")
     ] = None,
-    split: SplitOption = None,
+    split: Split = None,
     vocab: Annotated[Path | None, typer.Option(
         help="Vocabulary JSON for checkpoints that store none (e.g. the authors' releases).")] = None,
     index_type: Annotated[str, typer.Option(
@@ -45,7 +39,7 @@ def build(
         help="float32, or float16: half the disk for the stored region features and re-ranker encodings "
              "(scores change by less than 1e-3; docs/scale.md).")] = "float32",
     device: DeviceOption = "cpu",
-    progress: ProgressOption = True,
+    progress: Progress = True,
 ) -> None:
     """Index pictures: embeddings in FAISS, region features and re-ranker encodings memory-mapped, captions.
 
@@ -74,10 +68,10 @@ def build(
 @app.command("add")
 def add(
     index: Annotated[Path, typer.Option(help="The index folder to add to.")],
-    features: FeaturesOption,
-    split: SplitOption = None,
+    features: Features,
+    split: Split = None,
     device: DeviceOption = "cpu",
-    progress: ProgressOption = True,
+    progress: Progress = True,
 ) -> None:
     """Add pictures to an index as a new segment, encoded with the index's models and stored in its formats
     (FAISS kind, --store-dtype); nothing is rebuilt, and pictures the index already holds (same file, size and

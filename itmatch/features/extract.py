@@ -13,6 +13,7 @@ from typing import Any
 
 from itmatch.distributed import launch_rank
 from itmatch.errors import ItmatchError
+from itmatch.features import ssd
 from itmatch.features.base import Extractor, get_extractor
 from itmatch.features.sharded import extract_sharded
 from itmatch.features.store import FOLDER, WRITTEN, FeatureSet, extract_here, image_key, is_finished, open_features
@@ -22,7 +23,7 @@ from itmatch.fileio import check_folder, folder_lock, mark_folder, remove_stale
 def extract_features(
     images: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
-    extractor: str | Extractor = "ssd-mobilenet-v2",
+    extractor: str | Extractor = ssd.NAME,
     regions: int = 36,
     batch_size: int = 8,
     progress: bool = True,
