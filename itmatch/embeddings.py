@@ -10,6 +10,7 @@ caption, and ``OUT/embeddings.json`` what produced them. The folder is written u
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from itmatch.errors import ItmatchError
 from itmatch.fileio import FolderFormat, atomic_dir, check_folder, new_npy, write_json
+from itmatch.models.base import Matcher
 
 FORMAT = "itmatch-embeddings"
 FORMAT_VERSION = 1
@@ -33,16 +35,13 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
     written to ``out/embeddings.json``."""
     from itmatch.data.precomp import ImageRows, load_split
     from itmatch.loading import caption_tokens, load_models
-    from itmatch.models.registry import embedding_models
-    from itmatch.scoring import feature_batches, resolve_device, text_batches
+    from itmatch.scoring import feature_batches, resolve_device
 
     out = Path(out)
     check_folder(out, FOLDER)
     dev = resolve_device(device)
     model, words = load_models([checkpoint], vocab, trust=trust, device=str(dev))
-    if not model.is_embedding:
-        raise ItmatchError(f"{checkpoint}: itmatch encode needs an embedding model ({', '.join(embedding_models())}); "
-                           f"{model.model_name or type(model).__name__} scores pairs with cross-attention")
+    require_embedding(model, checkpoint, "itmatch encode")
     if batch_size < 1:
         raise ItmatchError(f"--batch-size must be >= 1, got {batch_size}")
     data_split = load_split(data, split)
@@ -54,9 +53,8 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
         rows = ImageRows(data_split, np.arange(data_split.n_images))
         for index, feats in feature_batches(rows, batch_size, progress):
             images[index] = model.encode_images(feats.to(dev)).emb.float().cpu().numpy()
-        captions = _array(tmp / "captions.npy", (data_split.n_captions, dim))
-        for index, chunk in text_batches(model, tokens, dev, batch_size, progress):
-            captions[index] = chunk.emb.float().cpu().numpy()
+        captions = embed_captions(model, tokens, dev, _array(tmp / "captions.npy", (data_split.n_captions, dim)),
+                                  batch_size, progress)
         images.flush()
         captions.flush()
         del images, captions  # closed before the folder is renamed
@@ -67,6 +65,27 @@ def encode_split(checkpoint: str | Path, data: str | Path, split: str, out: str 
                 "seconds": round(time.perf_counter() - start, 3)}
         write_json(tmp / "embeddings.json", meta)
     return meta
+
+
+def require_embedding(model: Matcher, source: str | Path, needed_by: str, fix: str = "") -> None:
+    """Raise :class:`ItmatchError` naming ``source`` unless ``model`` is an embedding model (one vector per item),
+    which ``needed_by`` needs; ``fix``: what to do with it instead."""
+    if not model.is_embedding:
+        from itmatch.models.registry import embedding_models
+
+        raise ItmatchError(f"{source}: {needed_by} needs an embedding model ({', '.join(embedding_models())}), not "
+                           f"{model.model_name or type(model).__name__}, which scores pairs with cross-attention"
+                           + (f"; {fix}" if fix else ""))
+
+
+def embed_captions(model: Matcher, tokens: Sequence[Sequence[int]], device: torch.device, out: np.ndarray,
+                   batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+    """``out`` (n_captions, d) filled with the embedding model's caption vectors, encoded longest first."""
+    from itmatch.scoring import TEXT_BATCH, text_batches
+
+    for index, chunk in text_batches(model, tokens, device, batch_size or TEXT_BATCH, progress):
+        out[index] = chunk.emb.float().cpu().numpy()
+    return out
 
 
 def _array(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -188,8 +188,11 @@ def test_the_cli_builds_searches_and_adds(tmp_path, capsys):
 
 def test_user_mistakes_are_one_line_errors(synthetic_index, tmp_path, capsys):
     out, data, models = synthetic_index
-    with pytest.raises(ItmatchError, match="needs an embedding model"):
+    with pytest.raises(ItmatchError, match=r"sgr.safetensors: the first stage needs an embedding model \(hrem, vse\), "
+                       "not sgr, which scores pairs with cross-attention; pass it as --reranker instead"):
         build_index(data, tmp_path / "a", split="test", embedder=models["sgr"])
+    assert main(["encode", "-c", str(models["sgr"]), "--data", str(data), "--out", str(tmp_path / "e")]) == 2
+    assert "sgr.safetensors: itmatch encode needs an embedding model (hrem, vse), not sgr" in capsys.readouterr().err
     with pytest.raises(ItmatchError, match="say which split"):
         build_index(data, tmp_path / "b", embedder=models["vse"])
     with pytest.raises(ItmatchError, match="neither an `itmatch extract` folder"):

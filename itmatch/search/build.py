@@ -179,8 +179,9 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
     names."""
     import torch
 
+    from itmatch.embeddings import embed_captions
     from itmatch.loading import caption_tokens
-    from itmatch.scoring import feature_batches, text_batches
+    from itmatch.scoring import feature_batches
 
     folder.mkdir(parents=True, exist_ok=True)
     n = gallery.n_images
@@ -195,10 +196,9 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
             image_emb[ids] = models.embedder.encode_images(feats).emb.float().cpu().numpy()
             for k, (model, _) in enumerate(models.rerankers):
                 _store_encoding(folder / f"reranker-{k}", encodings[k], model.encode_images(feats), ids, n, dtype)
-        caption_emb = np.zeros((len(gallery.captions), dim), dtype=np.float32)
         tokens = caption_tokens(models.embedder, models.embedder_vocab, gallery.captions)
-        for index, chunk in text_batches(models.embedder, tokens, torch.device(device), progress=progress):
-            caption_emb[index] = chunk.emb.float().cpu().numpy()
+        caption_emb = embed_captions(models.embedder, tokens, torch.device(device),
+                                     np.zeros((len(gallery.captions), dim), dtype=np.float32), progress=progress)
     for array in [features, image_emb, *(a for group in encodings for a in group.values())]:
         array.flush()
     np.save(folder / "caption_emb.npy", caption_emb)

@@ -219,14 +219,12 @@ class IndexModels:
 def load_index_models(folder: Path, meta: dict[str, Any], device: str = "cpu") -> IndexModels:
     """The models stored in the index ``folder`` whose metadata is ``meta`` (their ``model_name`` is noted in
     ``meta``); the first stage must be an embedding model."""
-    from itmatch.models.registry import embedding_models
+    from itmatch.embeddings import require_embedding
 
     vocab = folder / meta["vocab"] if meta.get("vocab") else None
     embedder, embedder_vocab = _load_stored(folder, meta["embedder"], vocab, device)
     source = meta["embedder"].get("source", meta["embedder"]["file"])
-    if not embedder.is_embedding:
-        raise ItmatchError(f"{source}: the first stage needs an embedding model ({', '.join(embedding_models())}), not "
-                           f"{embedder.model_name or type(embedder).__name__}; pass it as --reranker instead")
+    require_embedding(embedder, source, "the first stage", "pass it as --reranker instead")
     meta["embedder"]["model_name"] = embedder.model_name
     rerankers = []
     for entry in meta["rerankers"]:
