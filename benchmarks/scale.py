@@ -47,7 +47,8 @@ from itmatch.data.vocab import build_vocab
 from itmatch.fileio import write_json
 from itmatch.models import create_model
 from itmatch.search.build import _store_models, _write_faiss
-from itmatch.search.index import FORMAT, FORMAT_VERSION, INDEX_FILE, load_index_models
+from itmatch.search.index import (CAPTION_EMB, CAPTION_IMAGE, CAPTIONS, FEATURES, FORMAT, FORMAT_VERSION, IMAGE_EMB,
+                                  INDEX_FILE, PICTURES, load_index_models, reranker_dir, segment_dir)
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIONS, FEATURE_DIM = 36, 1286  # the demo's: SSD-MobileNetV2 regions
@@ -122,12 +123,12 @@ def build_gallery(out: Path, n: int, models: dict[str, Path], args: argparse.Nam
         loaded.embedder.encode_images(pool)
         encodings = [model.encode_images(pool) for model, _ in loaded.rerankers]
         report["encode_pictures_per_s"] = POOL / (time.perf_counter() - start)
-    seg = out / "seg-00000"
+    seg = out / segment_dir(0)
     seg.mkdir()
     with peak_rss() as rss:
         start = time.perf_counter()
-        np.lib.format.open_memmap(seg / "features.npy", "w+", dtype, (n, REGIONS, FEATURE_DIM))  # sparse
-        emb = np.lib.format.open_memmap(seg / "image_emb.npy", "w+", np.float32, (n, 128))
+        np.lib.format.open_memmap(seg / FEATURES, "w+", dtype, (n, REGIONS, FEATURE_DIM))  # sparse
+        emb = np.lib.format.open_memmap(seg / IMAGE_EMB, "w+", np.float32, (n, 128))
         centres = unit(rng.standard_normal((max(16, n // 100), 128)))
         for lo in range(0, n, BLOCK):
             hi = min(n, lo + BLOCK)
@@ -136,22 +137,22 @@ def build_gallery(out: Path, n: int, models: dict[str, Path], args: argparse.Nam
         emb.flush()
         fields = []
         for k, encoding in enumerate(encodings):
-            (seg / f"reranker-{k}").mkdir()
+            (seg / reranker_dir(k)).mkdir()
             names = tensor_fields(encoding)
             fields.append(names)
             for name in names:
                 value = getattr(encoding, name).numpy()
-                array = np.lib.format.open_memmap(seg / f"reranker-{k}" / f"{name}.npy", "w+", dtype,
+                array = np.lib.format.open_memmap(seg / reranker_dir(k) / f"{name}.npy", "w+", dtype,
                                                   (n, *value.shape[1:]))
                 for lo in range(0, n, BLOCK):
                     hi = min(n, lo + BLOCK)
                     array[lo:hi] = value[np.arange(lo, hi) % POOL]
                 array.flush()
                 del array
-        np.save(seg / "caption_emb.npy", np.zeros((0, 128), np.float32))
-        np.save(seg / "caption_image.npy", np.zeros(0, np.int64))
-        (seg / "captions.txt").write_text("")
-        with open(seg / "pictures.jsonl", "w") as f:
+        np.save(seg / CAPTION_EMB, np.zeros((0, 128), np.float32))
+        np.save(seg / CAPTION_IMAGE, np.zeros(0, np.int64))
+        (seg / CAPTIONS).write_text("")
+        with open(seg / PICTURES, "w") as f:
             for lo in range(0, n, BLOCK):
                 f.write("".join(f'{{"path": "gallery/{i:08d}.jpg", "width": 640, "height": 480}}\n'
                                 for i in range(lo, min(n, lo + BLOCK))))
@@ -169,7 +170,7 @@ def build_gallery(out: Path, n: int, models: dict[str, Path], args: argparse.Nam
     report["build_peak_rss_mb"] = rss["peak"] / 2**20
     report["encode_estimate_s"] = n / report["encode_pictures_per_s"]
     report["disk_gb"] = sum(p.stat().st_blocks * 512 for p in out.rglob("*") if p.is_file()) / 1e9
-    report["features_apparent_gb"] = (seg / "features.npy").stat().st_size / 1e9
+    report["features_apparent_gb"] = (seg / FEATURES).stat().st_size / 1e9
     report["faiss"] = faiss_meta
     return report
 
@@ -205,7 +206,7 @@ def recall_at_100(index_dir: Path, queries: int, nprobes: list[int]) -> dict[int
     from itmatch.search.vectors import make_faiss
 
     index = open_index(index_dir)
-    emb = np.load(index_dir / "seg-00000" / "image_emb.npy", mmap_mode="r")
+    emb = np.load(index_dir / segment_dir(0) / IMAGE_EMB, mmap_mode="r")
     rng = np.random.default_rng(1)
     picks = np.sort(rng.choice(len(emb), queries, replace=False))
     q = unit(emb[picks] + rng.standard_normal((queries, emb.shape[1])).astype(np.float32) * (0.5 / np.sqrt(128)))

@@ -232,7 +232,7 @@ def test_a_failed_build_leaves_an_earlier_index_untouched(synthetic_index, tmp_p
 def test_index_files_are_memory_mapped_and_hold_the_rerankers_encodings(synthetic_index):
     out, data, models = synthetic_index
     index = open_index(out)
-    assert isinstance(index._arrays["features"].arrays[0].base, np.memmap)
+    assert isinstance(index._arrays["features.npy"].arrays[0].base, np.memmap)
     sgr, _ = load_models([models["sgr"]], None)
     with torch.inference_mode():
         expected = sgr.encode_images(torch.from_numpy(load_split(data, "test").image_features(np.arange(3))))

@@ -16,8 +16,9 @@ import numpy as np
 from itmatch.errors import ItmatchError
 from itmatch.fileio import atomic_dir, check_folder, folder_lock, mark_folder, new_npy, remove_stale, write_json
 from itmatch.search.gallery import Gallery, already_in, open_gallery
-from itmatch.search.index import (FOLDER, FORMAT, FORMAT_VERSION, INDEX_FILE, Index, IndexModels, load_index_models,
-                                  index_file, open_index)
+from itmatch.search.index import (BOXES, CAPTION_EMB, CAPTION_IMAGE, CAPTIONS, FEATURES, FOLDER, FORMAT, FORMAT_VERSION,
+                                  IMAGE_EMB, INDEX_FILE, PICTURES, Index, IndexModels, faiss_file, index_file,
+                                  load_index_models, open_index, reranker_dir, segment_dir)
 from itmatch.search.vectors import choose_kind, make_faiss, save_faiss
 
 STORE_DTYPES = ("float32", "float16")
@@ -65,7 +66,7 @@ def build_index(features: str | Path | Sequence[str | Path], out: str | Path, *,
     with atomic_dir(out, FOLDER) as tmp:
         meta = _store_models(tmp, embedder, rerankers, vocab)
         models = load_index_models(tmp, meta, device)
-        segments = [_write_segment(tmp / f"seg-{k:05d}", gallery, models, device, progress, dtype)
+        segments = [_write_segment(tmp / segment_dir(k), gallery, models, device, progress, dtype)
                     for k, gallery in enumerate(galleries)]
         meta.update(format=FORMAT, format_version=FORMAT_VERSION, regions=first.n_regions, dim=first.dim,
                     extractor=first.extractor, segments=segments, n_images=n_images,
@@ -121,9 +122,9 @@ def _add(index_dir: Path, features: str | Path, split: str | None, device: str, 
     _check_compatible(features, gallery, meta["regions"], meta["dim"], meta["extractor"])
     models = load_index_models(index_dir, meta, device)
     number = len(meta["segments"])
-    name = f"seg-{number:05d}"
+    name = segment_dir(number)
     dtype = check_store_dtype(meta.get("store_dtype", "float32"))  # the index's own format
-    mark_folder(index_dir, FOLDER, claim=[name, f"images.{number + 1}.faiss", f"captions.{number + 1}.faiss"])
+    mark_folder(index_dir, FOLDER, claim=[name, faiss_file("images", number + 1), faiss_file("captions", number + 1)])
     with atomic_dir(index_dir / name) as tmp:  # replaces a segment left behind by an interrupted `add`
         segment = _write_segment(tmp, gallery, models, device, progress, dtype)
     segment.pop("fields")
@@ -165,7 +166,7 @@ def _store_models(folder: Path, embedder: str | Path, rerankers: Sequence[str | 
         return {"file": str(target.relative_to(folder)), "source": str(source.absolute())}
 
     meta: dict[str, Any] = {"embedder": store(embedder, "embedder"),
-                            "rerankers": [store(path, f"reranker-{k}") for k, path in enumerate(rerankers)],
+                            "rerankers": [store(path, reranker_dir(k)) for k, path in enumerate(rerankers)],
                             "vocab": None}
     if vocab is not None:
         meta["vocab"] = store(vocab, "vocab")["file"]
@@ -185,9 +186,9 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
 
     folder.mkdir(parents=True, exist_ok=True)
     n = gallery.n_images
-    features = new_npy(folder / "features.npy", dtype, (n, gallery.n_regions, gallery.dim))
+    features = new_npy(folder / FEATURES, dtype, (n, gallery.n_regions, gallery.dim))
     dim = models.embedder.config.embed_size
-    image_emb = new_npy(folder / "image_emb.npy", np.float32, (n, dim))
+    image_emb = new_npy(folder / IMAGE_EMB, np.float32, (n, dim))
     encodings: list[dict[str, np.ndarray]] = [{} for _ in models.rerankers]
     with torch.inference_mode():
         for ids, block in feature_batches(gallery, BLOCK, progress, desc="index pictures"):
@@ -195,18 +196,18 @@ def _write_segment(folder: Path, gallery: Gallery, models: IndexModels, device: 
             feats = block.to(device)
             image_emb[ids] = models.embedder.encode_images(feats).emb.float().cpu().numpy()
             for k, (model, _) in enumerate(models.rerankers):
-                _store_encoding(folder / f"reranker-{k}", encodings[k], model.encode_images(feats), ids, n, dtype)
+                _store_encoding(folder / reranker_dir(k), encodings[k], model.encode_images(feats), ids, n, dtype)
         tokens = caption_tokens(models.embedder, models.embedder_vocab, gallery.captions)
         caption_emb = embed_captions(models.embedder, tokens, torch.device(device),
                                      np.zeros((len(gallery.captions), dim), dtype=np.float32), progress=progress)
     for array in [features, image_emb, *(a for group in encodings for a in group.values())]:
         array.flush()
-    np.save(folder / "caption_emb.npy", caption_emb)
-    np.save(folder / "caption_image.npy", np.asarray(gallery.caption_image, dtype=np.int64))
-    (folder / "captions.txt").write_text("".join(f"{c}\n" for c in gallery.captions), encoding="utf-8")
-    (folder / "pictures.jsonl").write_text("".join(json.dumps(p) + "\n" for p in gallery.pictures), encoding="utf-8")
+    np.save(folder / CAPTION_EMB, caption_emb)
+    np.save(folder / CAPTION_IMAGE, np.asarray(gallery.caption_image, dtype=np.int64))
+    (folder / CAPTIONS).write_text("".join(f"{c}\n" for c in gallery.captions), encoding="utf-8")
+    (folder / PICTURES).write_text("".join(json.dumps(p) + "\n" for p in gallery.pictures), encoding="utf-8")
     if gallery.boxes is not None:
-        np.save(folder / "boxes.npy", np.asarray(gallery.boxes, dtype=np.float32))
+        np.save(folder / BOXES, np.asarray(gallery.boxes, dtype=np.float32))
     return {"dir": folder.name, "images": n, "captions": len(gallery.captions), "source": gallery.source,
             "fields": [list(group) for group in encodings]}
 
@@ -230,9 +231,9 @@ def _write_faiss(folder: Path, generation: int, kind: str, nlist: int | None, np
                  segments: list[Path], m: int | None = None) -> dict[str, Any]:
     """FAISS indexes over all segments' image (and caption) embeddings, read memory-mapped; their metadata
     entry."""
-    entry: dict[str, Any] = {"kind": kind, "images": f"images.{generation}.faiss", "captions": None}
-    images = make_faiss([np.load(s / "image_emb.npy", mmap_mode="r") for s in segments], kind, nlist, m)
-    captions = [np.load(s / "caption_emb.npy", mmap_mode="r") for s in segments]
+    entry: dict[str, Any] = {"kind": kind, "images": faiss_file("images", generation), "captions": None}
+    images = make_faiss([np.load(s / IMAGE_EMB, mmap_mode="r") for s in segments], kind, nlist, m)
+    captions = [np.load(s / CAPTION_EMB, mmap_mode="r") for s in segments]
     if kind != "flat":
         images.nprobe = nprobe or images.nprobe
         entry.update(nlist=images.nlist, nprobe=images.nprobe)
@@ -241,7 +242,7 @@ def _write_faiss(folder: Path, generation: int, kind: str, nlist: int | None, np
     save_faiss(images, folder / entry["images"])
     n_captions = sum(len(c) for c in captions)
     if n_captions:
-        entry["captions"] = f"captions.{generation}.faiss"
+        entry["captions"] = faiss_file("captions", generation)
         caption_kind = choose_kind(n_captions, "auto") if kind != "flat" else "flat"
         save_faiss(make_faiss([c for c in captions if len(c)], caption_kind), folder / entry["captions"])
     return entry
@@ -249,15 +250,15 @@ def _write_faiss(folder: Path, generation: int, kind: str, nlist: int | None, np
 
 def _extend_faiss(folder: Path, generation: int, index: Index, segment: Path) -> dict[str, Any]:
     """The index's FAISS indexes with ``segment``'s embeddings added, saved under a new generation."""
-    entry = {**index.meta["faiss"], "images": f"images.{generation}.faiss"}
-    index.image_faiss.add(np.load(segment / "image_emb.npy"))
+    entry = {**index.meta["faiss"], "images": faiss_file("images", generation)}
+    index.image_faiss.add(np.load(segment / IMAGE_EMB))
     save_faiss(index.image_faiss, folder / entry["images"])
-    captions = np.load(segment / "caption_emb.npy")
+    captions = np.load(segment / CAPTION_EMB)
     if index.caption_faiss is None and len(captions):
-        entry["captions"] = f"captions.{generation}.faiss"
+        entry["captions"] = faiss_file("captions", generation)
         save_faiss(make_faiss(captions, "flat"), folder / entry["captions"])
     elif index.caption_faiss is not None:
-        entry["captions"] = f"captions.{generation}.faiss"
+        entry["captions"] = faiss_file("captions", generation)
         index.caption_faiss.add(captions)
         save_faiss(index.caption_faiss, folder / entry["captions"])
     return entry

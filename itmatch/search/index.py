@@ -39,12 +39,34 @@ from itmatch.fileio import FolderFormat
 FORMAT = "itmatch-index"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
+# A segment's files (the module docstring); this module and ``itmatch.search.build`` spell them only through these.
+FEATURES, BOXES, PICTURES, CAPTIONS = "features.npy", "boxes.npy", "pictures.jsonl", "captions.txt"
+IMAGE_EMB, CAPTION_EMB, CAPTION_IMAGE = "image_emb.npy", "caption_emb.npy", "caption_image.npy"
+SEGMENT_PREFIX = "seg-"
+
+
+def segment_dir(number: int) -> str:
+    """The folder of segment ``number``."""
+    return f"{SEGMENT_PREFIX}{number:05d}"
+
+
+def reranker_dir(reranker: int | str) -> str:
+    """The folder (in a segment) of re-ranker ``reranker``'s stored encoding fields, or its model's name stem."""
+    return f"reranker-{reranker}"
+
+
+def faiss_file(side: str, generation: int | str) -> str:
+    """The FAISS file of ``side`` ("images" or "captions") in its ``generation`` (a new one per `add`)."""
+    return f"{side}.{generation}.faiss"
+
+
 #: The index folder for :mod:`itmatch.fileio`'s replace rule (folders of older versions: by their names and
 #: index.json).
 FOLDER = FolderFormat(FORMAT, FORMAT_VERSION, legacy=(
-    INDEX_FILE, "images.*.faiss", "captions.*.faiss", "models/embedder.*", "models/reranker-*", "models/vocab.*",
-    *(f"seg-*/{name}" for name in ("features.npy", "boxes.npy", "pictures.jsonl", "captions.txt", "caption_image.npy",
-                                   "image_emb.npy", "caption_emb.npy", "reranker-*/*.npy"))),
+    INDEX_FILE, faiss_file("images", "*"), faiss_file("captions", "*"), "models/embedder.*",
+    f"models/{reranker_dir('*')}", "models/vocab.*",
+    *(f"{SEGMENT_PREFIX}*/{name}" for name in (FEATURES, BOXES, PICTURES, CAPTIONS, CAPTION_IMAGE, IMAGE_EMB,
+                                              CAPTION_EMB, f"{reranker_dir('*')}/*.npy"))),
     legacy_files=((INDEX_FILE, ("segments", "faiss")),))
 
 
@@ -125,24 +147,24 @@ class Index:
 
     def features(self, ids: np.ndarray) -> np.ndarray:
         """Region features (k, R, D) float32 of pictures ``ids`` (stored float32 or float16)."""
-        return self._arrays["features"].take(ids).astype(np.float32, copy=False)
+        return self._arrays[FEATURES].take(ids).astype(np.float32, copy=False)
 
     def image_embeddings(self, ids: np.ndarray) -> np.ndarray:
-        return self._arrays["image_emb"].take(ids)
+        return self._arrays[IMAGE_EMB].take(ids)
 
     def caption_embeddings(self, ids: np.ndarray) -> np.ndarray:
-        return self._arrays["caption_emb"].take(ids)
+        return self._arrays[CAPTION_EMB].take(ids)
 
     def encoding_fields(self, reranker: int, ids: np.ndarray) -> dict[str, np.ndarray]:
         """Re-ranker ``reranker``'s stored image encoding of pictures ``ids``, field by field (float fields as
         float32, whatever ``store_dtype`` they are kept in)."""
-        fields = {name: self._arrays[f"reranker-{reranker}/{name}"].take(ids)
+        fields = {name: self._arrays[f"{reranker_dir(reranker)}/{name}.npy"].take(ids)
                   for name in self.meta["rerankers"][reranker]["fields"]}
         return {name: v.astype(np.float32) if v.dtype == np.float16 else v for name, v in fields.items()}
 
     def boxes(self, image: int) -> np.ndarray | None:
         """Region boxes (R, 4) of one picture (x1, y1, x2, y2 in [0, 1]), or None when its source had none."""
-        stack = self._arrays["features"]
+        stack = self._arrays[FEATURES]
         segment = int(np.searchsorted(stack.offsets, image, side="right") - 1)
         boxes = self._boxes[segment]
         return None if boxes is None else np.asarray(boxes[image - stack.offsets[segment]])
@@ -187,17 +209,17 @@ def index_file(directory: Path) -> Path:
 def _open(directory: Path, meta: dict[str, Any], writable: bool, faiss: Any) -> Index:
     """``open_index``'s reading of the files ``meta`` names."""
     folders = [directory / s["dir"] for s in meta["segments"]]
-    names = ["features", "image_emb", "caption_emb"] + [f"reranker-{k}/{field}" for k, entry in
-                                                       enumerate(meta["rerankers"]) for field in entry["fields"]]
-    arrays = {name: _Stack([np.load(f / f"{name}.npy", mmap_mode="r") for f in folders]) for name in names}
-    pictures = _Pictures([folder / "pictures.jsonl" for folder in folders])
+    names = [FEATURES, IMAGE_EMB, CAPTION_EMB] + [f"{reranker_dir(k)}/{field}.npy" for k, entry in
+                                                  enumerate(meta["rerankers"]) for field in entry["fields"]]
+    arrays = {name: _Stack([np.load(f / name, mmap_mode="r") for f in folders]) for name in names}
+    pictures = _Pictures([folder / PICTURES for folder in folders])
     captions: list[str] = []
     caption_image = []
-    for folder, offset in zip(folders, arrays["features"].offsets):
-        text = (folder / "captions.txt").read_text(encoding="utf-8")
+    for folder, offset in zip(folders, arrays[FEATURES].offsets):
+        text = (folder / CAPTIONS).read_text(encoding="utf-8")
         captions += text.split("\n")[:-1] if text else []
-        caption_image.append(np.load(folder / "caption_image.npy") + offset)
-    boxes = [np.load(f / "boxes.npy", mmap_mode="r") if (f / "boxes.npy").is_file() else None for f in folders]
+        caption_image.append(np.load(folder / CAPTION_IMAGE) + offset)
+    boxes = [np.load(f / BOXES, mmap_mode="r") if (f / BOXES).is_file() else None for f in folders]
     files = meta["faiss"]
     # mapping FAISS files needs a faiss with IO_FLAG_MMAP_IFC (1.15 tested); an older one reads them into memory
     flags = 0 if writable else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
