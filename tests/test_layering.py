@@ -156,12 +156,14 @@ def test_the_core_imports_no_optional_dependency(module: str) -> None:
     assert result.stdout.strip() == "[]"
 
 
-def test_the_cli_spells_the_default_extractor_as_the_features_package_does() -> None:
-    """The CLI writes the name out so as not to import OpenCV before a command runs; it must be the same."""
+def test_names_spelled_out_to_keep_opencv_away_are_the_features_packages() -> None:
+    """The CLI and the gallery write these names out so as not to import OpenCV where it is not needed."""
     from itmatch.cli.options import DEFAULT_EXTRACTOR
     from itmatch.features import DEFAULT_EXTRACTOR as FEATURES_DEFAULT
+    from itmatch.features.store import INFO_FILE
+    from itmatch.search.gallery import FEATURES_INFO
 
-    assert DEFAULT_EXTRACTOR == FEATURES_DEFAULT
+    assert DEFAULT_EXTRACTOR == FEATURES_DEFAULT and FEATURES_INFO == INFO_FILE
 
 
 def test_the_core_runs_without_the_extras(tmp_path) -> None:

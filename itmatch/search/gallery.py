@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from itmatch.data.folder import read_boxes, read_info, read_pictures
-from itmatch.data.precomp import SPLITS, load_split, nonfinite_rows
+from itmatch.data.precomp import SPLITS, SplitFiles, load_split, nonfinite_rows
 from itmatch.errors import ItmatchError
 
 
@@ -81,15 +81,20 @@ def already_in(pictures: Sequence[dict[str, Any]], indexed: Sequence[dict[str, A
     return found
 
 
+#: ``itmatch.features.store.INFO_FILE``, spelled out: importing the features package would import OpenCV, which
+#: indexing a dataset folder does not need (a test keeps the two equal).
+FEATURES_INFO = "extractor.json"
+
+
 def open_gallery(directory: str | Path, split: str | None = None) -> Gallery:
     """The pictures of an `itmatch extract` folder (``split`` None) or of ``split`` of a dataset folder."""
     directory = Path(directory)
-    if (directory / "extractor.json").is_file():
+    if (directory / FEATURES_INFO).is_file():
         if split is not None:
             raise ItmatchError(f"{directory}: an `itmatch extract` folder has no splits; leave out --split")
         return _features_folder(directory)
     if split is None:
-        if any((directory / f"{name}_ims.npy").is_file() for name in SPLITS):
+        if any(SplitFiles.of(directory, name).images.is_file() for name in SPLITS):
             raise ItmatchError(f"{directory}: a dataset folder; say which split to index with --split (e.g. test)")
         raise ItmatchError(f"{directory}: neither an `itmatch extract` folder (extractor.json) nor a dataset "
                            "folder ({split}_ims.npy); extract features or build a dataset first")
