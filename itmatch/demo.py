@@ -20,7 +20,7 @@ from itmatch.errors import ItmatchError
 from itmatch.features.images import load_image
 from itmatch.features.thumbnail import shrink
 from itmatch.fileio import atomic_path
-from itmatch.loading import load_models
+from itmatch.loading import caption_tokens, load_models
 from itmatch.scoring import score_matrix
 
 CELL = 180
@@ -30,12 +30,13 @@ def example_searches(data: Path, checkpoints: Sequence[Path], queries: Sequence[
                      split: str = "test") -> list[dict]:
     """For each query: the ``top`` pictures of ``split`` with path, first caption and score, best first."""
     model, vocab = load_models(checkpoints, None)
-    if vocab is None:
+    if vocab is None and model.tokenize is None:
         raise ItmatchError(f"{checkpoints[0]}: stores no vocabulary; train it with `itmatch train`")
     gallery = load_split(data, split)
     paths = _image_paths(data, split, gallery.n_images)
     first_caption = {int(i): c for c, i in reversed(list(zip(gallery.captions, gallery.caption_image)))}
-    sims = score_matrix(model, ImageRows(gallery, np.arange(gallery.n_images)), vocab.encode_all(queries))
+    sims = score_matrix(model, ImageRows(gallery, np.arange(gallery.n_images)),
+                        caption_tokens(model, vocab, list(queries)))  # a BERT-family model reads its own tokens
     results = []
     for column, query in enumerate(queries):
         best = np.argsort(-sims[:, column], kind="stable")[:top]

@@ -237,3 +237,19 @@ def test_bert_models_are_evaluated_with_their_own_tokenizer_also_in_ensembles(tm
     for direction in ("i2t", "t2i"):
         assert result[direction] == pytest.approx(want[direction]), direction
     assert result["rsum"] == pytest.approx(want["rsum"])
+
+
+def test_the_demo_searches_with_a_model_that_reads_its_own_tokens(tmp_path):
+    """A BERT-family model stores no vocabulary: the demo's searches take its tokenizer (they took a vocabulary's
+    word ids, and stopped for want of one)."""
+    from search_support import FEATURE_DIM, picture_dataset
+
+    from itmatch.demo import example_searches
+
+    data = picture_dataset()
+    model = tiny("vse", text_encoder="bert", img_dim=FEATURE_DIM).eval()
+    save_model(tmp_path / "bert.safetensors", model)
+    results = example_searches(data, [tmp_path / "bert.safetensors"], ["a red circle"], top=10)
+    split = load_split(data, "test")
+    sims = score_matrix(model, split.image_features(np.arange(split.n_images)), model.tokenize(["a red circle"]))
+    assert [hit["score"] for hit in results[0]["hits"]] == pytest.approx(sorted(sims[:, 0], reverse=True), abs=1e-6)
