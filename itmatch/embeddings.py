@@ -74,7 +74,7 @@ def require_embedding(model: Matcher, source: str | Path, needed_by: str, fix: s
         from itmatch.models.registry import embedding_models
 
         raise ItmatchError(f"{source}: {needed_by} needs an embedding model ({', '.join(embedding_models())}), not "
-                           f"{model.model_name or type(model).__name__}, which scores pairs with cross-attention"
+                           f"{model.display_name}, which scores pairs with cross-attention"
                            + (f"; {fix}" if fix else ""))
 
 

@@ -94,7 +94,7 @@ def check_exportable(model: Matcher) -> None:
     config = getattr(model, "config", None)
     if getattr(config, "module", None) not in ("SGR", "SAF") or model.model_name not in ("sgr", "saf"):
         raise ItmatchError(f"only SGR and SAF models can be written in the authors' layout, not "
-                           f"{model.model_name or type(model).__name__!r}")
+                           f"{model.display_name!r}")
     wrong = [f"{k}={getattr(config, k)!r}" for k, v in RELEASE_FIXED.items() if getattr(config, k) != v]
     if config.module == "SGR" and config.sgr_step == 0:  # itmatch then builds no local nodes (sim_tranloc_w)
         wrong.append("sgr_step=0")

@@ -165,6 +165,11 @@ class Matcher(nn.Module):
 
     # -- scoring ---------------------------------------------------------------------------------------------
 
+    @property
+    def display_name(self) -> str:
+        """The model's registered name, or its class's for a model built without the registry (for messages)."""
+        return self.model_name or type(self).__name__
+
     def member_models(self) -> list[Matcher]:
         """The models whose mean score is this model's: itself, or an ensemble's members (scored one by one)."""
         return [self]

@@ -123,9 +123,9 @@ class RegionWordMatcher(Matcher):
         cfg = self.config
         if features.dim() != 3 or features.shape[1:] != (cfg.num_regions, cfg.img_dim):
             raise ItmatchError(f"image features must be (N, {cfg.num_regions}, {cfg.img_dim}) for this model "
-                               f"({self.model_name or type(self).__name__}), got {tuple(features.shape)}")
+                               f"({self.display_name}), got {tuple(features.shape)}")
         if n_regions is not None and bool((n_regions != features.shape[1]).any()):
-            raise ItmatchError(f"{self.model_name or type(self).__name__} needs all {cfg.num_regions} regions "
+            raise ItmatchError(f"{self.display_name} needs all {cfg.num_regions} regions "
                                "per image; fill missing regions (the extractor's grid boxes do)")
         regions = self.img_enc(features)
         glob = self.sim_enc.v_global_w(regions) if self.sim_enc.v_global_w is not None else None

@@ -166,7 +166,7 @@ class VSE(Matcher):
         """features (B, R, img_dim) -> local features (B, R, d) and the region counts (B,)."""
         if features.dim() != 3 or features.shape[2] != self.config.img_dim:
             raise ItmatchError(f"image features must be (N, regions, {self.config.img_dim}) for this model "
-                               f"({self.model_name or type(self).__name__}), got {tuple(features.shape)}")
+                               f"({self.display_name}), got {tuple(features.shape)}")
         if n_regions is None:
             n_regions = torch.full((features.shape[0],), features.shape[1], dtype=torch.long)
         n_regions = n_regions.to(features.device)
