@@ -16,7 +16,7 @@ from itmatch.fields import check_fields
 from itmatch.models.attention import attention_weights
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
-from itmatch.models.layers import cached_on
+from itmatch.models.layers import cached_on, l2norm
 
 
 @dataclasses.dataclass
@@ -88,6 +88,23 @@ def squared_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``(a - b)^2`` with broadcasting; in place on the (large) result when no gradient is recorded."""
     diff = a - b
     return diff.square_() if not diff.requires_grad else diff.square()
+
+
+def global_similarity(project: nn.Linear, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
+    """The global similarity vector ``l2norm(W (v̄ - t̄)²)`` of every pair (I, C, k): SGR's and TSHSR's global
+    node."""
+    return l2norm(project(squared_difference(images.glob[:, None], texts.glob[None])))
+
+
+#: Words over which ``pair_bytes_per_word`` spreads a model's per-pair (not per-word) working memory: the engine
+#: budgets per (pair, word), and captions average about 14 tokens.
+PAIR_SPREAD_WORDS = 8
+
+
+def word_pair_bytes(config: RegionWordConfig) -> int:
+    """Working memory per (pair, word) of word nodes: the attended vector and its difference (d each), the
+    node-sized terms (8 × sim_dim) and the attention over the regions (4 × R), in float32 bytes."""
+    return 4 * (2 * config.embed_size + 8 * config.sim_dim + 4 * config.num_regions)
 
 
 class RegionWordMatcher(Matcher):

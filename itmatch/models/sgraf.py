@@ -37,14 +37,13 @@ from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, at
                                       similarity_vectors)
 from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
                                    pair_chunks, xavier_init_)
-from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
-                                        squared_difference)
+from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
+                                        WordEncoding, global_similarity, word_pair_bytes)
 from itmatch.models.registry import register_preset
 
 MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
 ATTENTIONS = ("t2i", "i2t")
 SIMILARITIES = ("vector", "scalar")
-I2T_WORDS = 8  # words over which pair_bytes_per_word spreads the per-pair memory of region nodes
 
 
 @dataclasses.dataclass
@@ -285,7 +284,7 @@ class SimilarityEncoder(nn.Module):
         """The global alignment of every pair: (I, C, sim_dim), or (I, C) cosines."""
         if self.cfg.similarity == "scalar":
             return cosine(images.glob[:, None], texts.glob[None])
-        return l2norm(self.sim_tranglo_w(squared_difference(images.glob[:, None], texts.glob[None])))
+        return global_similarity(self.sim_tranglo_w, images, texts)
 
     def _local(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         """The local alignments of every pair: (I, C, L, ...) per word, or (I, C, R, ...) per region with i2t."""
@@ -345,11 +344,11 @@ class SGRAF(RegionWordMatcher):
 
     def pair_bytes_per_word(self) -> int:
         """Per (pair, word): attended vectors and their differences (d each), node-sized terms; with region
-        nodes (i2t) the per-pair memory (R attended vectors, differences, nodes) spread over ``I2T_WORDS``."""
+        nodes (i2t) the per-pair memory (R attended vectors, differences, nodes) spread over ``PAIR_SPREAD_WORDS``."""
         cfg = self.config
-        per_word = 4 * (2 * cfg.embed_size + 8 * cfg.sim_dim + 4 * cfg.num_regions)
+        per_word = word_pair_bytes(cfg)
         if cfg.attention == "i2t":
-            per_word = max(per_word, 4 * cfg.num_regions * (3 * cfg.embed_size + 8 * cfg.sim_dim) // I2T_WORDS)
+            per_word = max(per_word, 4 * cfg.num_regions * (3 * cfg.embed_size + 8 * cfg.sim_dim) // PAIR_SPREAD_WORDS)
         return per_word
 
     @property

@@ -94,15 +94,14 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
-from itmatch.models.layers import cached_weights, in_pair_chunks, l2norm, length_mask, xavier_init_
-from itmatch.models.region_word import (RegionEncoding, RegionWordConfig, RegionWordMatcher, WordEncoding,
-                                        squared_difference)
+from itmatch.models.layers import cached_weights, in_pair_chunks, length_mask, xavier_init_
+from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
+                                        WordEncoding, global_similarity, word_pair_bytes)
 from itmatch.models.registry import register_preset
 
 STREAMS = ("both", "i2t", "t2i")
 READOUTS = ("sigmoid", "inner")
 RELATION_NORMS = ("softmax", "none")
-T2I_WORDS = 8  # words over which pair_bytes_per_word spreads the text-to-image stream's per-pair memory
 
 
 @dataclasses.dataclass
@@ -242,7 +241,7 @@ class TwoStreamSimilarity(nn.Module):
 
     def stream_vectors(self, images: RegionEncoding, texts: WordEncoding) -> dict[str, torch.Tensor]:
         """The active streams' output vectors, each (I, C, sim_dim), keyed "i2t"/"t2i"."""
-        glob = l2norm(self.sim_tranglo_w(squared_difference(images.glob[:, None], texts.glob[None])))
+        glob = global_similarity(self.sim_tranglo_w, images, texts)
         out = {}
         if self.i2t is not None:
             out["i2t"] = self._image_to_text(images, texts, glob)
@@ -302,9 +301,9 @@ class TSHSR(RegionWordMatcher):
         larger counts."""
         cfg = self.config
         d, k, regions = cfg.embed_size, cfg.sim_dim, cfg.num_regions
-        per_word = 4 * (2 * d + 8 * k + 4 * regions) if cfg.uses_i2t else 4 * 6 * regions
+        per_word = word_pair_bytes(cfg) if cfg.uses_i2t else 4 * 6 * regions
         if cfg.uses_t2i:
-            per_word = max(per_word, 4 * regions * (2 * d + 4 * k) // T2I_WORDS)
+            per_word = max(per_word, 4 * regions * (2 * d + 4 * k) // PAIR_SPREAD_WORDS)
         return per_word
 
 
