@@ -162,14 +162,12 @@ def build_dataset(
     *,
     dev: int,
     test: int,
-    seed: int = 0,
-    extractor: str | Extractor = DEFAULT_EXTRACTOR,
-    regions: int = 36,
+    extractor: Extractor,
     features_dir: str | os.PathLike,
+    seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
     info: dict[str, Any] | None = None,
-    extractor_options: dict[str, Any] | None = None,
 ) -> BuildResult | None:
     """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset.
 
@@ -179,14 +177,21 @@ def build_dataset(
     started = time.perf_counter()
     splits = split_items(items, dev, test, seed)
     feature_set = extract_features([item.image for item in items], features_dir, extractor=extractor,
-                                   regions=regions, batch_size=batch_size, progress=progress,
-                                   **(extractor_options or {}))
+                                   batch_size=batch_size, progress=progress)
+    locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
+    return finish_build(out, splits, locate, {**(info or {}), "seed": seed}, feature_set.computed, started)
+
+
+def finish_build(out: str | os.PathLike, splits: Mapping[str, Sequence[Item]],
+                 locate: Mapping[Path, tuple[FeatureSet, int]], info: dict[str, Any], computed: int,
+                 started: float) -> BuildResult | None:
+    """The end of every build, once the features are extracted: rank 0 (or the only process) writes the dataset
+    and returns what it wrote (``computed`` pictures extracted since ``started``); other ``torchrun`` ranks return
+    None."""
     if launch_rank():
         return None
-    locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
-    counts, vocab_size = write_dataset(out, splits, locate, {**(info or {}), "seed": seed})
-    return BuildResult(Path(out), counts, vocab_size, computed=feature_set.computed,
-                       seconds=time.perf_counter() - started)
+    counts, vocab_size = write_dataset(out, splits, locate, info)
+    return BuildResult(Path(out), counts, vocab_size, computed=computed, seconds=time.perf_counter() - started)
 
 
 # -- from a manifest ------------------------------------------------------------------------------------------------

@@ -23,9 +23,8 @@ from typing import Any
 
 from itmatch.data.sources import openclipart
 from itmatch.data.sources.debian import installed_version, unpacked_package
-from itmatch.data.sources.dataset import BuildResult, check_out, features_cache, split_items, write_dataset
+from itmatch.data.sources.dataset import BuildResult, check_out, features_cache, finish_build, split_items
 from itmatch.data.sources.manifest import Item
-from itmatch.distributed import launch_rank
 from itmatch.errors import ItmatchError
 from itmatch.features import (
     DEFAULT_EXTRACTOR,
@@ -174,7 +173,4 @@ def build_tuxpaint(
         info["openclipart"] = {"package": f"{openclipart.PACKAGE} {clip_version}", "drawings": len(extra),
                                "unrenderable": [d.name for d, good in zip(drawings, ok) if not good]}
 
-    if launch_rank():
-        return None
-    counts, vocab_size = write_dataset(out, splits, locate, {**info, "seed": seed})
-    return BuildResult(out, counts, vocab_size, computed=computed, seconds=time.perf_counter() - started)
+    return finish_build(out, splits, locate, {**info, "seed": seed}, computed, started)
