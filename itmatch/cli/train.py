@@ -41,13 +41,12 @@ def train(
     from itmatch.distributed import launch_rank
     from itmatch.train import load_config
     from itmatch.train import train as run_training
+    from itmatch.train.loop import run_config_path
 
     if config is None:
         if not resume:
             raise ItmatchError("give the recipe with --config (e.g. configs/sgr_f30k.toml)")
-        config = out / "config.toml"
-        if not config.is_file():
-            raise ItmatchError(f"{out}: no training run to resume (no config.toml); drop --resume to start one")
+        config = run_config_path(out)
     recipe = load_config(config, overrides or [])
     result = run_training(recipe, data=data, vocab=vocab, out=out, resume=resume, device=device,
                           progress=progress)

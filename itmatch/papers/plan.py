@@ -11,7 +11,7 @@ from itmatch.errors import ItmatchError
 from itmatch.models.registry import model_config
 from itmatch.papers import cost
 from itmatch.papers.tables import Paper, Table
-from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, changed_keys, load_config
+from itmatch.train.config import TrainConfig, changed_keys, load_config, unresumable_changes
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs"
 
@@ -35,8 +35,7 @@ class PlannedRun:
     def check_same_settings(self) -> None:
         """Raise :class:`ItmatchError` when the run's folder holds a run of other settings than planned."""
         if self.state() == "other":
-            saved = load_config(self.directory / "config.toml")
-            differ = [k for k in changed_keys(saved, self.config) if k not in RESUMABLE_CHANGES]
+            differ = unresumable_changes(load_config(self.directory / "config.toml"), self.config)
             raise ItmatchError(f"{self.directory}: holds a run of other settings ({', '.join(differ)}); give "
                                "reproduce another --out, or move that run away")
 
@@ -154,7 +153,7 @@ def run_state(directory: Path, planned: TrainConfig | None = None) -> str:
     if not config_path.is_file():
         return "new"
     saved = load_config(config_path)
-    if planned is not None and any(k not in RESUMABLE_CHANGES for k in changed_keys(saved, planned)):
+    if planned is not None and unresumable_changes(saved, planned):
         return "other"
     log = directory / "log.jsonl"
     epochs = len([line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]) if log.is_file() else 0

@@ -157,6 +157,12 @@ def changed_keys(old: TrainConfig, new: TrainConfig) -> list[str]:
     return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
 
 
+def unresumable_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """The keys in which ``new`` differs from a run's ``saved`` config beyond ``RESUMABLE_CHANGES``: a run of
+    other settings, which ``new`` may neither resume nor report."""
+    return [key for key in changed_keys(saved, new) if key not in RESUMABLE_CHANGES]
+
+
 def _build(cls: type, raw: Any, source: str, where: str) -> Any:
     """Instantiate dataclass ``cls`` from ``raw``; missing, unknown and mistyped keys are errors."""
     label = where.rstrip(".") or "the top level"

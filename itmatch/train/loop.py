@@ -35,7 +35,7 @@ from itmatch.models.registry import create_model
 from itmatch.protocols import evaluate_blocks, protocol_blocks
 from itmatch.scoring import precision_context
 from itmatch.train import distributed
-from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, changed_keys, dumps, load_config
+from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, dumps, load_config, unresumable_changes
 from itmatch.train.loader import Batch, TrainBatches
 from itmatch.train.neighbours import image_clusters
 from itmatch.train.objective import TrainingObjective
@@ -390,14 +390,20 @@ def _check_fresh(out: Path) -> None:
                            "continue it, or choose a new --out")
 
 
+def run_config_path(out: Path) -> Path:
+    """The saved recipe of the run in ``out`` (what ``--resume`` reads, and trains on without ``--config``)."""
+    path = out / "config.toml"
+    if not path.is_file():
+        raise ItmatchError(f"{out}: no training run to resume (no config.toml); drop --resume to start one")
+    return path
+
+
 def _open_run(out: Path, config: TrainConfig) -> dict | None:
     """The checkpoint to resume from (None when the run was killed before its first, and then nothing it wrote
     is lost by starting over), after checking that ``config`` is the run's own, up to ``RESUMABLE_CHANGES``."""
-    saved_path = out / "config.toml"
-    if not saved_path.exists():
-        raise ItmatchError(f"{out}: no training run to resume (no config.toml); drop --resume to start one")
+    saved_path = run_config_path(out)
     saved = load_config(saved_path)
-    differ = [k for k in changed_keys(saved, config) if k not in RESUMABLE_CHANGES]
+    differ = unresumable_changes(saved, config)
     if differ:
         old, new = saved.to_dict(), config.to_dict()
         detail = ", ".join(f"{k} {_value(old, k)!r} -> {_value(new, k)!r}" for k in differ)
