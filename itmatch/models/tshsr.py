@@ -94,6 +94,7 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
+from itmatch.models.flops import ATTENTION_MFLOP, projection_mflop, square_mflop
 from itmatch.models.layers import cached_weights, in_pair_chunks, length_mask, xavier_init_
 from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
                                         WordEncoding, global_similarity, word_pair_bytes)
@@ -123,6 +124,13 @@ class TSHSRConfig(RegionWordConfig):
                      choices={"streams": STREAMS, "readout": READOUTS, "relation_norm": RELATION_NORMS})
         if self.t2i_hsr and self.streams == "i2t":
             raise ItmatchError("t2i_hsr needs the text-to-image stream; use streams='t2i' or 'both'")
+
+    def pair_mflop(self, words: int) -> float:
+        """Forward MFLOP of one pair's work for a caption of ``words`` words (``itmatch.models.flops``)."""
+        project, step = projection_mflop(self.embed_size, self.sim_dim), square_mflop(self.sim_dim, 2)
+        i2t = ATTENTION_MFLOP + (words + 1) * (project + self.hsr_layers * step) if self.uses_i2t else 0.0
+        t2i_steps = self.hsr_layers * step if self.t2i_hsr else 0.0
+        return i2t + (ATTENTION_MFLOP + (self.num_regions + 1) * (project + t2i_steps) if self.uses_t2i else 0.0)
 
     @property
     def uses_i2t(self) -> bool:

@@ -28,6 +28,7 @@ from itmatch.models.augment import drop_regions
 from itmatch.models.base import Encoding, Matcher
 from itmatch.models.encoders import DEFAULT_TEXT_ENCODER, BertTextEncoder, GRUTextEncoder, RegionMLPEncoder
 from itmatch.models.layers import l2norm
+from itmatch.models.flops import ENCODE_MFLOP
 from itmatch.models.pooling import Pool
 from itmatch.models.registry import register_preset
 
@@ -60,6 +61,14 @@ class VSEConfig:
     triplet_cutoff: float = 1.7                  # triplet: negatives farther than this are not sampled (COCO 1.9)
     triplet_dim: int = 512                       # triplet: the dimension in the distance-weighting density
     text_lr_factor: float = 0.1                  # learning-rate factor of the BERT weights
+
+    def pair_mflop(self, words: int) -> float:
+        """No pair work: a pair's score is one dot product of encodings."""
+        return 0.0
+
+    def encode_mflop(self) -> float:
+        """Forward MFLOP of encoding one image and one caption."""
+        return ENCODE_MFLOP[self.text_encoder]
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("img_dim", "embed_size", "word_dim", "num_layers", "pool_k", "triplet_cutoff",
