@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import datetime
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from itmatch.features.base import Extractor
-from itmatch.features.store import (PARTIAL, SHARDS, FeatureSet, extract_here, merge_folders, open_features,
+from itmatch.features.store import (PARTIAL, SHARDS, FeatureSet, extract_here, finished_result, merge_folders,
                                     shard_folders)
 #: How long a process that finished its share waits for the others (extraction can take days).
 WAIT = datetime.timedelta(days=7)
@@ -58,7 +57,4 @@ def extract_sharded(extractor: Extractor, paths: list[Path], keys: list[dict[str
         info.barrier()
     finally:
         info.close()
-    result = open_features(out)
-    result.computed = total
-    result.seconds = time.perf_counter() - started
-    return result
+    return finished_result(out, total, started)

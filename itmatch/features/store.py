@@ -132,8 +132,13 @@ def extract_here(extractor: Extractor, paths: list[Path], keys: list[dict[str, A
         bar.close()
     run.finish()
     shutil.rmtree(out / SHARDS, ignore_errors=True)
+    return finished_result(out, len(todo), started)
+
+
+def finished_result(out: Path, computed: int, started: float) -> FeatureSet:
+    """The finished features folder ``out``, with how many pictures this call extracted since ``started``."""
     result = open_features(out)
-    result.computed = len(todo)
+    result.computed = computed
     result.seconds = time.perf_counter() - started
     return result
 
