@@ -188,6 +188,20 @@ class _Trainer:
             raise ItmatchError(f"{out}: is a file, not a folder; give --out a new folder for the run")
         check_writable(out / "config.toml", "--out")
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
+        self._load_inputs(data, vocab)
+        self.position = Position()
+        self._digest: dict[str, str] | None = None
+        self._start_model(checkpoint, vocab)
+        self._build_training(data)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        info.barrier()
+        if info.is_main:
+            self._claim_run_folder(resume, held)
+
+    def _load_inputs(self, data: Path, vocab: Path) -> None:
+        """The vocabulary, the train and dev splits and the model, checked against each other before any work."""
+        config = self.config
         self.vocab = load_vocab(vocab)
         self.train_split = load_split(data, "train")
         if self.train_split.n_images < 2:
@@ -201,21 +215,28 @@ class _Trainer:
             raise ItmatchError(f"{vocab}: holds none of the words of the training captions, which would all read as "
                                f"unknown; build the vocabulary from them: itmatch data vocab --captions "
                                f"{SplitFiles.of(data, 'train').captions} --out VOCAB.json")
-        self.position = Position()
-        self._digest: dict[str, str] | None = None
+
+    def _start_model(self, checkpoint: dict | None, vocab: Path) -> None:
+        """The model's starting weights (the run's, when resumed), synchronised across processes, on the device."""
+        info = self.info
         if checkpoint is not None:
             self._check_same_run(checkpoint, vocab)
             self.model.load_state_dict(checkpoint["state_dict"])
         else:
             self.model.init_word_embeddings(self.vocab)  # e.g. GloVe vectors for a Bi-GRU's word table
             if info.rank:  # dropout draws differ between processes; rank 0 continues the seed's stream
-                torch.manual_seed(int(np.random.SeedSequence([config.run.seed, info.rank]).generate_state(1)[0]))
+                torch.manual_seed(int(np.random.SeedSequence([self.config.run.seed, info.rank]
+                                                             ).generate_state(1)[0]))
         if info.world_size > 1:
             distributed.synchronize_batch_statistics(self.model, info.group)
         self.model.to(info.device).train()
+
+    def _build_training(self, data: Path) -> None:
+        """The optimizer, the objective (data-parallel across processes) and the batches."""
+        config, info = self.config, self.info
         self.optimizer = make_optimizer(config, self.model)
         objective: torch.nn.Module = TrainingObjective(self.model, config.loss, info.group,
-                                                              config.run.recompute_activations)
+                                                       config.run.recompute_activations)
         if info.world_size > 1:
             objective = DistributedDataParallel(objective, device_ids=[info.device.index]
                                                 if info.device.type == "cuda" else None,
@@ -231,20 +252,20 @@ class _Trainer:
         if len(self.batches) == 0:
             raise ItmatchError(f"{data}: the train split has {self.train_split.n_captions} captions, fewer than "
                                f"the {info.world_size} processes")
-        if checkpoint is not None:
-            self._restore(checkpoint)
-        info.barrier()
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            held.enter_context(folder_lock(out))  # no second run writes here while this one does
-            if not resume:
-                _check_fresh(out)  # another run may have begun here since the first check
-            marker = read_marker(out)
-            if marker is None or marker.get("format") == RUN_FOLDER.name:  # inside another itmatch folder: its own
-                mark_folder(out, RUN_FOLDER, claim=RUN_FILES)  # its checkpoints are no other command's output
-            write_text(out / "config.toml", dumps(config))
-            remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
-            self._write_log(None)
+
+    def _claim_run_folder(self, resume: bool, held: contextlib.ExitStack) -> None:
+        """The run folder taken (locked for this run, marked) and its start written: config.toml, an empty log."""
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        held.enter_context(folder_lock(out))  # no second run writes here while this one does
+        if not resume:
+            _check_fresh(out)  # another run may have begun here since the first check
+        marker = read_marker(out)
+        if marker is None or marker.get("format") == RUN_FOLDER.name:  # inside another itmatch folder: its own
+            mark_folder(out, RUN_FOLDER, claim=RUN_FILES)  # its checkpoints are no other command's output
+        write_text(out / "config.toml", dumps(self.config))
+        remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
+        self._write_log(None)
 
     def run(self) -> TrainResult:
         cfg, pos = self.config, self.position
