@@ -17,7 +17,7 @@ from train_support import ROOT, checkpoint, max_difference, run_train, synthetic
 from itmatch.checkpoint import load_checkpoint
 from itmatch.evaluate import evaluate_split
 from itmatch.fileio import MARKER, owning_folder
-from itmatch.train.loop import RUN_FILES
+from itmatch.train.run_folder import RUN_FILES
 
 STEPS = 22  # one epoch is 19 batches of 16: the runs cross an epoch end (validation, best.pt, log line)
 

@@ -12,6 +12,7 @@ from itmatch.models.registry import model_config
 from itmatch.papers import cost
 from itmatch.papers.tables import Paper, Table
 from itmatch.train.config import TrainConfig, changed_keys, load_config, unresumable_changes
+from itmatch.train.run_folder import RunFolder
 
 RECIPES = Path(__file__).resolve().parents[2] / "configs"
 
@@ -35,7 +36,7 @@ class PlannedRun:
     def check_same_settings(self) -> None:
         """Raise :class:`ItmatchError` when the run's folder holds a run of other settings than planned."""
         if self.state() == "other":
-            differ = unresumable_changes(load_config(self.directory / "config.toml"), self.config)
+            differ = unresumable_changes(load_config(RunFolder(self.directory).config), self.config)
             raise ItmatchError(f"{self.directory}: holds a run of other settings ({', '.join(differ)}); give "
                                "reproduce another --out, or move that run away")
 
@@ -149,20 +150,18 @@ def checkpoint_label(plan: Plan, name: str) -> str:
 def run_state(directory: Path, planned: TrainConfig | None = None) -> str:
     """"finished" (every epoch logged: those of ``planned``, else of its config.toml), "started", "new", or
     "other" when its config.toml differs from ``planned`` beyond what a resumed run may change (its epochs)."""
-    config_path = directory / "config.toml"
-    if not config_path.is_file():
+    run = RunFolder(directory)
+    if not run.config.is_file():
         return "new"
-    saved = load_config(config_path)
+    saved = load_config(run.config)
     if planned is not None and unresumable_changes(saved, planned):
         return "other"
-    log = directory / "log.jsonl"
-    epochs = len([line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]) if log.is_file() else 0
-    return "finished" if epochs >= (planned or saved).schedule.epochs else "started"
+    return "finished" if run.epochs_logged() >= (planned or saved).schedule.epochs else "started"
 
 
 def recipe_changes(directory: Path, published: TrainConfig) -> list[str]:
     """Keys in which a run's saved config.toml differs from the published recipe (e.g. ``schedule.epochs``)."""
-    return changed_keys(published, load_config(directory / "config.toml"))
+    return changed_keys(published, load_config(RunFolder(directory).config))
 
 
 def describe(plan: Plan) -> str:

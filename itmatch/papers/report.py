@@ -10,6 +10,7 @@ from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json, write_text
 from itmatch.papers.plan import Plan, recipe_changes
 from itmatch.papers.tables import measured_value
+from itmatch.train.run_folder import RunFolder
 
 LABELS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_r1": "t2i R@1",
           "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "rsum": "rsum", "sum": "sum"}
@@ -60,7 +61,7 @@ def _reading(plan: Plan, run_ids: tuple[str, ...]) -> dict[str, object]:
 
 def _changes(plan: Plan, run_id: str) -> list[str]:
     run = plan.runs[run_id]
-    return recipe_changes(run.directory, run.published) if (run.directory / "config.toml").is_file() else []
+    return recipe_changes(run.directory, run.published) if RunFolder(run.directory).config.is_file() else []
 
 
 def table_markdown(doc: dict) -> str:

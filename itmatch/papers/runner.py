@@ -3,6 +3,7 @@ row's test result is kept in ``OUT/results/`` once computed, so a killed reprodu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from itmatch.fileio import write_json
 from itmatch.papers.plan import Plan, PlannedRun, run_state
 from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
 from itmatch.train.config import load_config
+from itmatch.train.run_folder import RunFolder
 
 
 def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, Path]:
@@ -43,16 +45,23 @@ def result_path(plan: Plan, row: Row) -> Path:
 
 
 def _made_from(runs: list[PlannedRun]) -> dict[str, dict]:
-    """What a row's kept result was computed from: each run's config as trained (its config.toml) and its
-    ``best.pt`` (size, modification time). A kept result is reused only while both still hold: a run trained
-    further, or trained again with other settings, is evaluated again."""
+    """What a row's kept result was computed from: each run's config as trained (its config.toml) and the
+    SHA-256 of its ``best.pt``. A kept result is reused only while both still hold: a run trained further, or
+    trained again with other settings, is evaluated again (a copied run folder is not)."""
     made = {}
     for run in runs:
-        config, best = run.directory / "config.toml", run.directory / "best.pt"
-        stat = best.stat() if best.is_file() else None
-        made[run.id] = {"config": load_config(config).to_dict() if config.is_file() else None,
-                        "best": [stat.st_size, stat.st_mtime_ns] if stat else None}
+        folder = RunFolder(run.directory)
+        made[run.id] = {"config": load_config(folder.config).to_dict() if folder.config.is_file() else None,
+                        "best": _sha256(folder.best) if folder.best.is_file() else None}
     return made
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Runner:
@@ -104,7 +113,7 @@ class Runner:
                 if not self.train:
                     return None
                 self._train(run)
-        checkpoints = [run.directory / "best.pt" for run in runs]
+        checkpoints = [RunFolder(run.directory).best for run in runs]
         if not all(p.is_file() for p in checkpoints):
             self.echo(f"{row.method}: no best.pt yet (a run stopped before its first epoch ended); not evaluated")
             return None
@@ -147,7 +156,7 @@ class Runner:
         if self.data is None:
             raise ItmatchError("give --data (the folder holding f30k_precomp/ and coco_precomp/) to train")
         folder, vocab = dataset_paths(self.data, self.vocab, run.dataset)
-        resume = (run.directory / "config.toml").is_file()
+        resume = RunFolder(run.directory).config.is_file()
         self.echo(f"{'resuming' if resume else 'training'} {run.id} ({run.config.schedule.epochs} epochs) in "
                   f"{run.directory}")
         result = train(run.config, data=folder, vocab=vocab, out=run.directory, resume=resume, device=self.device,

@@ -27,8 +27,7 @@ from itmatch.data.precomp import PrecompSplit, SplitFiles, load_split
 from itmatch.data.vocab import Vocabulary, load_vocab
 from itmatch.errors import ItmatchError
 from itmatch.evaluate import score_blocks
-from itmatch.fileio import (FolderFormat, check_writable, folder_lock, mark_folder, read_marker, remove_stale,
-                            write_text)
+from itmatch.fileio import check_writable, folder_lock, mark_folder, read_marker, remove_stale, write_text
 from itmatch.loading import knows_a_word
 from itmatch.models.base import Matcher
 from itmatch.models.registry import create_model
@@ -39,11 +38,9 @@ from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, dumps, load_con
 from itmatch.train.loader import Batch, TrainBatches
 from itmatch.train.neighbours import image_clusters
 from itmatch.train.objective import TrainingObjective
+from itmatch.train.run_folder import CONFIG, LOG, RUN_FILES, RUN_FOLDER, RunFolder
 from itmatch.train.state import capture_rng, load_training_checkpoint, restore_rng, save_checkpoint
 
-RUN_FILES = ("config.toml", "last.pt", "best.pt", "log.jsonl")
-#: A run folder's marker claims ``RUN_FILES``, so that no single-file output of another command replaces them.
-RUN_FOLDER = FolderFormat("itmatch-run", 1)
 
 
 @dataclasses.dataclass
@@ -58,10 +55,10 @@ class TrainResult:
 
     def summary(self) -> str:
         """One line: best dev rsum and where the files are."""
-        best = (f"best dev rsum {self.best_rsum:.2f} (epoch {self.best_epoch}), {self.out / 'best.pt'}"
+        best = (f"best dev rsum {self.best_rsum:.2f} (epoch {self.best_epoch}), {RunFolder(self.out).best}"
                 if self.best_rsum is not None else "no dev evaluation yet (stopped before an epoch ended)")
-        return (f"trained {self.steps} steps, {self.epochs} epochs; {best}; resume from {self.out / 'last.pt'}; "
-                f"log {self.out / 'log.jsonl'}")
+        return (f"trained {self.steps} steps, {self.epochs} epochs; {best}; resume from {RunFolder(self.out).last}; "
+                f"log {RunFolder(self.out).log}")
 
 
 @dataclasses.dataclass
@@ -186,7 +183,7 @@ class _Trainer:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
         if out.exists() and not out.is_dir():
             raise ItmatchError(f"{out}: is a file, not a folder; give --out a new folder for the run")
-        check_writable(out / "config.toml", "--out")
+        check_writable(RunFolder(out).config, "--out")
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self._load_inputs(data, vocab)
         self.position = Position()
@@ -263,7 +260,7 @@ class _Trainer:
         marker = read_marker(out)
         if marker is None or marker.get("format") == RUN_FOLDER.name:  # inside another itmatch folder: its own
             mark_folder(out, RUN_FOLDER, claim=RUN_FILES)  # its checkpoints are no other command's output
-        write_text(out / "config.toml", dumps(self.config))
+        write_text(RunFolder(out).config, dumps(self.config))
         remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
         self._write_log(None)
 
@@ -318,7 +315,7 @@ class _Trainer:
                       "time": pos.seconds, "dev": dev}
             if pos.best_rsum is None or dev["rsum"] > pos.best_rsum:
                 pos.best_rsum, pos.best_epoch = dev["rsum"], pos.epoch
-                save_checkpoint(self.out / "best.pt", {**self._model_content(), "dev": dev})
+                save_checkpoint(RunFolder(self.out).best, {**self._model_content(), "dev": dev})
         pos.epoch, pos.step_in_epoch, pos.loss_sums, pos.seconds = pos.epoch + 1, 0, {}, 0.0
         if record is not None:
             self._write_log(record)
@@ -338,7 +335,7 @@ class _Trainer:
         if not self.info.is_main:
             return
         pos = self.position
-        save_checkpoint(self.out / "last.pt", {
+        save_checkpoint(RunFolder(self.out).last, {
             **self._model_content(), "optimizer": self.optimizer.state_dict(), "step_in_epoch": pos.step_in_epoch,
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_stats": {"loss_sums": pos.loss_sums,
                                                                          "seconds": pos.seconds},
@@ -353,7 +350,7 @@ class _Trainer:
 
     def _write_log(self, record: dict | None) -> None:
         """Rewrite ``log.jsonl`` with the epochs before the current one, plus ``record``."""
-        path = self.out / "log.jsonl"
+        path = RunFolder(self.out).log
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < self.position.epoch]
         if record is not None:
@@ -363,7 +360,7 @@ class _Trainer:
     def _check_same_run(self, checkpoint: dict, vocab: Path) -> None:
         if checkpoint.get("vocab") != self.vocab.to_json():
             raise ItmatchError(f"{vocab}: not the vocabulary this run was trained with (stored in "
-                               f"{self.out / 'last.pt'}); resume with the same --vocab")
+                               f"{RunFolder(self.out).last}); resume with the same --vocab")
         if checkpoint["n_train_captions"] != self.train_split.n_captions:
             raise ItmatchError(f"the train split has {self.train_split.n_captions} captions but the run was "
                                f"trained on {checkpoint['n_train_captions']}; resume with the same --data")
@@ -374,12 +371,12 @@ class _Trainer:
                                    f" and its features) is not the one the run was trained on; resume with the same "
                                    "--data")
         if checkpoint["model_name"] != self.model.model_name:
-            raise ItmatchError(f"{self.out / 'last.pt'} holds a {checkpoint['model_name']}, not the config's "
+            raise ItmatchError(f"{RunFolder(self.out).last} holds a {checkpoint['model_name']}, not the config's "
                                f"{self.model.model_name}; resume with the run's config")
         changed = self.model.changed_args(checkpoint["model_args"])  # fields added since the run take defaults
         if changed:
             detail = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
-            raise ItmatchError(f"{self.out / 'last.pt'} holds a {checkpoint['model_name']} with other model "
+            raise ItmatchError(f"{RunFolder(self.out).last} holds a {checkpoint['model_name']} with other model "
                                f"arguments than the config ({detail}); resume with the run's config")
 
     def _restore(self, checkpoint: dict) -> None:
@@ -403,9 +400,9 @@ class _Trainer:
 def _check_fresh(out: Path) -> None:
     """Refuse an ``out`` holding a run, unless that run stopped before its first step ended (its config.toml and
     an empty log.jsonl, written at the start, are all it has: a new start replaces them and loses nothing)."""
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    log = out / "log.jsonl"
-    never_trained = existing == ["config.toml", "log.jsonl"] and not log.read_text(encoding="utf-8").strip()
+    run = RunFolder(out)
+    existing = run.existing()
+    never_trained = existing == [CONFIG, LOG] and not run.epochs_logged()
     if existing and not never_trained:
         raise ItmatchError(f"{out}: holds another training run ({', '.join(existing)}); pass --resume to "
                            "continue it, or choose a new --out")
@@ -413,9 +410,9 @@ def _check_fresh(out: Path) -> None:
 
 def run_config_path(out: Path) -> Path:
     """The saved recipe of the run in ``out`` (what ``--resume`` reads, and trains on without ``--config``)."""
-    path = out / "config.toml"
+    path = RunFolder(out).config
     if not path.is_file():
-        raise ItmatchError(f"{out}: no training run to resume (no config.toml); drop --resume to start one")
+        raise ItmatchError(f"{out}: no training run to resume (no {CONFIG}); drop --resume to start one")
     return path
 
 
@@ -430,11 +427,10 @@ def _open_run(out: Path, config: TrainConfig) -> dict | None:
         detail = ", ".join(f"{k} {_value(old, k)!r} -> {_value(new, k)!r}" for k in differ)
         raise ItmatchError(f"{saved_path}: --resume with a different config ({detail}); only "
                            f"{', '.join(RESUMABLE_CHANGES)} may change when resuming")
-    last = out / "last.pt"
-    if last.exists():
-        return load_training_checkpoint(last)
-    log = out / "log.jsonl"
-    if (out / "best.pt").exists() or (log.exists() and log.read_text(encoding="utf-8").strip()):
+    run = RunFolder(out)
+    if run.last.exists():
+        return load_training_checkpoint(run.last)
+    if run.best.exists() or run.epochs_logged():
         raise ItmatchError(f"{out}: has no last.pt to resume from, yet epochs of the run ended (best.pt or "
                            "log.jsonl); starting over would overwrite them: put last.pt back, or train into a new "
                            "--out")

@@ -1,0 +1,49 @@
+"""A training run's folder: the files `itmatch train` writes there, named once for the trainer, the CLI and
+`reproduce` (which reads run states)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from itmatch.fileio import FolderFormat
+
+CONFIG, LAST, BEST, LOG = "config.toml", "last.pt", "best.pt", "log.jsonl"
+#: Every file of a run, in the order a run writes them.
+RUN_FILES = (CONFIG, LAST, BEST, LOG)
+#: A run folder's marker claims ``RUN_FILES``, so that no single-file output of another command replaces them.
+RUN_FOLDER = FolderFormat("itmatch-run", 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFolder:
+    """The run in ``path``: ``config`` (its recipe, written at the start), ``last`` (where training stands),
+    ``best`` (the model best on dev), ``log`` (one JSON line per finished epoch)."""
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
+
+    def existing(self) -> list[str]:
+        """The run files present, in ``RUN_FILES`` order."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def epochs_logged(self) -> int:
+        """How many epochs ended (the log's lines; 0 without a log)."""
+        if not self.log.is_file():
+            return 0
+        return len([line for line in self.log.read_text(encoding="utf-8").splitlines() if line.strip()])
