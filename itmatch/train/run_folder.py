@@ -15,28 +15,20 @@ RUN_FILES = (CONFIG, LAST, BEST, LOG)
 RUN_FOLDER = FolderFormat("itmatch-run", 1)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class RunFolder:
     """The run in ``path``: ``config`` (its recipe, written at the start), ``last`` (where training stands),
     ``best`` (the model best on dev), ``log`` (one JSON line per finished epoch)."""
 
     path: Path
+    config: Path = dataclasses.field(init=False)
+    last: Path = dataclasses.field(init=False)
+    best: Path = dataclasses.field(init=False)
+    log: Path = dataclasses.field(init=False)
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def last(self) -> Path:
-        return self.path / LAST
-
-    @property
-    def best(self) -> Path:
-        return self.path / BEST
-
-    @property
-    def log(self) -> Path:
-        return self.path / LOG
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        self.config, self.last, self.best, self.log = (self.path / name for name in RUN_FILES)
 
     def existing(self) -> list[str]:
         """The run files present, in ``RUN_FILES`` order."""
