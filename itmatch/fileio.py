@@ -94,8 +94,8 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None],
             check_writable(value, option)
             owner = owning_folder(value)
             if owner is not None:
-                raise ItmatchError(f"{value}: is a file of the itmatch {owner[1]} folder {owner[0]}; give {option} a "
-                                   "file outside it (it would be replaced and the folder broken)")
+                raise ItmatchError(f"{value}: is one of the files of {owner[0]}, an {owner[1]} folder; give {option} "
+                                   "another file name (it would be replaced and the folder broken)")
     for option, value in (inputs or {}).items():
         for item in ([] if value is None else [value] if isinstance(value, (str, os.PathLike)) else value):
             seen.setdefault(Path(item).resolve(), option)
@@ -225,10 +225,18 @@ def _json_with(path: Path, keys: tuple[str, ...], fmt: str) -> bool:
 
 
 def _legacy_name(entry: str, fmt: FolderFormat) -> bool:
-    """Whether the whole path ``entry`` is one of ``fmt``'s names (a file in a subfolder: a pattern with its folder,
-    ``seg-*/features.npy``), so that a user's file put into one of itmatch's subfolders is never taken for
-    itmatch's."""
-    return any(fnmatch.fnmatchcase(entry, pattern) for pattern in fmt.legacy)
+    """Whether the whole path ``entry`` is one of ``fmt``'s names, matched part by part (``seg-*/features.npy``
+    matches no deeper file, and ``*_caps.txt`` no file in a subfolder), so that a user's file put into one of
+    itmatch's subfolders is never taken for itmatch's; a pattern ending in ``/**`` (a scratch folder) covers
+    everything under it."""
+    return any(_matches(entry.split("/"), pattern.split("/")) for pattern in fmt.legacy)
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    if pattern[-1] == "**":
+        pattern = pattern[:-1]
+        parts = parts[:len(pattern)] if len(parts) > len(pattern) else []
+    return len(parts) == len(pattern) and all(fnmatch.fnmatchcase(p, q) for p, q in zip(parts, pattern))
 
 
 def _first(entries: list[str]) -> str:
@@ -273,18 +281,24 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(path: str | os.PathLike, option: str = "--out") -> Iterator[None]:
+def folder_lock(path: str | os.PathLike, option: str | None = "--out") -> Iterator[None]:
     """Hold an exclusive lock on the existing folder ``path`` while a command writes it: a second itmatch
     process that writes the same folder at the same time (two `train` runs, an `index add` beside an `index
     build`) stops with one line instead of interleaving its files with the first's. An advisory ``flock`` on the
-    folder itself: no lock file, and released by the system when a process dies."""
+    folder itself: no lock file, and released by the system when a process dies. ``option`` names the folder in
+    the message (None: a folder the user did not give, such as a cache); on a file system without ``flock`` the
+    folder is written unlocked."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ItmatchError(f"{path}: another itmatch process is writing this folder now; wait until it ends, "
-                               f"or give {option} another folder") from None
+            other = f", or give {option} another folder" if option else ""
+            raise ItmatchError(f"{path}: another itmatch process is writing this folder now; wait until it "
+                               f"ends{other}") from None
+        except OSError as exc:  # a file system without flock (e.g. some network mounts): written unlocked, as before
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
         yield
     finally:
         os.close(fd)

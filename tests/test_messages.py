@@ -265,7 +265,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(dataset, tmp
     for path in Path(data).iterdir():
         (copy / path.name).symlink_to(path)
     one_line_error(capsys, ["evaluate", "--data", str(copy), "-c", str(sgr), "--output", str(copy / "vocab.json")],
-                   f"{copy / 'vocab.json'}: is a file of the itmatch itmatch-dataset folder {data}; give --output")
+                   f"{copy / 'vocab.json'}: is one of the files of {data}, an itmatch-dataset folder; give --output")
     assert (copy / "vocab.json").is_symlink()
     for _ in range(2):  # a result of its own beside the data may be written, and written again
         assert main(["evaluate", "--data", str(copy), "-c", str(sgr), "--output", str(copy / "r.json"),

@@ -102,6 +102,42 @@ def test_an_index_of_the_previous_version_is_recognised_by_its_names_only(synthe
     build_index(data, out, split="test", embedder=models["vse"])  # the names alone: recognised, replaced
 
 
+def test_a_users_file_in_a_subfolder_of_an_older_dataset_is_never_taken_for_itmatchs(tmp_path, capsys):
+    """Names are matched part by part: ``*_caps.txt`` is a dataset's file, ``backup/train_caps.txt`` is not."""
+    old = tmp_path / "old"
+    (old / "backup").mkdir(parents=True)
+    (old / "train_caps.txt").write_text("a dog\n")
+    (old / "dataset.json").write_text('{"splits": {}, "extractor": {}}')
+    (old / "backup" / "train_caps.txt").write_text("my earlier captions\n")
+    assert main(["data", "synth", "--out", str(old), "--images", "4", "--dim", "8"]) == 2
+    assert "(e.g. backup/train_caps.txt and" in capsys.readouterr().err
+    assert (old / "backup" / "train_caps.txt").read_text() == "my earlier captions\n"
+    (old / "backup" / "train_caps.txt").unlink()
+    (old / "backup").rmdir()
+    assert main(["data", "synth", "--out", str(old), "--images", "4", "--dim", "8"]) == 0  # its own names: replaced
+
+
+def test_a_folder_lock_names_no_option_for_a_cache_and_a_file_system_without_locks_writes_unlocked(tmp_path,
+                                                                                                monkeypatch):
+    import errno
+    import fcntl
+
+    from itmatch.fileio import folder_lock
+
+    with folder_lock(tmp_path):
+        with pytest.raises(ItmatchError, match=r"writing this folder now; wait until it ends$"):
+            with folder_lock(tmp_path, None):
+                pass
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with folder_lock(tmp_path):
+        (tmp_path / "written").write_text("unlocked")
+    assert (tmp_path / "written").read_text() == "unlocked"
+
+
 def killed_while_writing(path: Path) -> Path:
     """The temporary folder a process killed (SIGKILL) while writing ``path`` with ``atomic_dir`` left behind."""
     script = ("import os, signal, sys; from itmatch.fileio import atomic_dir\n"
@@ -260,11 +296,11 @@ def test_single_file_outputs_never_replace_a_file_of_an_itmatch_folder(synthetic
     captions.write_text("a red circle\n")
     assert main(["data", "vocab", "--captions", str(captions), "--out", str(data / "vocab.json")]) == 2
     err = capsys.readouterr().err
-    assert f"{data / 'vocab.json'}: is a file of the itmatch itmatch-dataset folder {data}; give --out a file " \
-           "outside it" in err and err.count("\n") == 1
+    assert f"{data / 'vocab.json'}: is one of the files of {data}, an itmatch-dataset folder; give --out another " \
+           "file name" in err and err.count("\n") == 1
     evaluate = ["evaluate", "--checkpoint", str(picture_models()["sgr"]), "--no-progress"]
     assert main([*evaluate, "--data", str(data), "--split", "test", "--output", str(data / "dev_ims.npy")]) == 2
-    assert "dev_ims.npy: is a file of the itmatch itmatch-dataset folder" in capsys.readouterr().err
+    assert "dev_ims.npy: is one of the files of" in capsys.readouterr().err
     assert main([*evaluate, "--data", str(download), "--output", str(download / "train_caps.txt")]) == 2
     assert "train_caps.txt: is also --data; give --output another file" in capsys.readouterr().err
     assert main(["data", "vocab", "--captions", str(download / "train_caps.txt"), "--out",
@@ -273,9 +309,9 @@ def test_single_file_outputs_never_replace_a_file_of_an_itmatch_folder(synthetic
     explain = ["explain", "--model", str(picture_models()["sgr"]), "--features", str(features), "--image", "0",
                "--text", "a red circle"]
     assert main([*explain, "--out", str(tmp_path / "x.png"), "--json", str(features / "images.jsonl")]) == 2
-    assert f"is a file of the itmatch itmatch-features folder {features}; give --json" in capsys.readouterr().err
+    assert f"is one of the files of {features}, an itmatch-features folder; give --json" in capsys.readouterr().err
     assert main([*explain, "--out", str(features / MARKER)]) == 2  # the marker itself
-    assert "is a file of the itmatch itmatch-features folder" in capsys.readouterr().err
+    assert "an itmatch-features folder; give --out another file name" in capsys.readouterr().err
     mine = [*explain[:4], str(tmp_path / "mine"), *explain[5:]]
     assert main([*mine, "--out", str(picture)]) == 2  # the picture explained: drawn from, never over
     assert f"{picture}: is also the picture; give --out another file" in capsys.readouterr().err

@@ -79,7 +79,10 @@ def test_member_mean_is_the_authors_average_and_keeps_read_only_inputs():
     np.testing.assert_array_equal(two[1], ((a + b) / 2)[:2])
     np.testing.assert_array_equal(held, a)
     np.testing.assert_allclose(member_mean(iter([[a.copy()], [b], [c]]))[0], (a + b + c) / 3, rtol=1e-6)
-    assert member_mean([[a]])[0] is a  # one member: its own scores, not a copy
+    assert member_mean([[a]], np.float32)[0] is a  # one member summed as it is: its own scores, not a copy
+    x, y = (rng.random((4, 6)) for _ in range(2))  # float64, as the authors save score matrices: rounded once
+    np.testing.assert_array_equal(member_mean([[x.copy()], [y]])[0], ((x + y) / 2).astype(np.float32))
+    np.testing.assert_array_equal(member_mean([[a.copy()], [b]], np.float32)[0], (a + b) / 2)
     with pytest.raises(ValueError, match="at least one member"):
         member_mean([])
 

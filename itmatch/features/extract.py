@@ -28,6 +28,7 @@ def extract_features(
     batch_size: int = 8,
     progress: bool = True,
     skip_unreadable: bool = False,
+    folder_option: str | None = "--out",
     **options: Any,
 ) -> FeatureSet:
     """Extract R region features for every picture in ``images`` into ``out_dir`` and open the result.
@@ -38,6 +39,7 @@ def extract_features(
     Resumable and incremental: finished pictures are never extracted again (see the module docstring). Row i of
     every array belongs to ``images[i]``. With ``skip_unreadable`` a picture that cannot be decoded gets zero rows
     and an ``error`` in ``images.jsonl`` instead of stopping the run (see :attr:`FeatureSet.ok`).
+    ``folder_option``: the command's option that named ``out_dir``, for messages (None: a cache folder).
     """
     started = time.perf_counter()
     if isinstance(extractor, str):
@@ -53,11 +55,11 @@ def extract_features(
         seen[key["path"]] = i
     config = extractor.config()
     out = Path(out_dir)
-    check_folder(out, FOLDER)
+    check_folder(out, FOLDER, folder_option or "--features")
     out.mkdir(parents=True, exist_ok=True)
     # One extraction writes a folder at a time (a second one would remove the first's unfinished work under it);
     # under torchrun the job's processes share it, and its first process holds the lock for them all.
-    with folder_lock(out) if not launch_rank() else contextlib.nullcontext():
+    with folder_lock(out, folder_option) if not launch_rank() else contextlib.nullcontext():
         remove_stale(out)
         mark_folder(out, FOLDER, claim=WRITTEN)
         if is_finished(out, config, keys):

@@ -44,7 +44,7 @@ SCRATCH = (PARTIAL, PARTIAL + ".new", SHARDS)  # folders, all of whose files are
 WRITTEN = (*(f"{n}.npy" for n in ARRAYS), IMAGES_FILE, INFO_FILE, *SCRATCH)
 #: The features folder for :mod:`itmatch.fileio`'s rule (folders of older versions, finished or interrupted: by
 #: their names and INFO_FILE or the partial run's plan).
-FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=(*WRITTEN, *(f"{n}/*" for n in SCRATCH)),
+FOLDER = FolderFormat("itmatch-features", FORMAT_VERSION, legacy=(*WRITTEN, *(f"{n}/**" for n in SCRATCH)),
                       legacy_files=((INFO_FILE, ("extractor", "count")),
                                     (f"{PARTIAL}/plan.json", ("config", "images"))))
 

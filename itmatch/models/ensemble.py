@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Self, Sequence
+from typing import Any, Iterable, Self, Sequence
 
 import numpy as np
 import torch
@@ -66,18 +66,19 @@ class Ensemble(Matcher):
         return torch.stack(scores).mean(0)
 
 
-def member_mean(members: Iterable[Sequence[np.ndarray]]) -> list[np.ndarray]:
+def member_mean(members: Iterable[Sequence[np.ndarray]], dtype: Any = np.float64) -> list[np.ndarray]:
     """An ensemble's scores where its members are scored one after another (each with its own tokens and tiles, or
     read from saved matrices): ``members`` yields each member's score arrays (blocks, or one per query), and the
-    result is their element-wise mean, float32, as ``Ensemble.score`` takes it. One member's arrays are summed in
-    at a time, so only one set is held besides the running sum (float32: for two members the same numbers as the
-    authors' ``(sims1 + sims2) / 2``). The first member's arrays become the sums when they are writable float32
-    arrays: pass fresh ones."""
+    result is their element-wise mean as float32, summed in ``dtype``, one member at a time, so that only one set is
+    held besides the sums. float64 (the default) rounds once, whatever the members' dtype (the authors save float64
+    score matrices); the engine sums its own float32 matrices in float32, which for two members gives the
+    authors' ``(sims1 + sims2) / 2`` bit for bit at half the memory. The first member's arrays become the sums when
+    they are writable arrays of ``dtype``: pass fresh ones."""
     totals: list[np.ndarray] | None = None
     count = 0
     for parts in members:
         if totals is None:
-            totals = [np.asarray(part, dtype=np.float32) for part in parts]
+            totals = [np.asarray(part, dtype=dtype) for part in parts]
             totals = [total if total.flags.writeable else total.copy() for total in totals]
         else:
             for total, part in zip(totals, parts, strict=True):
@@ -88,4 +89,4 @@ def member_mean(members: Iterable[Sequence[np.ndarray]]) -> list[np.ndarray]:
     if count > 1:
         for total in totals:
             total /= count
-    return totals
+    return [total.astype(np.float32, copy=False) for total in totals]

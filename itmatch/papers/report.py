@@ -10,6 +10,7 @@ from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json, write_text
 from itmatch.papers.plan import Plan, recipe_changes
 from itmatch.papers.tables import measured_value
+from itmatch.train.config import changed_keys
 from itmatch.train.run_folder import RunFolder
 
 LABELS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_r1": "t2i R@1",
@@ -60,8 +61,12 @@ def _reading(plan: Plan, run_ids: tuple[str, ...]) -> dict[str, object]:
 
 
 def _changes(plan: Plan, run_id: str) -> list[str]:
+    """How a run's recipe differs from the published one: as trained (its config.toml), or, its folder removed,
+    as planned (which a run must match to be reported: ``Runner.check_inputs``)."""
     run = plan.runs[run_id]
-    return recipe_changes(run.directory, run.published) if RunFolder(run.directory).config.is_file() else []
+    if RunFolder(run.directory).config.is_file():
+        return recipe_changes(run.directory, run.published)
+    return changed_keys(run.published, run.config)
 
 
 def table_markdown(doc: dict) -> str:

@@ -13,7 +13,7 @@ from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json
 from itmatch.papers.plan import Plan, PlannedRun, run_state
 from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
-from itmatch.train.config import load_config
+from itmatch.train.config import RESUMABLE_CHANGES, load_config
 from itmatch.train.run_folder import RunFolder
 
 
@@ -45,15 +45,28 @@ def result_path(plan: Plan, row: Row) -> Path:
 
 
 def _made_from(runs: list[PlannedRun]) -> dict[str, dict]:
-    """What a row's kept result was computed from: each run's config as trained (its config.toml) and the
-    SHA-256 of its ``best.pt``. A kept result is reused only while both still hold: a run trained further, or
-    trained again with other settings, is evaluated again (a copied run folder is not)."""
+    """What a row's result is computed from: each run's settings as trained (its config.toml, less what a resumed
+    run may change) and the SHA-256 of its ``best.pt``; None for what is not there."""
     made = {}
     for run in runs:
         folder = RunFolder(run.directory)
-        made[run.id] = {"config": load_config(folder.config).to_dict() if folder.config.is_file() else None,
-                        "best": _sha256(folder.best) if folder.best.is_file() else None}
+        settings = None
+        if folder.config.is_file():
+            settings = load_config(folder.config).to_dict()
+            for key in RESUMABLE_CHANGES:
+                section, name = key.split(".")
+                settings[section].pop(name, None)
+        made[run.id] = {"config": settings, "best": _sha256(folder.best) if folder.best.is_file() else None}
     return made
+
+
+def _still_holds(recorded: dict[str, dict] | None, now: dict[str, dict]) -> bool:
+    """Whether a kept result still describes its runs: every run whose ``best.pt`` is there has the recorded
+    settings and ``best.pt`` (a run trained further or again is evaluated again); a run folder removed to free
+    space keeps its result, and so does a result of an itmatch that recorded nothing."""
+    if recorded is None:
+        return True
+    return all(entry["best"] is None or recorded.get(run_id) == entry for run_id, entry in now.items())
 
 
 def _sha256(path: Path) -> str:
@@ -103,8 +116,7 @@ class Runner:
         path = result_path(self.plan, row)
         runs = [self.plan.runs[run_id] for run_id in row.runs]
         kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        made_from = _made_from(runs)
-        if kept is not None and kept.get("made_from", made_from) == made_from:  # (older results: no record)
+        if kept is not None and _still_holds(kept.get("made_from"), _made_from(runs)):
             return kept
         if self.data is not None and self._dataset_missing(row):
             return None

@@ -149,8 +149,8 @@ class Searcher:
 
         config = self.index.meta.get("extractor")
         if not self.index.n_captions:
-            return (f"{self.index.directory}: the index has no captions to search; build it from a dataset folder "
-                    "(--features DATA --split SPLIT) for picture → text search")
+            return ("the index has no captions to search; build it from a dataset folder (--features DATA --split "
+                    "SPLIT) for picture → text search")  # no server path: the service shows it
         if not config or config.get("name") == PRECOMPUTED:
             return ("this index's features were not made by an extractor that reads pictures "
                     f"({(config or {}).get('name', 'unknown')}); picture queries need `itmatch extract` or "

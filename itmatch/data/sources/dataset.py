@@ -168,8 +168,10 @@ def build_dataset(
     batch_size: int = 8,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    features_option: str | None = None,
 ) -> BuildResult | None:
-    """Split ``items``, extract their features into ``features_dir`` (resumable cache), write the dataset.
+    """Split ``items``, extract their features into ``features_dir`` (resumable cache; ``features_option``: the
+    option that named it, None for the default cache), write the dataset.
 
     Under ``torchrun`` the processes extract together (see :mod:`itmatch.features.sharded`) and rank 0 alone
     writes the dataset and returns its result; the other ranks return None.
@@ -177,7 +179,7 @@ def build_dataset(
     started = time.perf_counter()
     splits = split_items(items, dev, test, seed)
     feature_set = extract_features([item.image for item in items], features_dir, extractor=extractor,
-                                   batch_size=batch_size, progress=progress)
+                                   batch_size=batch_size, progress=progress, folder_option=features_option)
     locate = {item.image: (feature_set, row) for row, item in enumerate(items)}
     return finish_build(out, splits, locate, {**(info or {}), "seed": seed}, feature_set.computed, started)
 
@@ -232,7 +234,7 @@ def build_from_manifest(
     result = build_dataset(
         out, read.items, dev=dev, test=test, seed=seed, extractor=made,
         features_dir=features_dir or features_cache("manifest", made.config(), manifest_id), batch_size=batch_size,
-        progress=progress,
+        progress=progress, features_option="--features" if features_dir else None,
         info={"source": "manifest", "manifest": str(read.path.resolve()), "split": list(fractions),
               "skipped": [str(p) for p in read.problems]},
     )

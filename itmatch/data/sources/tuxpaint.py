@@ -147,7 +147,7 @@ def build_tuxpaint(
     suffix = [f"limit{limit}"] if limit is not None else []
     stamp_features = extract_features(
         [item.image for item in items], features_cache("tuxpaint", made.config(), version, *suffix),
-        extractor=made, batch_size=batch_size, progress=progress,
+        extractor=made, batch_size=batch_size, progress=progress, folder_option=None,
     )
     locate: dict[Path, tuple[FeatureSet, int]] = {item.image: (stamp_features, i) for i, item in enumerate(items)}
     computed = stamp_features.computed
@@ -162,7 +162,7 @@ def build_tuxpaint(
         clip_features = extract_features(
             [d.image.absolute() for d in drawings],
             features_cache("openclipart", made.config(), clip_version, *suffix),
-            extractor=made, batch_size=batch_size, progress=progress, skip_unreadable=True,
+            extractor=made, batch_size=batch_size, progress=progress, skip_unreadable=True, folder_option=None,
         )
         ok = clip_features.ok
         extra = [Item(d.image.absolute(), d.captions, f"openclipart:{d.name}", d.name)
