@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from itmatch.cli.options import EMBEDDERS
+from itmatch.cli.options import EMBEDDERS, Device, Progress, TrustCheckpoint
 from itmatch.embeddings import encode_split
 
 
@@ -18,11 +18,10 @@ def encode(
     split: Annotated[str, typer.Option(help="train, dev, test or testall.")] = "test",
     vocab: Annotated[Optional[Path], typer.Option(
         help="Vocabulary JSON of a Bi-GRU model (default: the one stored in the checkpoint).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
     batch_size: Annotated[int, typer.Option(help="Images or captions encoded at once.", min=1)] = 128,
-    trust_checkpoint: Annotated[bool, typer.Option(
-        help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    trust_checkpoint: TrustCheckpoint = False,
+    progress: Progress = True,
 ) -> None:
     """Write the L2-normalised image and caption embeddings of a split (memory-mappable .npy files).
 

@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from itmatch.cli.options import EMBEDDERS, Features, Progress, Split
+from itmatch.cli.options import EMBEDDERS, Device, Features, Progress, Split
 
 app = typer.Typer(help="Build a search index over pictures, or add pictures to one.", no_args_is_help=True)
 
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda or cuda:N for encoding the pictures.")]
 
 
 @app.command("build")
@@ -38,7 +37,7 @@ def build(
     store_dtype: Annotated[str, typer.Option(
         help="float32, or float16: half the disk for the stored region features and re-ranker encodings "
              "(scores change by less than 1e-3; docs/scale.md).")] = "float32",
-    device: DeviceOption = "cpu",
+    device: Device = "cpu",
     progress: Progress = True,
 ) -> None:
     """Index pictures: embeddings in FAISS, region features and re-ranker encodings memory-mapped, captions.
@@ -70,7 +69,7 @@ def add(
     index: Annotated[Path, typer.Option(help="The index folder to add to.")],
     features: Features,
     split: Split = None,
-    device: DeviceOption = "cpu",
+    device: Device = "cpu",
     progress: Progress = True,
 ) -> None:
     """Add pictures to an index as a new segment, encoded with the index's models and stored in its formats

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from itmatch.cli.options import Device, Progress, TrustCheckpoint
 from itmatch.errors import ItmatchError
 
 #: File-name endings of model files, longest first (``default_output`` drops them).
@@ -33,7 +34,7 @@ def evaluate(
         help="The authors' vocabulary JSON (default: the one stored in the checkpoint).")] = None,
     protocol: Annotated[Optional[str], typer.Option(
         help="f30k, coco1k or coco5k; omit to score the whole split.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
     precision: Annotated[str, typer.Option(help="fp32 (exact), tf32 or bf16 (GPU speed-ups).")] = "fp32",
     max_memory: Annotated[Optional[int], typer.Option(
         help="Working memory of one scoring tile in MiB (default suits the device).", min=1)] = None,
@@ -43,9 +44,8 @@ def evaluate(
         help="Write the float32 score matrix (coco1k: FILE.fold{k}.npy per fold).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         help="Result JSON (default: beside the first checkpoint).")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option(
-        help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    trust_checkpoint: TrustCheckpoint = False,
+    progress: Progress = True,
 ) -> None:
     """Score a split and report R@1/5/10, medr, meanr both ways and rsum.
 

@@ -25,6 +25,9 @@ BatchSize = Annotated[int, typer.Option(help="Pictures per forward pass.", min=1
 ExtractorOptions = Annotated[list[str] | None, typer.Option(
     "--option", help="Extractor setting KEY=VALUE (repeatable), e.g. min_score=0.3 or features_dir=DIR.")]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+TrustCheckpoint = Annotated[bool, typer.Option(
+    help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")]
 Features = Annotated[Path, typer.Option(
     help="An `itmatch extract` folder (features.npy, images.jsonl) or a dataset folder (with --split).")]
 Split = Annotated[str | None, typer.Option(help="The split of a dataset folder: train, dev, test, testall.")]

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from itmatch.cli.options import Progress
 from itmatch.errors import ItmatchError
 
 
@@ -38,7 +39,7 @@ def reproduce(
                              "\"Pre\" rows of sgraf_reproduction: SGR=..., SAF=...); repeat for several.")] = None,
     trust_checkpoint: Annotated[bool, typer.Option(
         help="Allow released checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Reproduce a paper's table: train each row's variant with the paper's recipe, evaluate it with the paper's
     protocol, and write OUT/table-ID.md and OUT/table-ID.json with the measured numbers beside the published ones.

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from itmatch.cli.options import Device
 from itmatch.errors import ItmatchError
 
 
@@ -22,7 +23,7 @@ def search(
     exhaustive: Annotated[bool, typer.Option(help="Re-rank the whole gallery (exact, slow on large ones).")] = False,
     nprobe: Annotated[int | None, typer.Option(help="IVF lists to search (IVF indexes only).", min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
 ) -> None:
     """Search an index: the embedding model shortlists, the cross-attention models re-rank.
 

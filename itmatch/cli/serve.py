@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from itmatch.cli.options import Device
+
 
 def serve(
     index: Annotated[Path, typer.Option(help="Index folder (`itmatch index build`).")],
@@ -18,7 +20,7 @@ def serve(
         help="Model threads: this many query batches run at once, one CPU thread each (default and most: one "
              "per core this process may use).", min=1)] = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest query picture accepted, in MiB.", min=1)] = 10,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Device = "cpu",
 ) -> None:
     """Serve an index over HTTP: the web page at /, the API (/search, /search/image, /images/ID, /explain,
     /health) and its documentation at /docs.

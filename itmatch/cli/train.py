@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from itmatch.cli.options import Progress
 from itmatch.errors import ItmatchError
 
 
@@ -23,7 +24,7 @@ def train(
     device: Annotated[str, typer.Option(
         help="auto (a GPU when there is one), cpu, cuda or cuda:N; under torchrun each rank uses its own GPU.")
     ] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Train a model: validation on dev after every epoch, best/last checkpoints, a JSON-lines log.
 
