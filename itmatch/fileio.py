@@ -52,6 +52,13 @@ class FolderFormat:
     legacy: tuple[str, ...] = ()
     legacy_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    def has_name(self, entry: str) -> bool:
+        """Whether the '/'-separated relative path ``entry`` is one of the ``legacy`` names, matched part by part
+        (``seg-*/features.npy`` matches no deeper file, and ``*_caps.txt`` no file in a subfolder), so that a user's
+        file put into one of itmatch's subfolders is never taken for itmatch's; a pattern ending in ``/**`` (a
+        scratch folder) covers everything under it."""
+        return any(_matches(entry.split("/"), pattern.split("/")) for pattern in self.legacy)
+
 
 def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--out") -> None:
     """Raise :class:`ItmatchError` unless ``path`` may be (re)written as a ``fmt`` folder: it does not exist, is
@@ -69,7 +76,7 @@ def check_folder(path: str | os.PathLike, fmt: FolderFormat, option: str = "--ou
     if marker is None:
         if _is_legacy(path, entries, fmt):
             return
-        unknown = sorted(entries, key=lambda e: _legacy_name(e, fmt))  # the names itmatch never uses first
+        unknown = sorted(entries, key=fmt.has_name)  # the names itmatch never uses first
         raise ItmatchError(f"{path}: holds files itmatch did not write (e.g. {_first(unknown)}); give {option} a new "
                            "or empty folder (itmatch never deletes them)")
     if marker.get("format") != fmt.name:
@@ -182,7 +189,7 @@ def mark_folder(path: str | os.PathLike, fmt: FolderFormat, claim: Iterable[str]
     if marker is not None and marker.get("format") == fmt.name:
         kept = {str(c) for c in marker.get("files", [])}
     else:
-        kept = {e for e in _entries(path) if _legacy_name(e, fmt)}
+        kept = {e for e in _entries(path) if fmt.has_name(e)}
     settled = {f"{folder}/{entry}" for folder in settle for entry in _entries(path / folder)}
     write_json(path / MARKER, {"format": fmt.name, "format_version": fmt.version,
                                "files": sorted((kept - set(settle)) | settled | set(claim))})
@@ -210,7 +217,7 @@ def _claimed(entry: str, claimed: list[str]) -> bool:
 
 def _is_legacy(path: Path, entries: list[str], fmt: FolderFormat) -> bool:
     """Whether an unmarked folder is one an older itmatch wrote: only ``fmt``'s names, and its JSON file says so."""
-    if not fmt.legacy_files or not all(_legacy_name(e, fmt) for e in entries):
+    if not fmt.legacy_files or not all(fmt.has_name(e) for e in entries):
         return False
     return any(_json_with(path / name, keys, fmt.name) for name, keys in fmt.legacy_files)
 
@@ -224,15 +231,8 @@ def _json_with(path: Path, keys: tuple[str, ...], fmt: str) -> bool:
     return isinstance(info, dict) and all(key in info for key in keys) and info.get("format", fmt) == fmt
 
 
-def _legacy_name(entry: str, fmt: FolderFormat) -> bool:
-    """Whether the whole path ``entry`` is one of ``fmt``'s names, matched part by part (``seg-*/features.npy``
-    matches no deeper file, and ``*_caps.txt`` no file in a subfolder), so that a user's file put into one of
-    itmatch's subfolders is never taken for itmatch's; a pattern ending in ``/**`` (a scratch folder) covers
-    everything under it."""
-    return any(_matches(entry.split("/"), pattern.split("/")) for pattern in fmt.legacy)
-
-
 def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Whether path ``parts`` match glob ``pattern`` parts one to one (``**`` last: anything under its folder)."""
     if pattern[-1] == "**":
         pattern = pattern[:-1]
         parts = parts[:len(pattern)] if len(parts) > len(pattern) else []

@@ -11,7 +11,6 @@ and writing; nothing else spells them out::
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from pathlib import Path
@@ -47,8 +46,7 @@ def dataset_files(directory: str | os.PathLike) -> list[Path]:
     folder = Path(directory)
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if path.is_file()
-                  and any(fnmatch.fnmatchcase(path.name, pattern) for pattern in FOLDER.legacy))
+    return sorted(path for path in folder.iterdir() if path.is_file() and FOLDER.has_name(path.name))
 
 
 def boxes_path(directory: str | os.PathLike, split: str) -> Path:
