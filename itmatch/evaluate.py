@@ -99,9 +99,14 @@ def fold_path(path: Path, fold: int) -> Path:
     return path.with_name(f"{stem}.fold{fold}.npy")
 
 
+def fold_paths(path: str | Path) -> list[Path]:
+    """Every fold file of the stem ``path`` a protocol may have (``fold_path`` of each of ``MAX_FOLDS``)."""
+    return [fold_path(Path(path), k) for k in range(MAX_FOLDS)]
+
+
 def sims_files(path: str | Path) -> list[Path]:
     """Every file ``--sims path`` may read: the matrix ``path``, or the fold files of the stem ``path``."""
-    return [Path(path), *(fold_path(Path(path), k) for k in range(MAX_FOLDS))]
+    return [Path(path), *fold_paths(path)]
 
 
 def _open_sims(path: Path) -> np.ndarray:
