@@ -13,7 +13,7 @@ from itmatch.errors import ItmatchError
 from itmatch.fileio import write_json
 from itmatch.papers.plan import Plan, PlannedRun, run_state
 from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
-from itmatch.train.config import RESUMABLE_CHANGES, load_config
+from itmatch.train.config import fixed_settings, load_config
 from itmatch.train.run_folder import RunFolder
 
 
@@ -50,12 +50,7 @@ def _made_from(runs: list[PlannedRun]) -> dict[str, dict]:
     made = {}
     for run in runs:
         folder = RunFolder(run.directory)
-        settings = None
-        if folder.config.is_file():
-            settings = load_config(folder.config).to_dict()
-            for key in RESUMABLE_CHANGES:
-                section, name = key.split(".")
-                settings[section].pop(name, None)
+        settings = fixed_settings(load_config(folder.config)) if folder.config.is_file() else None
         made[run.id] = {"config": settings, "best": _sha256(folder.best) if folder.best.is_file() else None}
     return made
 

@@ -157,6 +157,15 @@ def changed_keys(old: TrainConfig, new: TrainConfig) -> list[str]:
     return [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
 
 
+def fixed_settings(config: TrainConfig) -> dict:
+    """``config`` as a dict without the ``RESUMABLE_CHANGES`` keys: what a run keeps however it is resumed."""
+    settings = config.to_dict()
+    for key in RESUMABLE_CHANGES:
+        section, name = key.split(".")
+        settings[section].pop(name, None)
+    return settings
+
+
 def unresumable_changes(saved: TrainConfig, new: TrainConfig) -> list[str]:
     """The keys in which ``new`` differs from a run's ``saved`` config beyond ``RESUMABLE_CHANGES``: a run of
     other settings, which ``new`` may neither resume nor report."""
