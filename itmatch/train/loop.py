@@ -55,10 +55,10 @@ class TrainResult:
 
     def summary(self) -> str:
         """One line: best dev rsum and where the files are."""
-        best = (f"best dev rsum {self.best_rsum:.2f} (epoch {self.best_epoch}), {RunFolder(self.out).best}"
+        run = RunFolder(self.out)
+        best = (f"best dev rsum {self.best_rsum:.2f} (epoch {self.best_epoch}), {run.best}"
                 if self.best_rsum is not None else "no dev evaluation yet (stopped before an epoch ended)")
-        return (f"trained {self.steps} steps, {self.epochs} epochs; {best}; resume from {RunFolder(self.out).last}; "
-                f"log {RunFolder(self.out).log}")
+        return f"trained {self.steps} steps, {self.epochs} epochs; {best}; resume from {run.last}; log {run.log}"
 
 
 @dataclasses.dataclass
@@ -181,9 +181,10 @@ class _Trainer:
     def __init__(self, config: TrainConfig, data: Path, vocab: Path, out: Path, resume: bool,
                  info: processes.DistInfo, progress: bool, held: contextlib.ExitStack) -> None:
         self.config, self.out, self.info, self.show = config, out, info, progress and info.is_main
+        self.run_folder = RunFolder(out)
         if out.exists() and not out.is_dir():
             raise ItmatchError(f"{out}: is a file, not a folder; give --out a new folder for the run")
-        check_writable(RunFolder(out).config, "--out")
+        check_writable(self.run_folder.config, "--out")
         checkpoint = _open_run(out, config) if resume else _check_fresh(out)
         self._load_inputs(data, vocab)
         self.position = Position()
@@ -260,7 +261,7 @@ class _Trainer:
         marker = read_marker(out)
         if marker is None or marker.get("format") == RUN_FOLDER.name:  # inside another itmatch folder: its own
             mark_folder(out, RUN_FOLDER, claim=RUN_FILES)  # its checkpoints are no other command's output
-        write_text(RunFolder(out).config, dumps(self.config))
+        write_text(self.run_folder.config, dumps(self.config))
         remove_stale(out)  # writes cut short by a kill (only itmatch's temporary names: never a user's file)
         self._write_log(None)
 
@@ -315,7 +316,7 @@ class _Trainer:
                       "time": pos.seconds, "dev": dev}
             if pos.best_rsum is None or dev["rsum"] > pos.best_rsum:
                 pos.best_rsum, pos.best_epoch = dev["rsum"], pos.epoch
-                save_checkpoint(RunFolder(self.out).best, {**self._model_content(), "dev": dev})
+                save_checkpoint(self.run_folder.best, {**self._model_content(), "dev": dev})
         pos.epoch, pos.step_in_epoch, pos.loss_sums, pos.seconds = pos.epoch + 1, 0, {}, 0.0
         if record is not None:
             self._write_log(record)
@@ -335,7 +336,7 @@ class _Trainer:
         if not self.info.is_main:
             return
         pos = self.position
-        save_checkpoint(RunFolder(self.out).last, {
+        save_checkpoint(self.run_folder.last, {
             **self._model_content(), "optimizer": self.optimizer.state_dict(), "step_in_epoch": pos.step_in_epoch,
             "lr": self.optimizer.param_groups[0]["lr"], "epoch_stats": {"loss_sums": pos.loss_sums,
                                                                          "seconds": pos.seconds},
@@ -350,7 +351,7 @@ class _Trainer:
 
     def _write_log(self, record: dict | None) -> None:
         """Rewrite ``log.jsonl`` with the epochs before the current one, plus ``record``."""
-        path = RunFolder(self.out).log
+        path = self.run_folder.log
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
         kept = [line for line in lines if line.strip() and json.loads(line)["epoch"] < self.position.epoch]
         if record is not None:
@@ -360,7 +361,7 @@ class _Trainer:
     def _check_same_run(self, checkpoint: dict, vocab: Path) -> None:
         if checkpoint.get("vocab") != self.vocab.to_json():
             raise ItmatchError(f"{vocab}: not the vocabulary this run was trained with (stored in "
-                               f"{RunFolder(self.out).last}); resume with the same --vocab")
+                               f"{self.run_folder.last}); resume with the same --vocab")
         if checkpoint["n_train_captions"] != self.train_split.n_captions:
             raise ItmatchError(f"the train split has {self.train_split.n_captions} captions but the run was "
                                f"trained on {checkpoint['n_train_captions']}; resume with the same --data")
@@ -371,12 +372,12 @@ class _Trainer:
                                    f" and its features) is not the one the run was trained on; resume with the same "
                                    "--data")
         if checkpoint["model_name"] != self.model.model_name:
-            raise ItmatchError(f"{RunFolder(self.out).last} holds a {checkpoint['model_name']}, not the config's "
+            raise ItmatchError(f"{self.run_folder.last} holds a {checkpoint['model_name']}, not the config's "
                                f"{self.model.model_name}; resume with the run's config")
         changed = self.model.changed_args(checkpoint["model_args"])  # fields added since the run take defaults
         if changed:
             detail = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
-            raise ItmatchError(f"{RunFolder(self.out).last} holds a {checkpoint['model_name']} with other model "
+            raise ItmatchError(f"{self.run_folder.last} holds a {checkpoint['model_name']} with other model "
                                f"arguments than the config ({detail}); resume with the run's config")
 
     def _restore(self, checkpoint: dict) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from itmatch.fileio import FolderFormat
 
 CONFIG, LAST, BEST, LOG = "config.toml", "last.pt", "best.pt", "log.jsonl"
-#: Every file of a run, in the order a run writes them.
+#: Every file of a run (the recipe first: a run that holds only it and an empty log never trained).
 RUN_FILES = (CONFIG, LAST, BEST, LOG)
 #: A run folder's marker claims ``RUN_FILES``, so that no single-file output of another command replaces them.
 RUN_FOLDER = FolderFormat("itmatch-run", 1)
