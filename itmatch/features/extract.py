@@ -1,5 +1,5 @@
 """The entry point of extraction: check the pictures, then extract them in this process
-(:func:`itmatch.features.store.extract_here`) or, under ``torchrun``, in shares across the processes
+(:func:`itmatch.features.writer.extract_here`) or, under ``torchrun``, in shares across the processes
 (:mod:`itmatch.features.sharded`), into the features directory of :mod:`itmatch.features.store`."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from itmatch.errors import ItmatchError
 from itmatch.features import ssd
 from itmatch.features.base import Extractor, get_extractor
 from itmatch.features.sharded import extract_sharded
-from itmatch.features.store import FOLDER, WRITTEN, FeatureSet, extract_here, image_key, is_finished, open_features
+from itmatch.features.store import FOLDER, WRITTEN, FeatureSet, image_key, is_finished, open_features
+from itmatch.features.writer import extract_here
 from itmatch.fileio import check_folder, folder_lock, mark_folder, remove_stale
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from itmatch.features.base import Extractor
-from itmatch.features.store import (PARTIAL, SHARDS, FeatureSet, extract_here, finished_result, merge_folders,
-                                    shard_folders)
+from itmatch.features.store import PARTIAL, SHARDS, FeatureSet, shard_folders
+from itmatch.features.writer import extract_here, finished_result, merge_folders
 #: How long a process that finished its share waits for the others (extraction can take days).
 WAIT = datetime.timedelta(days=7)
 

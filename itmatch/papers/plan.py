@@ -28,6 +28,11 @@ class PlannedRun:
     directory: Path
     protocols: tuple[str, ...]
 
+    @property
+    def files(self) -> RunFolder:
+        """The run's files in ``directory`` (recipe, checkpoints, log)."""
+        return RunFolder(self.directory)
+
     def state(self) -> str:
         """"finished", "started" (resumable), "new", or "other": its folder holds a run of other settings (another
         ``--set``, a changed recipe), which this plan must neither report nor train on."""
@@ -36,7 +41,7 @@ class PlannedRun:
     def check_same_settings(self) -> None:
         """Raise :class:`ItmatchError` when the run's folder holds a run of other settings than planned."""
         if self.state() == "other":
-            differ = unresumable_changes(load_config(RunFolder(self.directory).config), self.config)
+            differ = unresumable_changes(load_config(self.files.config), self.config)
             raise ItmatchError(f"{self.directory}: holds a run of other settings ({', '.join(differ)}); give "
                                "reproduce another --out, or move that run away")
 

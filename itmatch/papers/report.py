@@ -11,7 +11,6 @@ from itmatch.fileio import write_json, write_text
 from itmatch.papers.plan import Plan, recipe_changes
 from itmatch.papers.tables import measured_value
 from itmatch.train.config import changed_keys
-from itmatch.train.run_folder import RunFolder
 
 LABELS = {"i2t_r1": "i2t R@1", "i2t_r5": "i2t R@5", "i2t_r10": "i2t R@10", "t2i_r1": "t2i R@1",
           "t2i_r5": "t2i R@5", "t2i_r10": "t2i R@10", "rsum": "rsum", "sum": "sum"}
@@ -64,7 +63,7 @@ def _changes(plan: Plan, run_id: str) -> list[str]:
     """How a run's recipe differs from the published one: as trained (its config.toml), or, its folder removed,
     as planned (which a run must match to be reported: ``Runner.check_inputs``)."""
     run = plan.runs[run_id]
-    if RunFolder(run.directory).config.is_file():
+    if run.files.config.is_file():
         return recipe_changes(run.directory, run.published)
     return changed_keys(run.published, run.config)
 

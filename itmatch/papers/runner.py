@@ -14,7 +14,6 @@ from itmatch.fileio import write_json
 from itmatch.papers.plan import Plan, PlannedRun, run_state
 from itmatch.papers.tables import DATASETS, PROTOCOL_SPLITS, Row
 from itmatch.train.config import fixed_settings, load_config
-from itmatch.train.run_folder import RunFolder
 
 
 def dataset_paths(data: Path, vocab: Path | None, dataset: str) -> tuple[Path, Path]:
@@ -49,7 +48,7 @@ def _made_from(runs: list[PlannedRun]) -> dict[str, dict]:
     run may change) and the SHA-256 of its ``best.pt``; None for what is not there."""
     made = {}
     for run in runs:
-        folder = RunFolder(run.directory)
+        folder = run.files
         settings = fixed_settings(load_config(folder.config)) if folder.config.is_file() else None
         made[run.id] = {"config": settings, "best": _sha256(folder.best) if folder.best.is_file() else None}
     return made
@@ -120,7 +119,7 @@ class Runner:
                 if not self.train:
                     return None
                 self._train(run)
-        checkpoints = [RunFolder(run.directory).best for run in runs]
+        checkpoints = [run.files.best for run in runs]
         if not all(p.is_file() for p in checkpoints):
             self.echo(f"{row.method}: no best.pt yet (a run stopped before its first epoch ended); not evaluated")
             return None
@@ -163,7 +162,7 @@ class Runner:
         if self.data is None:
             raise ItmatchError("give --data (the folder holding f30k_precomp/ and coco_precomp/) to train")
         folder, vocab = dataset_paths(self.data, self.vocab, run.dataset)
-        resume = RunFolder(run.directory).config.is_file()
+        resume = run.files.config.is_file()
         self.echo(f"{'resuming' if resume else 'training'} {run.id} ({run.config.schedule.epochs} epochs) in "
                   f"{run.directory}")
         result = train(run.config, data=folder, vocab=vocab, out=run.directory, resume=resume, device=self.device,
