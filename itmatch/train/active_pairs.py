@@ -8,11 +8,14 @@ caption's pairs) can therefore be trained without recording the pair work of the
 
 1. every score of the batch is computed without autograd, by the scoring engine (``score_encoded``);
 2. the loss's gradient with respect to that matrix marks the scores it reads (``loss_of``);
-3. only those pairs are scored again with autograd, caption by caption, and put in the matrix.
+3. only those pairs are scored again with autograd, caption by caption, and give the matrix its gradient.
 
-The loss and the parameter gradients are those of the whole matrix scored with autograd, up to rounding (and
-the order of near-ties of the hardest negatives, which rounding decides either way). At batch 128 the pair work
-recorded for the backward pass falls from 16,384 pairs to at most 384, and no pair activations are kept.
+The matrix keeps the values of step 1 everywhere: a re-scored pair adds its recorded score minus that score's
+value, which is zero, so the loss reads exactly the scores step 2 marked. Putting the re-scored values in instead
+would let rounding change a tie: two captions of one image in a batch give two equal rows (with dropout off),
+and the loss could pick the unmarked one, a score without gradient (a hinge term's gradient lost). The loss and
+the parameter gradients are those of the whole matrix scored with autograd, up to rounding. At batch 128 the pair
+work recorded for the backward pass falls from 16,384 pairs to at most 384, and no pair activations are kept.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from itmatch.scoring import default_tiling, score_encoded
 def active_pair_scores(model: Matcher, images: Encoding, texts: Encoding,
                        loss_of: Callable[[torch.Tensor], torch.Tensor],
                        gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """The score matrix (1, I, C) of ``images`` × ``texts`` (a single-head ``model`` in training mode) with
-    gradient at the scores whose loss gradient is non-zero, and plain values elsewhere.
+    """The score matrix (1, I, C) of ``images`` × ``texts`` (a single-head ``model`` in training mode), as the
+    scoring engine computes it, with gradient at the scores whose loss gradient is non-zero.
 
     ``loss_of`` maps the (1, B, B) matrix of the global batch to its scalar loss. With data-parallel training
     ``gather`` (autograd-aware) maps this process's columns to that matrix; every process then calls this
@@ -53,5 +56,6 @@ def active_pair_scores(model: Matcher, images: Encoding, texts: Encoding,
     single = texts.split([1] * len(texts))
     with weights_shared():
         parts = [model.head_scores(image_set, single[c])[:, :, 0] for image_set, c in zip(image_sets, used.tolist())]
-    values = torch.cat(parts, 1)[0].to(plain.dtype)
-    return plain.index_put((torch.zeros_like(rows), rows, captions), values)
+    recorded = torch.cat(parts, 1)[0].to(plain.dtype)
+    where = (torch.zeros_like(rows), rows, captions)
+    return plain.index_put(where, plain[where] + (recorded - recorded.detach()))  # step 1's values, the gradient
