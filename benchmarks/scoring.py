@@ -10,7 +10,8 @@ alternating ``--repeats`` times (minimum kept), and extrapolated to a Flickr30K-
 target:
 
 - ``pair scoring``: the authors' shard loop vs the engine's pair work (encodings given), the engine's FLOP floor
-  (its multiply-adds / the best measured 2048² matmul rate) and how far above it the engine runs;
+  (its products as the model config counts them, `pair_mflop`, over the best measured 2048² matmul rate) and
+  how far above it the engine runs;
 - ``whole evaluation``: the authors' encode_data + shard loop vs encoding + pair work in itmatch;
 - ``ceiling``: the baseline's seconds over the FLOP floor's, the most any engine doing these multiply-adds at the
   best matmul rate could gain over it on this machine, and how close to the floor the target therefore needs the
@@ -56,38 +57,6 @@ from itmatch.scoring import TEXT_BATCH, default_tiling, encode_images, encode_te
 SPLIT_SIZES = {"f30k": (1000, 5000), "coco5k": (5000, 25000)}
 #: Speed-up targets against the baseline (issue 18).
 TARGETS = {"sgr": 2.5, "saf": 3.0, "tshsr": 2.5, "tshsr_i2t": 2.5, "tshsr_t2i": 2.5}
-
-
-def engine_flops(model_name: str, lengths: np.ndarray, n_images: int, regions: int = 36, d: int = 1024,
-                 k: int = 256, steps: int = 3) -> float:
-    """Multiply-add FLOPs of the engine's pair work (attention, projections, reasoning) over all pairs."""
-    nodes = lengths + 1
-    per_caption = 4 * regions * lengths * d + 2 * lengths * d * k + 2 * d * k
-    if model_name == "sgr":
-        per_caption += (steps - 1) * (2 * nodes * k * 2 * k + 4 * nodes**2 * k) + 2 * k * k + 4 * nodes * k
-    return float(per_caption.sum()) * n_images
-
-
-def tshsr_flops(config, lengths: np.ndarray, n_images: int) -> float:
-    """Multiply-add FLOPs of TSHSR's pair work (``config`` a ``TSHSRConfig``) over all pairs."""
-    d, k, regions, layers = config.embed_size, config.sim_dim, config.num_regions, config.hsr_layers
-    reach = 2 if config.hsr_conv else 1
-
-    def reasoning(nodes: np.ndarray) -> np.ndarray:
-        """M - 1 full layers, then the last layer's rows that the global node's output reads."""
-        if not layers:
-            return np.zeros_like(nodes)
-        full = (layers - 1) * (2 * nodes * k * 2 * k + 4 * nodes**2 * k)
-        return full + 2 * reach * k * k + 2 * reach * nodes * k + 2 * nodes * k + 2 * k * k
-
-    per_caption = np.full_like(lengths, 2 * d * k + 2 * k)
-    if config.uses_i2t:
-        per_caption = per_caption + 4 * regions * lengths * d + 2 * lengths * d * k + reasoning(lengths + 1)
-    if config.uses_t2i:
-        per_caption = per_caption + 4 * regions * lengths * d + 2 * regions * d * k
-        if config.t2i_hsr:
-            per_caption = per_caption + reasoning(np.full_like(lengths, regions + 1))
-    return float(per_caption.sum()) * n_images
 
 
 @dataclasses.dataclass
@@ -139,9 +108,7 @@ def run(model_name: str, feats: np.ndarray, captions: list[list[int]], repeats: 
             encoded = timings["base_enc"].measure(lambda: authors_sgraf.encode_data(model, feats, captions))
             ref = timings["base_pairs"].measure(lambda: authors_sgraf.shard_scores(model, *encoded))
     rate = max(rates)
-    lengths = np.array([len(c) for c in captions])
-    work = (tshsr_flops(model.config, lengths, n_images) if tshsr
-            else engine_flops(model_name, lengths, n_images))
+    work = n_images * sum(model.config.pair_mflop(len(c)) for c in captions) * 1e6  # the engine's products
     floor = work / rate
     name = model_name.upper()
     diff = float(np.abs(ref - scores).max())

@@ -151,13 +151,11 @@ def test_the_flop_count_reads_the_resolved_config():
     # a preset is counted as its base model with the preset's fields (not as another model)
     assert pair_mflop("tshsr_i2t", {}) == pair_mflop("tshsr", {"streams": "i2t"}) < pair_mflop("tshsr", {})
     assert pair_mflop("tshsr_t2i", {}) == pair_mflop("tshsr", {"streams": "t2i", "t2i_hsr": True})
-    # SGR: 14 nodes of a 1024 -> 256 projection and 3 steps of three 256² products, plus ~2 of attention
-    assert pair_mflop("sgr", {}) == pytest.approx(2 + 14 * (2 * 1024 * 256 + 3 * 3 * 2 * 256 ** 2) / 1e6)
+    # the resolved sizes reach the count (the counts themselves: tests/test_flops.py)
     assert pair_mflop("sgr", {"sim_dim": 128}) < pair_mflop("sgr", {}) < pair_mflop("sgr", {"sim_dim": 384})
-    assert pair_mflop("saf", {}) == pytest.approx(2 + 14 * 2 * 1024 * 256 / 1e6)
     assert pair_mflop("hrem", {}) == pair_mflop("vse", {}) == 0.0
     assert encode_mflop("hrem", {"text_encoder": "bert"}) > encode_mflop("vse", {"text_encoder": "bert"}) \
-        > encode_mflop("vse", {}) == encode_mflop("sgr", {})
+        > encode_mflop("vse", {})
     assert main(["reproduce", "--paper", "clip", "--table", "1"]) == 2
     assert main(["reproduce", "--paper", "sgraf", "--table", "3"]) == 2  # no --out
 

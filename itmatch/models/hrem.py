@@ -52,7 +52,7 @@ from torch.nn import functional as F
 from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.layers import l2norm, length_mask
-from itmatch.models.flops import FRAGMENT_MFLOP
+from itmatch.models import flops
 from itmatch.models.pooling import mean_pool
 from itmatch.models.registry import register_preset
 from itmatch.models.vse import VSE, TrainBatch, VSEConfig
@@ -94,9 +94,13 @@ class HREMConfig(VSEConfig):
     connection: bool = True                  # connection matrix A (off: all pairs connected)
     relevance: bool = True                   # relevance matrix S in the attention (off: no λ·S, no L_reg)
 
-    def encode_mflop(self) -> float:
-        """Forward MFLOP of encoding one image and one caption, the fragment-level relation layers included."""
-        return super().encode_mflop() + FRAGMENT_MFLOP
+    def encode_mflop(self, words: int) -> float:
+        """Forward MFLOP of encoding one image and a caption of ``words`` tokens, the fragment-level relation
+        layers included (feed-forward width = embedding size, as released)."""
+        d = self.embed_size
+        relations = (flops.transformer_layer(flops.REGIONS, d, d) if self.visual_relation else 0.0) + (
+            flops.transformer_layer(words, d, d) if self.textual_relation else 0.0)
+        return super().encode_mflop(words) + relations / 1e6
 
     def __post_init__(self) -> None:
         super().__post_init__()

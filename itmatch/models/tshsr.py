@@ -94,7 +94,7 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.fields import check_ranges
 from itmatch.models.attention import TextSelfAttention, VisualSelfAttention, similarity_vectors
-from itmatch.models.flops import ATTENTION_MFLOP, projection_mflop, square_mflop
+from itmatch.models import flops
 from itmatch.models.layers import cached_weights, in_pair_chunks, length_mask, xavier_init_
 from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
                                         WordEncoding, global_similarity, word_pair_bytes)
@@ -126,11 +126,24 @@ class TSHSRConfig(RegionWordConfig):
             raise ItmatchError("t2i_hsr needs the text-to-image stream; use streams='t2i' or 'both'")
 
     def pair_mflop(self, words: int) -> float:
-        """Forward MFLOP of one pair's work for a caption of ``words`` words (``itmatch.models.flops``)."""
-        project, step = projection_mflop(self.embed_size, self.sim_dim), square_mflop(self.sim_dim, 2)
-        i2t = ATTENTION_MFLOP + (words + 1) * (project + self.hsr_layers * step) if self.uses_i2t else 0.0
-        t2i_steps = self.hsr_layers * step if self.t2i_hsr else 0.0
-        return i2t + (ATTENTION_MFLOP + (self.num_regions + 1) * (project + t2i_steps) if self.uses_t2i else 0.0)
+        """Forward MFLOP of one pair's work for a caption of ``words`` tokens (``itmatch.models.flops``)."""
+        d, k, regions = self.embed_size, self.sim_dim, self.num_regions
+
+        def reasoning(nodes: int) -> float:
+            """M - 1 full HSR layers, then the last layer's global node (its row and, with the convolution, the
+            row above)."""
+            if not self.hsr_layers:
+                return 0.0
+            last = flops.readout_step(nodes, k, 2 if self.hsr_conv else 1)
+            return (self.hsr_layers - 1) * flops.graph_step(nodes, k) + last
+
+        total = flops.linear(1, d, k) + flops.linear(1, k, 1)
+        if self.uses_i2t:
+            total += flops.cross_attention(words, regions, d) + flops.linear(words, d, k) + reasoning(words + 1)
+        if self.uses_t2i:
+            total += flops.cross_attention(regions, words, d) + flops.linear(regions, d, k)
+            total += reasoning(regions + 1) if self.t2i_hsr else 0.0
+        return total / 1e6
 
     @property
     def uses_i2t(self) -> bool:

@@ -28,7 +28,7 @@ from itmatch.models.augment import drop_regions
 from itmatch.models.base import Encoding, Matcher
 from itmatch.models.encoders import DEFAULT_TEXT_ENCODER, BertTextEncoder, GRUTextEncoder, RegionMLPEncoder
 from itmatch.models.layers import l2norm
-from itmatch.models.flops import ENCODE_MFLOP
+from itmatch.models import flops
 from itmatch.models.pooling import Pool
 from itmatch.models.registry import register_preset
 
@@ -66,9 +66,18 @@ class VSEConfig:
         """No pair work: a pair's score is one dot product of encodings."""
         return 0.0
 
-    def encode_mflop(self) -> float:
-        """Forward MFLOP of encoding one image and one caption."""
-        return ENCODE_MFLOP[self.text_encoder]
+    def encode_mflop(self, words: int) -> float:
+        """Forward MFLOP of encoding one image of ``flops.REGIONS`` regions and a caption of ``words`` tokens
+        (``itmatch.models.flops``): the region projection and MLP, the Bi-GRU or a BERT-base-sized encoder and its
+        projection. GPO's pooling weights are kept per length and not counted."""
+        d, hidden, regions = self.embed_size, self.embed_size // 2, flops.REGIONS
+        image = flops.linear(regions, self.img_dim, d) + flops.linear(regions, self.img_dim, hidden) + flops.linear(
+            regions, hidden, d)
+        if self.text_encoder == "bert":
+            text = flops.bert(words) + flops.linear(words, flops.BERT_BASE[0], d)
+        else:
+            text = flops.gru(words, self.word_dim, d, self.num_layers)
+        return (image + text) / 1e6
 
     def __post_init__(self) -> None:
         check_fields(self, positive=("img_dim", "embed_size", "word_dim", "num_layers", "pool_k", "triplet_cutoff",

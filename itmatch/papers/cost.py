@@ -35,8 +35,8 @@ def pair_mflop(model: str, args: dict) -> float:
 
 
 def encode_mflop(model: str, args: dict) -> float:
-    """Forward MFLOP of encoding one image and one caption: the config's own ``encode_mflop``."""
-    return _config(model, args, "encode_mflop").encode_mflop()
+    """Forward MFLOP of encoding one image and a caption of ``WORDS`` tokens: the config's own ``encode_mflop``."""
+    return _config(model, args, "encode_mflop").encode_mflop(WORDS)
 
 
 def _config(model: str, args: dict, count: str) -> Any:
