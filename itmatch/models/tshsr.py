@@ -63,7 +63,8 @@ b. Eq. 1's normalisation. Printed ``W |x - y|² / ‖x - y‖₂``; computed ``W
    equation of SGRAF that Eq. 1 quotes ("Diao et al. [17] used a vector ... by"). No switch: the printed
    denominator is read as a slip in quoting it.
 c. R of Eq. 4 is printed unnormalised, ``(W_p S)ᵀ(W_q S)``; the default softmaxes each row (choice 4).
-   ``relation_norm = "none"`` uses R as printed (zero at padding). Then node values grow with the caption's
+   ``relation_norm = "none"`` leaves R unnormalised (zero at padding), ``(W_p S + b_p)ᵀ(W_q S)``: ``W_p`` keeps its
+   bias (choice 3), which Eq. 4 does not print. Then node values grow with the caption's
    length and over the layers (at the published sizes and a random start, the largest image-to-text output
    coordinate over captions of 5-40 words is ~5 against ~0.3 with the softmax; at small sizes, far more).
 d. M = 0 (Table III's "0"): Eq. 6 needs M ≥ 1. Read as "no HSR": the image-to-text stream is mean-pooled like
@@ -72,6 +73,9 @@ d. M = 0 (Table III's "0"): Eq. 6 needs M ≥ 1. Read as "no HSR": the image-to-
 e. Table IV's "traditional similarity reasoning": read as this HSR layer with the convolution off
    (``hsr_conv = False``: R' = R, with ``W_r``, ``W_g`` and the residual kept), so the table isolates Eq. 5's
    re-weighting. SGR's own step (``ReLU(W_g(R S))``, no residual, no ``W_r``) is the other reading; not offered.
+f. Eqs. 2-3's ``[c]+ = max(0, cos)`` is LeakyReLU(0.1) (choice 2: SGR's released attention); not offered.
+g. The attended vectors ``α^v_j`` are L2-normalised before Eq. 1's difference, as SGR's released attention does;
+   not offered.
 
 How it is computed fast (image × caption tiles, no loop per caption):
 - the attention of both directions is one matrix product per tile; ``similarity_vectors`` makes
