@@ -107,8 +107,7 @@ def convert(
     data_name: Annotated[Optional[str], typer.Option(
         help="--to release: opt.data_name, which picks the authors' vocabulary file (default: f30k_precomp or "
              "coco_precomp from the vocabulary size).")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option(
-        help="Allow a source holding arbitrary pickled objects (only for files you trust).")] = False,
+    trust_checkpoint: TrustCheckpoint = False,
 ) -> None:
     """Convert a model file to the native format, or an SGR/SAF model to the authors' release layout.
 

@@ -26,6 +26,9 @@ ExtractorOptions = Annotated[list[str] | None, typer.Option(
     "--option", help="Extractor setting KEY=VALUE (repeatable), e.g. min_score=0.3 or features_dir=DIR.")]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+#: The device of the commands that train (default "auto").
+TrainDevice = Annotated[str, typer.Option(
+    help="auto (a GPU when there is one), cpu, cuda or cuda:N; under torchrun each rank uses its own GPU.")]
 TrustCheckpoint = Annotated[bool, typer.Option(
     help="Allow checkpoints holding arbitrary pickled objects (only for files you trust).")]
 Features = Annotated[Path, typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from itmatch.cli.options import Progress
+from itmatch.cli.options import Progress, TrainDevice, TrustCheckpoint
 from itmatch.errors import ItmatchError
 
 
@@ -22,7 +22,7 @@ def reproduce(
     vocab: Annotated[Optional[Path], typer.Option(
         help="Folder with f30k_precomp_vocab.json / coco_precomp_vocab.json (default: --data; else each "
              "dataset folder's vocab.json).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: TrainDevice = "auto",
     epochs_scale: Annotated[float, typer.Option(
         help="Multiply every run's epochs (and decay epochs, warm-ups) by this: a labelled quick look.")] = 1.0,
     overrides: Annotated[Optional[list[str]], typer.Option(
@@ -37,8 +37,7 @@ def reproduce(
     checkpoints: Annotated[Optional[list[str]], typer.Option(
         "--checkpoint", help="NAME=PATH: the released model a row evaluates without training (e.g. the "
                              "\"Pre\" rows of sgraf_reproduction: SGR=..., SAF=...); repeat for several.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option(
-        help="Allow released checkpoints holding arbitrary pickled objects (only for files you trust).")] = False,
+    trust_checkpoint: TrustCheckpoint = False,
     progress: Progress = True,
 ) -> None:
     """Reproduce a paper's table: train each row's variant with the paper's recipe, evaluate it with the paper's

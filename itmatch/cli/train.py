@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from itmatch.cli.options import Progress
+from itmatch.cli.options import Progress, TrainDevice
 from itmatch.errors import ItmatchError
 
 
@@ -21,9 +21,7 @@ def train(
         "--resume", help="Continue the run in --out from its last.pt (same result as never stopping).")] = False,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value, SECTION.KEY=VALUE or model.args.NAME=VALUE (repeatable).")] = None,
-    device: Annotated[str, typer.Option(
-        help="auto (a GPU when there is one), cpu, cuda or cuda:N; under torchrun each rank uses its own GPU.")
-    ] = "auto",
+    device: TrainDevice = "auto",
     progress: Progress = True,
 ) -> None:
     """Train a model: validation on dev after every epoch, best/last checkpoints, a JSON-lines log.
