@@ -1,7 +1,17 @@
-"""`python -m itmatch` runs the CLI (also what `torchrun -m itmatch` starts on each rank)."""
+"""`python -m itmatch` and the `itmatch` command (also what `torchrun -m itmatch` starts on each rank)."""
 
 import sys
 
-from itmatch.cli import main
 
-sys.exit(main())
+def run() -> int:
+    """Load the CLI and run it; a Ctrl-C while the libraries load ends with one line, not a traceback."""
+    try:
+        from itmatch.cli import main
+    except KeyboardInterrupt:  # nothing was written yet
+        print("error: stopped by Ctrl-C", file=sys.stderr)
+        return 130
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -243,10 +243,11 @@ def _first(entries: list[str]) -> str:
     return entries[0] + (f" and {len(entries) - 1} more" if len(entries) > 1 else "")
 
 
-def remove_stale(folder: Path) -> list[Path]:
+def remove_stale(folder: Path, of: str | None = None) -> list[Path]:
     """Remove the temporary files and folders in ``folder`` that a killed itmatch process left (their process id is
-    in the name and no longer runs); the removed paths. A folder being replaced whose place is still empty (the
-    process died between moving it aside and moving the new one in) is put back instead."""
+    in the name and no longer runs), only those for the name ``of`` if given; the removed paths. A folder being
+    replaced whose place is still empty (the process died between moving it aside and moving the new one in) is put
+    back instead."""
     removed = []
     try:
         names = os.listdir(folder)
@@ -254,7 +255,7 @@ def remove_stale(folder: Path) -> list[Path]:
         return removed
     for name in names:
         match = _STALE.match(name)
-        if match is None or match["host"] != _HOST or _running(int(match["pid"])):
+        if match is None or match["host"] != _HOST or _running(int(match["pid"])) or of not in (None, match["name"]):
             continue
         stale = folder / name
         if match["old"] and not os.path.lexists(folder / match["name"]):
@@ -305,6 +306,18 @@ def folder_lock(path: str | os.PathLike, option: str | None = "--out") -> Iterat
 
 
 @contextlib.contextmanager
+def scratch_dir(name: str) -> Iterator[Path]:
+    """A private folder in the system's temporary folder for the duration of the block, then removed; named like
+    itmatch's other temporaries, so that ``remove_stale(Path(tempfile.gettempdir()), of=name)`` removes what a
+    killed process left (e.g. a copy of an uploaded picture)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.{_TEMP}{os.getpid()}.", suffix=".tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed. A link is
     followed (the file it points to is replaced, the link kept); a device or a pipe (``/dev/null``) is written
@@ -316,6 +329,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, of=path.name)  # this output's temporary files that a killed run left
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -362,7 +376,11 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
                 except BaseException:
                     old.rename(path)  # the earlier folder back in its place
                     raise
-                shutil.rmtree(old)
+                try:
+                    shutil.rmtree(old)
+                except BaseException:  # e.g. Ctrl-C after the new folder took its place: leave no hidden copy
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
             else:
                 tmp.rename(path)
         except BaseException:

@@ -160,10 +160,10 @@ def test_names_spelled_out_to_keep_opencv_away_are_the_features_packages() -> No
     """The CLI and the gallery write these names out so as not to import OpenCV where it is not needed."""
     from itmatch.cli.options import DEFAULT_EXTRACTOR
     from itmatch.features import DEFAULT_EXTRACTOR as FEATURES_DEFAULT
-    from itmatch.features.store import INFO_FILE
-    from itmatch.search.gallery import FEATURES_INFO
+    from itmatch.features.store import INFO_FILE, PARTIAL
+    from itmatch.search.gallery import FEATURES_INFO, FEATURES_PARTIAL
 
-    assert DEFAULT_EXTRACTOR == FEATURES_DEFAULT and FEATURES_INFO == INFO_FILE
+    assert DEFAULT_EXTRACTOR == FEATURES_DEFAULT and (FEATURES_INFO, FEATURES_PARTIAL) == (INFO_FILE, PARTIAL)
 
 
 def test_the_core_runs_without_the_extras(tmp_path) -> None:

@@ -28,8 +28,9 @@ TINY = dict(vocab_size=30, img_dim=12, word_dim=8, embed_size=16, sim_dim=8, num
             instance_heads=2, instance_warmup=0, triplet_dim=16)
 N_IMAGES, N_CAPTIONS, REGIONS = 3, 7, 5
 #: Parameters whose gradient is zero by construction: a bias that adds the same number to every logit of a
-#: softmax (SGRAF's self-attention and graph-key biases) cancels in it.
-CANCELLING = ("embedding_common.0.bias", "graph_key_w.bias")
+#: softmax (SGRAF's self-attention and graph-key biases) cancels in it, and so does one before a training
+#: BatchNorm (SAF's gate, whose gradient is then rounding noise, exactly 0 on two threads).
+CANCELLING = ("embedding_common.0.bias", "graph_key_w.bias", "attn_sim_w.bias")
 
 
 def tiny_model(name: str) -> Matcher:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -428,18 +430,92 @@ def test_the_folder_a_command_runs_in_is_never_replaced_under_it(tmp_path, monke
     assert main(["data", "synth", "--out", "./out", "--images", "20", "--dim", "16"]) == 0
 
 
-def test_sigterm_leaves_no_temporary_files(tmp_path):
-    """`kill` (SIGTERM) stops a command like Ctrl-C does: its writers remove what they had begun."""
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_leaves_no_temporary_files_and_one_line(tmp_path, signal_number):
+    """`kill` (SIGTERM) stops a command like Ctrl-C does: its writers remove what they had begun, and it says so
+    in one line."""
     out = tmp_path / "synth"
     process = subprocess.Popen([sys.executable, "-m", "itmatch", "data", "synth", "--out", str(out), "--images",
                                 "3000", "--dim", "256"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".synth.*")):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    process.terminate()
-    assert process.wait(timeout=60) == 128 + 15
+    process.send_signal(signal_number)
+    assert process.wait(timeout=60) == 128 + signal_number
+    name = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}[signal_number]
+    assert process.stderr.read().splitlines() == [
+        f"error: stopped by {name}; finished outputs are complete, unfinished ones were not written (run the "
+        "command again to continue)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "itmatch", "data", "synth", "--out", str(tmp_path / "s")],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.2)  # `import itmatch` is quick; the CLI's libraries (PyTorch) take about a second
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130
+    err = process.stderr.read()
+    assert err.splitlines()[-1].startswith("error: stopped by Ctrl-C") and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_temporary_file_goes_at_the_next_write(tmp_path):
+    """A process killed outright (SIGKILL) cannot remove its temporary file; the next write of that output does
+    (and leaves another output's temporary files, and a user's files, alone)."""
+    from itmatch.fileio import _HOST, atomic_path
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    mine = tmp_path / f".sims.npy.itmatch-{_HOST}-{pid}.abcd1234.tmp"
+    other = tmp_path / f".other.npy.itmatch-{_HOST}-{pid}.abcd1234.tmp"
+    for path in (mine, other, tmp_path / "notes.txt"):
+        path.write_text("x")
+    with atomic_path(tmp_path / "sims.npy") as tmp:
+        tmp.write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, "notes.txt", "sims.npy"])
+
+
+def test_ctrl_c_after_a_folder_took_its_place_leaves_no_hidden_copy(tmp_path, monkeypatch):
+    from itmatch import fileio
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    remove = shutil.rmtree
+
+    def interrupted(path, *args, **kwargs):
+        if ".itmatch-old-" in Path(path).name and not kwargs.get("ignore_errors"):
+            raise KeyboardInterrupt  # Ctrl-C while the old copy is being removed
+        remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(fileio.shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_dir(out) as new:
+            (new / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["new.txt"]
+
+
+def test_a_killed_servers_query_pictures_go_when_a_server_starts(tmp_path, monkeypatch):
+    import tempfile
+
+    from itmatch.fileio import _HOST, scratch_dir
+    from itmatch.serve.service import QUERY_FOLDER, Limits, Service
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".{QUERY_FOLDER}.itmatch-{_HOST}-{int(dead.stdout)}.abcd1234.tmp"
+    left.mkdir()
+    (left / "query.bmp").write_bytes(b"BM")
+    with scratch_dir(QUERY_FOLDER) as live:  # this process's own, in use
+        service = Service(searcher=types.SimpleNamespace(index=None), shortlist=10, workers=1, limits=Limits())
+        service.close()
+        assert not left.exists() and live.is_dir()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -473,3 +549,11 @@ def test_a_folder_being_written_is_not_written_by_a_second_process(synthetic, tm
     assert "features: another itmatch process is writing this folder now" in capsys.readouterr().err
     assert list(features.iterdir()) == []
     assert extract_features(pictures, features, progress=False).computed == 2  # released
+
+
+def test_indexing_an_unfinished_extraction_says_to_finish_it(tmp_path):
+    from itmatch.search.gallery import open_gallery
+
+    (tmp_path / "features" / ".partial").mkdir(parents=True)
+    with pytest.raises(ItmatchError, match="extraction did not finish; run the same `itmatch extract` again"):
+        open_gallery(tmp_path / "features")

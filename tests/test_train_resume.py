@@ -78,6 +78,51 @@ def test_kill_at_any_step_and_resume(data: Path, uninterrupted: Path, tmp_path: 
     assert not list(out.glob(".*.tmp"))
 
 
+class Killed(Exception):
+    """Where the test ends a run, as a kill would."""
+
+
+def test_killed_after_the_first_best_checkpoint(data: Path, uninterrupted: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed after its first epoch wrote best.pt (and its log line) but before the epoch's last.pt, with
+    no save between steps before it (checkpoint_every longer than an epoch), resumes to the same run."""
+    import itmatch.train.loop as loop
+    from itmatch.cli import main
+
+    out = tmp_path / "run"
+    args = train_args("saf", data, out, f"run.max_steps={STEPS}", "run.checkpoint_every=1000")
+    save = loop.save_checkpoint
+
+    def killed_at_the_epoch_end(path: Path, content: dict) -> None:
+        if path.name == "last.pt" and content["epoch"] == 1:
+            raise Killed
+        save(path, content)
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed_at_the_epoch_end)
+    with pytest.raises(Killed):
+        main(["train", *args])
+    monkeypatch.undo()
+    assert (out / "best.pt").exists() and checkpoint(out / "last.pt")["step"] == 0  # the start's state
+    assert main(["train", *args]) == 2  # it holds a run: --resume, not a new start over it
+    run_train([*args, "--resume"])
+    assert_same_run(uninterrupted, out)
+
+
+def test_a_run_stopped_before_its_first_step_starts_over(data: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import itmatch.train.loop as loop
+    from itmatch.cli import main
+
+    out = tmp_path / "run"
+    args = train_args("saf", data, out, "run.max_steps=2")
+    monkeypatch.setattr(loop._Trainer, "_train_epoch", lambda self: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        main(["train", *args])
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == ["config.toml", "last.pt", "log.jsonl"]
+    assert main(["train", *args]) == 0 and checkpoint(out / "last.pt")["step"] == 2  # a new start, not refused
+
+
 def test_run_directory_contents(data: Path, uninterrupted: Path) -> None:
     out = uninterrupted
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "best.pt", "config.toml", "last.pt", "log.jsonl"]

@@ -52,6 +52,8 @@ EXTRAS = {"cv2": "extract", "cairosvg": "extract", "matplotlib": "extract", "ope
           "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve"}
 
 
+#: The exit codes of a command stopped by a signal (128 + its number), and its name.
+INTERRUPTED = {128 + signal.SIGINT: "Ctrl-C", 128 + signal.SIGTERM: "SIGTERM"}
 #: System errors about the user's paths (not bugs), with what to do.
 _USER_ERRNOS = {errno.EACCES: "give a path you may write (or read)", errno.EPERM: "give a path you may write",
                 errno.EROFS: "give a path on a writable disk", errno.ENOSPC: "free some disk space or write elsewhere",
@@ -93,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {user_path(exc.filename)}: {exc.strerror}; {_USER_ERRNOS[exc.errno]}", file=sys.stderr)
         return 2
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code if isinstance(code, int) else 0  # an int: the code of a `typer.Exit` (130 after Ctrl-C)
+    except SystemExit as exc:  # SIGTERM (``_sigterm_exits``) or a command's own exit
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    code = code if isinstance(code, int) else 0  # an int: the code of a `typer.Exit` (130 after Ctrl-C)
+    if code in INTERRUPTED:
+        print(f"error: stopped by {INTERRUPTED[code]}; finished outputs are complete, unfinished ones were not "
+              "written (run the command again to continue)", file=sys.stderr)
+    return code
 
 
 @contextlib.contextmanager

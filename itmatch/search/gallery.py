@@ -81,9 +81,9 @@ def already_in(pictures: Sequence[dict[str, Any]], indexed: Sequence[dict[str, A
     return found
 
 
-#: ``itmatch.features.store.INFO_FILE``, spelled out: importing the features package would import OpenCV, which
-#: indexing a dataset folder does not need (a test keeps the two equal).
-FEATURES_INFO = "extractor.json"
+#: ``itmatch.features.store.INFO_FILE`` and ``PARTIAL``, spelled out: importing the features package would import
+#: OpenCV, which indexing a dataset folder does not need (a test keeps them equal).
+FEATURES_INFO, FEATURES_PARTIAL = "extractor.json", ".partial"
 
 
 def open_gallery(directory: str | Path, split: str | None = None) -> Gallery:
@@ -94,6 +94,9 @@ def open_gallery(directory: str | Path, split: str | None = None) -> Gallery:
             raise ItmatchError(f"{directory}: an `itmatch extract` folder has no splits; leave out --split")
         return _features_folder(directory)
     if split is None:
+        if (directory / FEATURES_PARTIAL).is_dir():
+            raise ItmatchError(f"{directory}: an `itmatch extract` folder whose extraction did not finish; run the "
+                               "same `itmatch extract` again to finish it (it resumes)")
         if any(SplitFiles.of(directory, name).images.is_file() for name in SPLITS):
             raise ItmatchError(f"{directory}: a dataset folder; say which split to index with --split (e.g. test)")
         raise ItmatchError(f"{directory}: neither an `itmatch extract` folder (extractor.json) nor a dataset "

@@ -6,16 +6,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 from itmatch.errors import ItmatchError
 from itmatch.features.images import UnreadableImage
+from itmatch.fileio import remove_stale
 from itmatch.search.gallery import check_image_id
 from itmatch.search.searcher import Searcher
 from itmatch.serve.batching import QueryBatcher
 from itmatch.serve.errors import ApiError, as_api_error
 from itmatch.serve.schema import BLANK
+
+#: The temporary folder a query picture is written to for the extractor (``fileio.scratch_dir``).
+QUERY_FOLDER = "itmatch-query"
 
 
 @dataclasses.dataclass
@@ -37,6 +43,7 @@ class Service:
     ``workers`` threads (``worker``), query pictures decoded one at a time on ``pictures``."""
 
     def __init__(self, searcher: Searcher, shortlist: int, workers: int, limits: Limits) -> None:
+        remove_stale(Path(tempfile.gettempdir()), of=QUERY_FOLDER)  # query pictures of a killed server
         self.searcher = searcher
         self.index = searcher.index
         self.shortlist = shortlist

@@ -38,7 +38,7 @@ from itmatch.train.config import RESUMABLE_CHANGES, TrainConfig, dumps, load_con
 from itmatch.train.loader import Batch, TrainBatches
 from itmatch.train.neighbours import image_clusters
 from itmatch.train.objective import TrainingObjective
-from itmatch.train.run_folder import CONFIG, LOG, RUN_FILES, RUN_FOLDER, RunFolder
+from itmatch.train.run_folder import CONFIG, LAST, LOG, RUN_FILES, RUN_FOLDER, RunFolder
 from itmatch.train.state import capture_rng, load_training_checkpoint, restore_rng, save_checkpoint
 
 
@@ -267,6 +267,8 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         cfg, pos = self.config, self.position
+        if pos.step == 0:  # a resumable state from the start: a kill after the first best.pt always has a last.pt
+            self._save_last()
         while pos.epoch < cfg.schedule.epochs and not self._limit_reached():
             set_learning_rate(self.optimizer, cfg, pos.epoch)
             if not self._train_epoch():
@@ -399,14 +401,24 @@ class _Trainer:
 
 
 def _check_fresh(out: Path) -> None:
-    """Refuse an ``out`` holding a run, unless that run stopped before its first step ended (its config.toml and
-    an empty log.jsonl, written at the start, are all it has: a new start replaces them and loses nothing)."""
+    """Refuse an ``out`` holding a run, unless that run stopped before its first step ended (its config.toml, an
+    empty log.jsonl and the step-0 last.pt, written at the start, are all it has: a new start replaces them and
+    loses nothing)."""
     run = RunFolder(out)
     existing = run.existing()
-    never_trained = existing == [CONFIG, LOG] and not run.epochs_logged()
+    never_trained = existing in ([CONFIG, LOG], [CONFIG, LAST, LOG]) and not run.epochs_logged() and (
+        LAST not in existing or _steps_saved(run.last) == 0)
     if existing and not never_trained:
         raise ItmatchError(f"{out}: holds another training run ({', '.join(existing)}); pass --resume to "
                            "continue it, or choose a new --out")
+
+
+def _steps_saved(path: Path) -> int | None:
+    """The steps a run had trained when it wrote the checkpoint ``path`` (None if it cannot be read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:  # a torn or foreign file: not a run that never trained
+        return None
 
 
 def run_config_path(out: Path) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,10 @@ from fastapi.responses import JSONResponse
 
 from itmatch.errors import ItmatchError
 from itmatch.features.images import UnreadableImage, decode_image, reduction
+from itmatch.fileio import scratch_dir
 from itmatch.serve.errors import ApiError, as_api_error
 from itmatch.serve.schema import BAD_PARAMETER, PictureAnswer, TextAnswer, answers, query_schema
-from itmatch.serve.service import Service
+from itmatch.serve.service import QUERY_FOLDER, Service
 from itmatch.serve.uploads import UploadRejected, check_upload
 
 
@@ -75,8 +75,8 @@ def router(service: Service) -> APIRouter:
         except UnreadableImage:
             raise ApiError(415, "the picture cannot be decoded (cut short or damaged?); send a complete JPEG, PNG or "
                                 "WebP file") from None
-        with tempfile.TemporaryDirectory(prefix="itmatch-query-") as folder:
-            path = Path(folder) / "query.bmp"
+        with scratch_dir(QUERY_FOLDER) as folder:
+            path = folder / "query.bmp"
             path.write_bytes(small)
             try:
                 result = await service.on_model_thread(functools.partial(searcher.search_picture, top=top,
