@@ -156,3 +156,42 @@ def test_empty_and_whitespace() -> None:
     assert tokenize("  dog  ") == ["dog"]
     # Stripped like the authors' caption lines: a leading blank would make the opening quote '' instead of ``.
     assert tokenize('\t "A dog." \r\n') == ["``", "a", "dog", ".", "''"]
+
+
+def test_a_no_break_space_is_not_a_blank_to_punkt() -> None:
+    """3.4.5 compiled the pattern that keeps closing quotes with their sentence without re.UNICODE (Python 2):
+    a no-break space after ``."`` does not end the sentence there, so the quote opens the next token run."""
+    assert tokenize('"A dog."\xa0A cat.') == ["``", "a", "dog", ".", "``", "a", "cat", "."]
+
+
+def test_sentence_ends_are_found_as_3_4_5_searched_them_in_one_pass() -> None:
+    """The one-pass search of candidate sentence ends gives 3.4.5's own search's sentences on random caption-like
+    text, and a long run of non-blank characters, which that search rescans from every position (quadratic), is
+    split at once."""
+    import importlib
+    import random
+    import re
+    import time
+
+    module = importlib.import_module("itmatch.data.tokenize")
+    pattern = re.compile(r"\S*[.?!](?=(?P<after_tok>%s|\s+(?P<next_tok>\S+)))"
+                         % module._LanguageVars._re_non_word_chars)
+
+    class Literal(module._SentenceSplitter):
+        def _slices_from_text(self, text):
+            start = 0
+            for match in pattern.finditer(text):
+                if self.text_contains_sentbreak(match.group() + match.group("after_tok")):
+                    yield slice(start, match.end())
+                    start = match.start("next_tok") if match.group("next_tok") else match.end()
+            yield slice(start, len(text.rstrip()))
+
+    fast = module._sentence_splitter()
+    literal = Literal(fast._params, lang_vars=module._LanguageVars(), token_cls=module._Token)
+    rng = random.Random(0)
+    pieces = [*"ab. .?!)\"'(;:-,j3 \xa0\t", "dr. ", "st. ", "... ", "..", " a.", "3. ", "u.s. "]
+    texts = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 40))) for _ in range(3000)]
+    assert [fast.tokenize(t) for t in texts] == [literal.tokenize(t) for t in texts]
+    started = time.perf_counter()
+    assert tokenize("a" * 100_000 + " b.") == ["a" * 100_000, "b", "."]  # a run with no sentence end in it
+    assert time.perf_counter() - started < 1.0  # the literal search takes minutes

@@ -126,9 +126,10 @@ def test_a_run_that_failed_at_its_first_step_can_be_started_again(data: Path, tm
     features[1:] = np.nan  # the first picture is fine: the check before the run passes, the first batch fails
     np.save(broken / "train_ims.npy", features)
     fails(capsys, train_args("sgr", broken, out, "run.max_steps=1"), "hold NaN or infinite values")
-    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.toml", "log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "config.toml", "last.pt", "log.jsonl"]
+    assert checkpoint(out / "last.pt")["step"] == 0  # the start's state, which a new start may replace
     assert main(["train", *train_args("sgr", data, out, "run.max_steps=1")]) == 0
-    assert (out / "last.pt").exists()
+    assert checkpoint(out / "last.pt")["step"] == 1
 
 
 #: TSHSR's model arguments added after the first TSHSR runs were saved (and their defaults).

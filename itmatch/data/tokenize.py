@@ -55,7 +55,7 @@ class _LanguageVars(PunktLanguageVars):
     # 3.4.5's characters that end a punkt word (later NLTK added curly quotes and guillemets).
     _re_non_word_chars = r"(?:[?!)\";}\]\*:@\'\({\[])"
     # 3.4.5's closing punctuation that stays with the sentence before a break.
-    re_boundary_realignment = re.compile(r'["\')\]}]+?(?:\s+|(?=--)|$)', re.MULTILINE)
+    re_boundary_realignment = re.compile(r'["\')\]}]+?(?:\s+|(?=--)|$)', re.MULTILINE | re.ASCII)  # Python 2's \s
 
     def _word_tokenizer_re(self):
         # Punkt's word pattern compiled with the standard ``re`` as in 3.4.5 (NLTK may compile it with the
@@ -80,16 +80,27 @@ class _Token(PunktToken):
 
 
 class _SentenceSplitter(PunktSentenceTokenizer):
-    # 3.4.5 found candidate sentence ends with one pattern: the word material before a sentence-ending character,
-    # then either a non-word character or whitespace and the next token (later NLTK finds them differently).
-    _candidates = re.compile(r"\S*[.?!](?=(?P<after_tok>%s|\s+(?P<next_tok>\S+)))" % _LanguageVars._re_non_word_chars)
+    # 3.4.5 found candidate sentence ends with one pattern, ``\S*[.?!](?=(NonWord|\s+(\S+)))``: the word material
+    # before a sentence-ending character, then a non-word character or whitespace and the next token (later NLTK
+    # finds them differently). Searched as written, it rescans a run of non-blank characters from each of its
+    # positions: quadratic in a long run. Its greedy ``\S*`` matches once per run, from the run's start to the
+    # run's last end character whose look-ahead holds, which is how the candidates are found here, in one pass.
+    _ends = re.compile(r"[.?!](?=(?P<after_tok>%s|\s+(?P<next_tok>\S+)))" % _LanguageVars._re_non_word_chars)
+    _runs = re.compile(r"\S+")
 
     def _slices_from_text(self, text):
         start = 0
-        for match in self._candidates.finditer(text):
-            if self.text_contains_sentbreak(match.group() + match.group("after_tok")):
-                yield slice(start, match.end())
-                start = match.start("next_tok") if match.group("next_tok") else match.end()
+        ends = self._ends.finditer(text)
+        end = next(ends, None)
+        for run in self._runs.finditer(text):
+            last = None
+            while end is not None and end.start() < run.end():
+                last, end = end, next(ends, None)
+            if last is None:
+                continue
+            if self.text_contains_sentbreak(text[run.start():last.end()] + last.group("after_tok")):
+                yield slice(start, last.end())
+                start = last.start("next_tok") if last.group("next_tok") else last.end()
         yield slice(start, len(text.rstrip()))
 
 

@@ -42,15 +42,18 @@ def global_vector(items: int, dim: int) -> float:
     return linear(items, dim, dim) + linear(1, dim, dim) + 2 * linear(items, dim, 1)
 
 
-def graph_step(nodes: int, sim: int) -> float:
-    """One full SGR step or HSR layer (folded query-key and value projections, the two edge products)."""
-    return linear(nodes, sim, 2 * sim) + 2 * 2.0 * nodes * nodes * sim
+def graph_step(nodes: int, sim: int, conv: bool = False) -> float:
+    """One full SGR step or HSR layer (folded query-key and value projections, the two edge products; with
+    ``conv``, HSR's 3×3 convolution of the relation matrix)."""
+    return linear(nodes, sim, 2 * sim) + 2 * 2.0 * nodes * nodes * sim + (2.0 * 9 * nodes * nodes if conv else 0.0)
 
 
-def readout_step(nodes: int, sim: int, rows: int = 1) -> float:
-    """The last SGR step or HSR layer computing one node only: ``rows`` relation rows (HSR's 3×3 convolution
-    reads the row above too), the edge product and the value projection."""
-    return linear(rows, sim, sim) + 2.0 * rows * nodes * sim + 2.0 * nodes * sim + linear(1, sim, sim)
+def readout_step(nodes: int, sim: int, conv: bool = False) -> float:
+    """The last SGR step or HSR layer computing one node only: its relation row (and with HSR's 3×3 convolution
+    the row above, and the convolution of the node's row), the edge product and the value projection."""
+    rows = 2 if conv else 1
+    return (linear(rows, sim, sim) + 2.0 * rows * nodes * sim + 2.0 * nodes * sim + linear(1, sim, sim)
+            + (2.0 * 9 * nodes if conv else 0.0))
 
 
 def transformer_layer(tokens: int, dim: int, feed_forward: int) -> float:

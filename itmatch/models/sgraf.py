@@ -77,14 +77,15 @@ class SGRAFConfig(RegionWordConfig):
     def pair_mflop(self, words: int) -> float:
         """Forward MFLOP of one pair's work for a caption of ``words`` tokens (``itmatch.models.flops``)."""
         d, k = self.embed_size, self.sim_dim
-        local = words if self.attention == "t2i" else self.num_regions
+        # t2i: each word attends over the regions; i2t: each region over the words
+        local, context = (words, self.num_regions) if self.attention == "t2i" else (self.num_regions, words)
         nodes = local + int(self.global_node)
         if self.similarity == "scalar":  # AVE of cosines (element-wise) of the aligned pairs
-            return flops.cross_attention(words, self.num_regions, d) / 1e6
+            return flops.cross_attention(local, context, d) / 1e6
         total = flops.linear(1, d, k) if self.global_node else 0.0
         if not self.uses_local:
             return (total + flops.linear(1, k, 1)) / 1e6
-        total += flops.cross_attention(words, self.num_regions, d) + flops.linear(local, d, k)
+        total += flops.cross_attention(local, context, d) + flops.linear(local, d, k)
         if self.module == "AVE":
             return (total + flops.linear(nodes, k, 1)) / 1e6
         total += flops.linear(len(self.heads), k, 1)  # the read-outs

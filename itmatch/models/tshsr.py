@@ -138,8 +138,8 @@ class TSHSRConfig(RegionWordConfig):
             row above)."""
             if not self.hsr_layers:
                 return 0.0
-            last = flops.readout_step(nodes, k, 2 if self.hsr_conv else 1)
-            return (self.hsr_layers - 1) * flops.graph_step(nodes, k) + last
+            last = flops.readout_step(nodes, k, self.hsr_conv)
+            return (self.hsr_layers - 1) * flops.graph_step(nodes, k, self.hsr_conv) + last
 
         total = flops.linear(1, d, k) + flops.linear(1, k, 1)
         if self.uses_i2t:
