@@ -264,6 +264,26 @@ def test_tiny_run_writes_the_table_and_rows_from_rebuilds_it(tmp_path, capsys):
     assert "table-5.md: exists and is not itmatch's report of sgraf table 5" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["table-5.md"] and (mine / "table-5.md").read_text() == "my notes"
 
+    # another --epochs-scale: a plan of more epochs trains the runs on and evaluates them again (the kept results
+    # were of fewer epochs), so the label holds; a plan of fewer epochs than the runs had is refused
+    def epochs(run: str) -> int:
+        return len((out / "runs" / run / "log.jsonl").read_text().splitlines())
+
+    before = {run: epochs(run) for run in ("saf_f30k", "sgr_f30k", "joint_f30k")}
+    longer = [*(item if item != "0.025" else "0.06" for item in args), "--set", "schedule.lr_decay_epochs=[]"]
+    assert main(longer) == 0
+    doc = json.loads((out / "table-5.json").read_text())
+    assert "epochs × 0.06" in doc["recipe"] and all(epochs(run) > before[run] for run in before)
+    for row in doc["rows"][4:]:
+        want = evaluate_split(data / "f30k_precomp", "test", checkpoints=[out / "runs" / r / "best.pt"
+                                                                          for r in row["runs"]], progress=False)
+        assert row["measured"] == {c: round(measured_value(c, want, tuple(doc["columns"])), 2)
+                                   for c in doc["columns"]}, row["method"]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "holds a run trained for 2 epochs, more than the 1 this plan trains (another --epochs-scale?)" in \
+        capsys.readouterr().err
+
 
 def test_released_checkpoint_rows_are_evaluated_without_training(tmp_path, capsys):
     """Seed 000's "Pre" rows: --checkpoint NAME=PATH evaluates a file in the authors' release layout; with

@@ -39,11 +39,17 @@ class PlannedRun:
         return run_state(self.directory, self.config)
 
     def check_same_settings(self) -> None:
-        """Raise :class:`ItmatchError` when the run's folder holds a run of other settings than planned."""
+        """Raise :class:`ItmatchError` when the run's folder holds a run of other settings than planned, or one
+        trained for more epochs than planned (another ``--epochs-scale``: its numbers are not this plan's)."""
         if self.state() == "other":
             differ = unresumable_changes(load_config(self.files.config), self.config)
             raise ItmatchError(f"{self.directory}: holds a run of other settings ({', '.join(differ)}); give "
                                "reproduce another --out, or move that run away")
+        trained, planned = self.files.epochs_logged(), self.config.schedule.epochs
+        if trained > planned:
+            raise ItmatchError(f"{self.directory}: holds a run trained for {trained} epochs, more than the {planned} "
+                               "this plan trains (another --epochs-scale?); give reproduce another --out, or move "
+                               "that run away")
 
     def hours(self) -> float:
         """Estimated GPU-hours still to spend: training unless finished, and the test evaluations."""

@@ -110,7 +110,10 @@ class Runner:
         path = result_path(self.plan, row)
         runs = [self.plan.runs[run_id] for run_id in row.runs]
         kept = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-        if kept is not None and _still_holds(kept.get("made_from"), _made_from(runs)):
+        # training, a kept result stands for the plan only if its runs have all the planned epochs (a larger
+        # --epochs-scale trains them on, and then evaluates them again)
+        planned = not self.train or all(run.state() == "finished" for run in runs if run.files.config.is_file())
+        if kept is not None and planned and _still_holds(kept.get("made_from"), _made_from(runs)):
             return kept
         if self.data is not None and self._dataset_missing(row):
             return None
