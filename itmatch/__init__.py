@@ -29,8 +29,23 @@ __all__ = ["Ensemble", "ItmatchError", "Matcher", "create_model", "list_models",
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'itmatch' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
+    """A public name, or a submodule (``itmatch.models``), loaded on first use."""
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *(n for n in globals() if not n.startswith("_") and n not in _PRIVATE)})
+
+
+#: Names this module uses itself, not part of the API.
+_PRIVATE = {"annotations", "importlib", "TYPE_CHECKING", "Any"}

@@ -245,9 +245,9 @@ def _first(entries: list[str]) -> str:
 
 def remove_stale(folder: Path, of: str | None = None) -> list[Path]:
     """Remove the temporary files and folders in ``folder`` that a killed itmatch process left (their process id is
-    in the name and no longer runs), only those for the name ``of`` if given; the removed paths. A folder being
-    replaced whose place is still empty (the process died between moving it aside and moving the new one in) is put
-    back instead."""
+    in the name and no longer runs), only the temporary files of the output ``of`` if given; the removed paths. A
+    folder being replaced whose place is still empty (the process died between moving it aside and moving the new
+    one in) is put back instead."""
     removed = []
     try:
         names = os.listdir(folder)
@@ -255,7 +255,8 @@ def remove_stale(folder: Path, of: str | None = None) -> list[Path]:
         return removed
     for name in names:
         match = _STALE.match(name)
-        if match is None or match["host"] != _HOST or _running(int(match["pid"])) or of not in (None, match["name"]):
+        if (match is None or of not in (None, match["name"]) or (of and match["old"]) or match["host"] != _HOST
+                or _running(int(match["pid"]))):
             continue
         stale = folder / name
         if match["old"] and not os.path.lexists(folder / match["name"]):
@@ -329,7 +330,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield path
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, of=path.name)  # this output's temporary files that a killed run left
+    with contextlib.suppress(OSError):  # e.g. another user's leftover in a shared folder: not this write's concern
+        remove_stale(path.parent, of=path.name)  # this output's temporary files that a killed run left
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

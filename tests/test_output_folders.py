@@ -19,7 +19,7 @@ import pytest
 
 from search_support import picture_dataset, picture_models, save_models, synthetic_data
 from itmatch.cli import main
-from itmatch.errors import ItmatchError
+from itmatch.errors import ItmatchError, stopped
 from itmatch.features import extract_features
 from itmatch.fileio import MARKER, atomic_dir, new_npy, read_marker
 from itmatch.search import Searcher, add_to_index, build_index, open_index
@@ -447,8 +447,8 @@ def test_a_signal_leaves_no_temporary_files_and_one_line(tmp_path, signal_number
     assert process.wait(timeout=60) == 128 + signal_number
     name = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}[signal_number]
     assert process.stderr.read().splitlines() == [
-        f"error: stopped by {name}; finished outputs are complete, unfinished ones were not written (run the "
-        "command again to continue)"]
+        f"stopped by {name}; every output is complete or not written (a stopped `itmatch train` continues with "
+        "--resume)"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -461,7 +461,7 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
     err = process.stderr.read()
-    assert err.splitlines()[-1].startswith("error: stopped by Ctrl-C") and "Traceback" not in err
+    assert err.splitlines() == [stopped("Ctrl-C")]
     assert list(tmp_path.iterdir()) == []
 
 

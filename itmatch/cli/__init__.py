@@ -13,7 +13,7 @@ from typing import Iterator
 
 import typer
 
-from itmatch.errors import ItmatchError
+from itmatch.errors import ItmatchError, stopped
 from itmatch.fileio import user_path
 
 app = typer.Typer(
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     code = code if isinstance(code, int) else 0  # an int: the code of a `typer.Exit` (130 after Ctrl-C)
     if code in INTERRUPTED:
-        print(f"error: stopped by {INTERRUPTED[code]}; finished outputs are complete, unfinished ones were not "
-              "written (run the command again to continue)", file=sys.stderr)
+        print(stopped(INTERRUPTED[code]), file=sys.stderr)
     return code
 
 
