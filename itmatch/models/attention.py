@@ -245,9 +245,10 @@ class ProjectedSquares(torch.autograd.Function):
         weights, context, queries, weight, out, norm = ctx.saved_tensors
         n_ctx, rows, _ = weights.shape
         dim, k = context.shape[2], weight.shape[0]
-        grad_weights, grad_context = torch.empty_like(weights), torch.zeros_like(context)
+        grad_weights, grad_context = torch.empty_like(weights), torch.empty_like(context)
         grad_queries, grad_weight = torch.zeros_like(queries), torch.zeros_like(weight)
         grad_bias = torch.zeros_like(weight[:, 0])
+        twice = 2 * weight  # dD's factor 2 in the product (exact: a power of two), not a pass over each block
         size = _block_size() * BACKWARD_BLOCKS
         buffer, square, grad_difference = (context.new_empty(size + dim) for _ in range(3))  # any block fits
         grad_projected = context.new_empty(size // dim * k + k)
@@ -259,10 +260,13 @@ class ProjectedSquares(torch.autograd.Function):
             grad_weight.addmm_(grad_block.T, squared.view(-1, dim))
             grad_bias += grad_block.sum(0)
             block = grad_difference[:difference.numel()].view_as(difference)
-            torch.mm(grad_block, weight, out=block.view(-1, dim))
-            block.mul_(difference).mul_(2)
+            torch.mm(grad_block, twice, out=block.view(-1, dim))
+            block.mul_(difference)
             torch.bmm(block, context[sets].transpose(1, 2), out=grad_weights[sets, part])
-            grad_context[sets].baddbmm_(weights[sets, part].transpose(1, 2), block)
+            if part.start == 0:  # a set's first rows: written, not added (no pass zeroing the whole gradient)
+                torch.bmm(weights[sets, part].transpose(1, 2), block, out=grad_context[sets])
+            else:
+                grad_context[sets].baddbmm_(weights[sets, part].transpose(1, 2), block)
             grad_queries[part] -= block.sum(0)
         return grad_weights, grad_context, grad_queries, grad_weight, grad_bias, None
 
