@@ -306,12 +306,18 @@ def folder_lock(path: str | os.PathLike, option: str | None = "--out") -> Iterat
         os.close(fd)
 
 
+def _temporary(name: str) -> dict[str, str]:
+    """``tempfile``'s prefix and suffix of a temporary file or folder standing for ``name``, named
+    ``.NAME.itmatch-HOST-PID.RANDOM.tmp``: what ``remove_stale`` recognises once the process is gone."""
+    return {"prefix": f".{name}.{_TEMP}{os.getpid()}.", "suffix": ".tmp"}
+
+
 @contextlib.contextmanager
 def scratch_dir(name: str) -> Iterator[Path]:
     """A private folder in the system's temporary folder for the duration of the block, then removed; named like
     itmatch's other temporaries, so that ``remove_stale(Path(tempfile.gettempdir()), of=name)`` removes what a
     killed process left (e.g. a copy of an uploaded picture)."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{name}.{_TEMP}{os.getpid()}.", suffix=".tmp"))
+    folder = Path(tempfile.mkdtemp(**_temporary(name)))
     try:
         yield folder
     finally:
@@ -332,7 +338,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # e.g. another user's leftover in a shared folder: not this write's concern
         remove_stale(path.parent, of=path.name)  # this output's temporary files that a killed run left
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(**_temporary(path.name), dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -363,7 +369,7 @@ def atomic_dir(path: str | os.PathLike, fmt: FolderFormat | None = None, option:
     held = folder_lock(path, option) if path.is_dir() else contextlib.nullcontext()
     with held:  # no other process adds to the folder while it is replaced
         remove_stale(path.parent)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_TEMP}{os.getpid()}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(**_temporary(path.name), dir=path.parent))
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
         try:
             yield tmp

@@ -387,8 +387,7 @@ def test_a_link_to_an_index_is_rebuilt_through(synthetic, tmp_path):
 def test_a_folder_moved_aside_by_a_killed_swap_is_put_back(tmp_path):
     from itmatch.fileio import _HOST, remove_stale
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
+    pid = dead_pid()
     aside = tmp_path / f".index.itmatch-old-{_HOST}-{pid}"  # moved aside; killed before the new one moved in
     aside.mkdir()
     (aside / "index.json").write_text("{}")
@@ -430,15 +429,20 @@ def test_the_folder_a_command_runs_in_is_never_replaced_under_it(tmp_path, monke
     assert main(["data", "synth", "--out", "./out", "--images", "20", "--dim", "16"]) == 0
 
 
+def interruptible(*args: str) -> subprocess.Popen:
+    """``python -m itmatch ARGS`` with its stderr piped and Ctrl-C's default action (a process started in the
+    background of a non-interactive shell ignores SIGINT)."""
+    return subprocess.Popen([sys.executable, "-m", "itmatch", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_leaves_no_temporary_files_and_one_line(tmp_path, signal_number):
     """`kill` (SIGTERM) stops a command like Ctrl-C does: its writers remove what they had begun, and it says so
     in one line."""
     out = tmp_path / "synth"
-    process = subprocess.Popen([sys.executable, "-m", "itmatch", "data", "synth", "--out", str(out), "--images",
-                                "3000", "--dim", "256"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = interruptible("data", "synth", "--out", str(out), "--images", "3000", "--dim", "256")
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".synth.*")):
         assert process.poll() is None and time.monotonic() < deadline
@@ -453,10 +457,7 @@ def test_a_signal_leaves_no_temporary_files_and_one_line(tmp_path, signal_number
 
 
 def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "itmatch", "data", "synth", "--out", str(tmp_path / "s")],
-                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = interruptible("data", "synth", "--out", str(tmp_path / "s"))
     time.sleep(0.2)  # `import itmatch` is quick; the CLI's libraries (PyTorch) take about a second
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
@@ -470,8 +471,7 @@ def test_a_killed_writers_temporary_file_goes_at_the_next_write(tmp_path):
     (and leaves another output's temporary files, and a user's files, alone)."""
     from itmatch.fileio import _HOST, atomic_path
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
+    pid = dead_pid()
     mine = tmp_path / f".sims.npy.itmatch-{_HOST}-{pid}.abcd1234.tmp"
     other = tmp_path / f".other.npy.itmatch-{_HOST}-{pid}.abcd1234.tmp"
     for path in (mine, other, tmp_path / "notes.txt"):
@@ -508,8 +508,7 @@ def test_a_killed_servers_query_pictures_go_when_a_server_starts(tmp_path, monke
     from itmatch.serve.service import QUERY_FOLDER, Limits, Service
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    left = tmp_path / f".{QUERY_FOLDER}.itmatch-{_HOST}-{int(dead.stdout)}.abcd1234.tmp"
+    left = tmp_path / f".{QUERY_FOLDER}.itmatch-{_HOST}-{dead_pid()}.abcd1234.tmp"
     left.mkdir()
     (left / "query.bmp").write_bytes(b"BM")
     with scratch_dir(QUERY_FOLDER) as live:  # this process's own, in use

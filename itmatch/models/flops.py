@@ -5,8 +5,8 @@ these terms, ``words`` the caption's tokens (``<start>``/``<end>`` included).
 Only matrix products are counted (2 FLOPs a multiply-add), as ``torch.utils.flop_counter`` counts them; the
 element-wise passes, softmaxes and norms are not. A pair count leaves out what is made once per image or caption
 (the Gram matrices of the attention's context), and neither count includes work done once per call (folded weight
-matrices, the GPO pooling weights kept per length). ``tests/test_flops.py`` holds
-every count to the products the models actually run.
+matrices, the GPO pooling weights kept per length). ``tests/test_flops.py`` holds every count to the products the
+models actually run.
 """
 
 from __future__ import annotations

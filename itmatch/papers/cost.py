@@ -12,7 +12,6 @@ peak — the share of matrix-unit peak the scoring engine reaches on a CPU (BENC
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from itmatch.errors import ItmatchError
