@@ -12,7 +12,6 @@ from itmatch.cli.options import EMBEDDERS, Device, Features, Progress, Split
 app = typer.Typer(help="Build a search index over pictures, or add pictures to one.", no_args_is_help=True)
 
 
-
 @app.command("build")
 def build(
     features: Annotated[list[Path], typer.Option(
