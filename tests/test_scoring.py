@@ -119,6 +119,26 @@ def test_graph_step_in_chunks_equals_the_autograd_path():
     torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-6)
 
 
+def test_reasoning_in_chunks_equals_the_autograd_path():
+    """Scoring takes each chunk of pairs through every SGR step before the next chunk; training takes each step
+    over all pairs."""
+    model = small_model("sgr", seed=2).eval()
+    encoder = model.sim_enc
+    for module in encoder.SGR_module:
+        for linear in (module.graph_query_w, module.sim_graph_w):
+            torch.nn.init.normal_(linear.bias)
+    dim = encoder.cfg.sim_dim
+    torch.manual_seed(0)
+    nodes = torch.randn(40, 12, 9, dim)
+    mask = torch.arange(9)[None] < torch.randint(1, 10, (12,))[:, None]
+    assert 40 * 12 * 9 > 4 * NODE_CHUNK_ROWS  # several chunks
+    with torch.no_grad():
+        chunked = encoder._reason(nodes, mask)
+    whole = encoder._reason(nodes.requires_grad_(), mask)
+    assert whole.requires_grad and chunked.shape == (40, 12, dim) and chunked.std() > 0.1
+    torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["sgr", "saf", "tshsr"])
 def test_region_grams_are_made_once_and_sliced_to_each_tile(monkeypatch, name):
     """``score_encoded`` prepares the images once (``prepared_images``: their Gram matrices): every tile's

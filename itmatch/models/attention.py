@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from itmatch.models.layers import l2norm, l2norm_, length_mask, xavier_init_
+from itmatch.models.softmax import softmax
 
 #: Elements of one block of differences in ``similarity_vectors`` per intra-op thread (1 MiB of float32, about a
 #: core's L2 cache; measured faster than 512 KiB at one thread, and 2 threads share a block twice the size).
@@ -39,7 +40,7 @@ class VisualSelfAttention(nn.Module):
     def forward(self, regions: torch.Tensor) -> torch.Tensor:
         local = self.embedding_local(regions)
         glob = self.embedding_global(regions.mean(1))
-        weights = torch.softmax(self.embedding_common(local * glob[:, None]).squeeze(2), dim=1)
+        weights = softmax(self.embedding_common(local * glob[:, None]).squeeze(2), dim=1)
         return l2norm((weights[:, :, None] * regions).sum(1))
 
 
@@ -62,7 +63,7 @@ class TextSelfAttention(nn.Module):
         local = self.embedding_local(words)
         glob = self.embedding_global(mean)
         logits = self.embedding_common(local * glob[:, None]).squeeze(2).masked_fill(~valid, float("-inf"))
-        weights = torch.softmax(logits, dim=1)
+        weights = softmax(logits, dim=1)
         return l2norm((weights[:, :, None] * words).sum(1))
 
 

@@ -12,10 +12,10 @@ from torch import nn
 
 T = TypeVar("T")
 
-#: Nodes per chunk of a reasoning step (SGR's graph step while scoring and in training, TSHSR's HSR layer while
-#: scoring): a chunk's queries and values (2 KiB per node at sim_dim 256), and in training their gradients, stay
-#: in the caches; measured ~20 % faster than one product over a whole tile's nodes (one thread), SGR's training
-#: step (forward and backward) too.
+#: Nodes per chunk of a reasoning step (SGR's graph steps while scoring, a chunk through all of them, and in
+#: training; TSHSR's HSR layer while scoring): a chunk's queries and values (2 KiB per node at sim_dim 256), and in
+#: training their gradients, stay in the caches; measured ~20 % faster than one product over a whole tile's nodes
+#: (one thread), SGR's training step (forward and backward) too.
 NODE_CHUNK_ROWS = 512
 
 

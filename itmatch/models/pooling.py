@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from itmatch.errors import ItmatchError
 from itmatch.models.layers import cached_weights, length_mask
+from itmatch.models.softmax import softmax
 
 POOLINGS = ("mean", "max", "topk", "gpo")
 
@@ -106,7 +107,7 @@ class GPO(nn.Module):
         half = out.shape[2] // 2
         scores = self.linear((out[:, :, :half] + out[:, :, half:]) / 2).squeeze(2)
         scores = scores.masked_fill(~length_mask(lengths, width), float("-inf"))
-        return torch.softmax(scores / 0.1, dim=1)
+        return softmax(scores / 0.1, dim=1)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, N, d), (B,) -> (B, d)."""

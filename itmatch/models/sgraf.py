@@ -41,6 +41,7 @@ from itmatch.models.layers import (batchnorm_eval, cached_weights, in_pair_chunk
 from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
                                         WordEncoding, global_similarity, word_pair_bytes)
 from itmatch.models.registry import register_preset
+from itmatch.models.softmax import softmax, softmax_backward
 
 MODULES = ("SGR", "SAF", "AVE", "SGR+SAF")
 ATTENTIONS = ("t2i", "i2t")
@@ -144,9 +145,7 @@ class GraphReasoning(nn.Module):
         fold, bias, project, project_bias = cached_weights(self, self._folded)
         blocked = ~node_mask[:, None, :]
         if first_only:
-            logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
-            edges = torch.softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
-            return self.sim_graph_w(torch.bmm(edges, nodes).squeeze(1)).relu_()
+            return self.sim_graph_w(self.first_context(nodes, blocked)).relu_()
         if torch.is_grad_enabled():  # training: the same step with a hand-written backward pass
             if torch.is_autocast_enabled(nodes.device.type):
                 # bf16: autocast picks each product's dtype, which the hand-written backward cannot follow
@@ -154,6 +153,20 @@ class GraphReasoning(nn.Module):
             return GraphStep.apply(nodes, blocked, project, project_bias)
         return in_pair_chunks(lambda part, mask, out=None: graph_step(part, mask, project, project_bias, out)[2],
                               nodes, blocked)
+
+    def step(self, nodes: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        """One full step over all of ``nodes`` (P, N, k) at once, without autograd; blocked (P, 1, N) bool."""
+        _, _, project, project_bias = cached_weights(self, self._folded)
+        return graph_step(nodes, blocked, project, project_bias)[2]
+
+    def first_context(self, nodes: torch.Tensor, blocked: torch.Tensor, out: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Node 0's edge-weighted sum of the nodes (P, k), the step's output for node 0 before ``Wg`` and the
+        ReLU: nodes (P, N, k), blocked (P, 1, N) bool; ``out`` (P, k) to write it into."""
+        fold, bias, _, _ = cached_weights(self, self._folded)
+        logits = torch.bmm(nodes, torch.addmm(bias, nodes[:, 0], fold)[:, :, None]).transpose(1, 2)
+        edges = softmax(logits.masked_fill_(blocked, float("-inf")), dim=2)
+        return torch.bmm(edges, nodes, out=None if out is None else out[:, None]).squeeze(1)
 
 
 def graph_step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor, bias: torch.Tensor,
@@ -165,7 +178,7 @@ def graph_step(nodes: torch.Tensor, blocked: torch.Tensor, project: torch.Tensor
     n_pair, n_node, dim = nodes.shape
     both = torch.addmm(bias, nodes.reshape(-1, dim), project).view(n_pair, n_node, 2 * dim)
     logits = torch.bmm(both[..., :dim], nodes.transpose(1, 2)).masked_fill_(blocked, float("-inf"))
-    edges = torch.softmax(logits, dim=2)
+    edges = softmax(logits, dim=2)
     return both, edges, torch.bmm(edges, both[..., dim:], out=out).relu_()
 
 
@@ -202,8 +215,7 @@ class GraphStep(torch.autograd.Function):
             part = nodes[pairs]
             g = torch.ops.aten.threshold_backward(grad[pairs], out[pairs], 0)   # through the ReLU
             grad_values = torch.bmm(edges.transpose(1, 2), g)
-            grad_logits = torch.ops.aten._softmax_backward_data(                # d edges, then the softmax's
-                torch.bmm(g, both[..., dim:].transpose(1, 2)), edges, 2, edges.dtype)
+            grad_logits = softmax_backward(torch.bmm(g, both[..., dim:].transpose(1, 2)), edges, 2)  # via d edges
             grad_queries = torch.bmm(grad_logits, part)
             flat = torch.bmm(grad_logits.transpose(1, 2), both[..., :dim], out=grad_nodes[pairs]).view(-1, dim)
             flat_part = part.reshape(-1, dim)
@@ -352,10 +364,21 @@ class SimilarityEncoder(nn.Module):
             for module in self.SGR_module:
                 flat = module(flat, flat_mask)
             return masked_mean(flat, flat_mask).view(n_img, n_cap, dim)
-        for module in self.SGR_module[:-1]:
-            flat = module(flat, flat_mask)
-        vec = self.SGR_module[-1](flat, flat_mask, first_only=True) if len(self.SGR_module) else flat[:, 0]
-        return vec.view(n_img, n_cap, dim)
+        if not len(self.SGR_module):
+            return flat[:, 0].reshape(n_img, n_cap, dim)
+        *full, last = self.SGR_module
+        if torch.is_grad_enabled():
+            for module in full:
+                flat = module(flat, flat_mask)
+            return last(flat, flat_mask, first_only=True).view(n_img, n_cap, dim)
+        # scoring: each chunk of pairs through every step while it is in the caches, node 0's projection at the end
+        context = flat.new_empty(len(flat), dim)
+        for pairs in pair_chunks(n_img * n_cap, n_node):
+            part, blocked = flat[pairs], ~flat_mask[pairs, None, :]
+            for module in full:
+                part = module.step(part, blocked)
+            last.first_context(part, blocked, out=context[pairs])
+        return last.sim_graph_w(context).relu_().view(n_img, n_cap, dim)
 
     def forward(self, images: RegionEncoding, texts: WordEncoding) -> torch.Tensor:
         """Scores (I, C); with two heads, the mean of theirs."""

@@ -103,6 +103,7 @@ from itmatch.models.layers import cached_weights, in_pair_chunks, length_mask, x
 from itmatch.models.region_word import (PAIR_SPREAD_WORDS, RegionEncoding, RegionWordConfig, RegionWordMatcher,
                                         WordEncoding, global_similarity, word_pair_bytes)
 from itmatch.models.registry import register_preset
+from itmatch.models.softmax import softmax
 
 STREAMS = ("both", "i2t", "t2i")
 READOUTS = ("sigmoid", "inner")
@@ -208,7 +209,7 @@ class HSRLayer(nn.Module):
         """R from its logits (P, rows, N): a softmax over each row's valid columns (``valid`` (P, N)), or with
         ``normalise`` off the logits themselves; zero in padded columns either way."""
         if self.normalise:
-            return torch.softmax(logits.masked_fill(~valid[:, None, :], float("-inf")), dim=2)
+            return softmax(logits.masked_fill(~valid[:, None, :], float("-inf")), dim=2)
         return logits.masked_fill(~valid[:, None, :], 0.0)
 
     def _readout(self, nodes: torch.Tensor, n_nodes: torch.Tensor, valid: torch.Tensor, fold: torch.Tensor,
