@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,13 @@ FEATURE_DIM = 1286  # the default extractor's
 _BUILT: dict[str, Path] = {}
 _ROOT = Path(tempfile.mkdtemp(prefix="itmatch-search-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # the suite leaves nothing in /tmp
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def draw_picture(path: Path, colour: tuple[int, int, int], shape: str, size: int = 160) -> Path:

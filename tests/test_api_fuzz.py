@@ -4,7 +4,6 @@ schema get no server error, and their status codes, content types and bodies are
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
 
-from search_support import picture_index
+from search_support import free_port, picture_index
 
 EXAMPLES = 30  # per operation: about 20 s in all on two busy cores
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 import types
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from search_support import picture_dataset, picture_models, save_models, synthetic_data
+from search_support import free_port, picture_dataset, picture_index, picture_models, save_models, synthetic_data
 from itmatch.cli import main
 from itmatch.errors import ItmatchError, stopped
 from itmatch.features import extract_features
@@ -435,6 +436,26 @@ def interruptible(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "itmatch", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_server_ends_quietly(signal_number):
+    """`itmatch serve` stopped by `kill` or Ctrl-C shuts down and exits 0, without the writers' stop line (it has
+    no output to speak of)."""
+    port = free_port()
+    process = interruptible("serve", "--index", str(picture_index()), "--port", str(port), "--threads", "1")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.2)
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped by" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import os
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -48,7 +49,13 @@ def serve(
     app = create_app(searcher, shortlist=shortlist, workers=min(threads or cores, cores),
                      limits=Limits(max_upload_bytes=max_upload_mb << 20))
     typer.echo(f"serving {index} ({searcher.index.n_images} pictures) at http://{host}:{port}  (API docs: /docs)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    except SystemExit as exc:
+        # uvicorn stops gracefully on SIGTERM, then raises the signal again (here a SystemExit, so that writers
+        # clean up): a server has no output to speak of, so it ends as after Ctrl-C, with status 0 and no line
+        if exc.code != 128 + signal.SIGTERM:
+            raise
 
 
 def register(app: typer.Typer) -> None:
