@@ -3,7 +3,8 @@
 Builds once (kept in ``--work``) a planted synthetic gallery (``--images`` pictures, 36 regions × 256 dims, 5
 captions each) and an index with random models at the `make demo` sizes: VSE (embed 128) shortlists, SGR and/or SAF
 (embed 128, sim 64) re-rank; the weights do not change the work a query costs. Then starts `itmatch serve` in its
-own process (``--threads`` model threads) and sends ``--requests`` ``GET /search?q=...&top=12`` from
+own process — by default one worker process per core with one model thread each (``--workers``, ``--threads``; the
+model threads of one process share Python's interpreter lock) — and sends ``--requests`` ``GET /search?q=...&top=12`` from
 ``--concurrency`` clients that each send their next request when the last one is answered; the queries are random
 captions of the gallery. The clients speak minimal HTTP/1.1 over asyncio streams (keep-alive): httpx's client
 costs about 4.5 ms of CPU per request here, more than the server's HTTP layer, and would mostly measure itself.
@@ -11,6 +12,7 @@ Client and server share the machine's cores. Prints errors, throughput, the clie
 the CPU time each side used per request.
 
     python benchmarks/serve_load.py                                   # 1,000 requests, 50 concurrent, shortlist 100
+    python benchmarks/serve_load.py --workers 1 --threads 2          # one process of two model threads
     python benchmarks/serve_load.py --shortlist 20 --rerankers sgr
 """
 
@@ -66,6 +68,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the server process and of its running children (the worker processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
 async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str) -> tuple[int, bytes]:
     """One HTTP/1.1 GET on a kept-alive connection: (status, body)."""
     writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -110,27 +118,30 @@ def main() -> None:
     parser.add_argument("--shortlist", type=int, default=100)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="model threads of the server (default: one per core, as `itmatch serve`)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="worker processes of the server (default: one per core)")
+    parser.add_argument("--threads", type=int, default=1, help="model threads of each worker process")
     args = parser.parse_args()
 
     index = gallery_index(args.work, args.images, args.rerankers)
     captions = read_captions(args.work / f"data-{args.images}" / "test_caps.txt")
     rng = np.random.default_rng(0)
     queries = [captions[i] for i in rng.integers(0, len(captions), args.requests)]
-    server, port = start_server(index, args.threads, ["--shortlist", str(args.shortlist)])
+    server, port = start_server(index, args.threads, ["--shortlist", str(args.shortlist), "--workers",
+                                                      str(args.workers)])
     try:
         warm_errors = asyncio.run(run_load(port, queries[:args.concurrency], args.concurrency))[1]  # not timed
-        server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+        server_cpu, client_cpu = server_cpu_seconds(server.pid), time.process_time()
         latencies, errors, wall = asyncio.run(run_load(port, queries, args.concurrency))
-        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
+        server_cpu, client_cpu = server_cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
         errors += warm_errors  # a request of the warm-up that failed counts too
     finally:
         server.terminate()
         server.wait(30)
     ms = np.asarray(latencies) * 1000
     print(f"{args.images:,} pictures, shortlist {args.shortlist}, re-rankers {'+'.join(args.rerankers) or 'none'}, "
-          f"{args.threads} model thread(s), {os.cpu_count()} cores shared by client and server")
+          f"{args.workers} worker process(es) of {args.threads} model thread(s), {os.cpu_count()} cores shared by client "
+          "and server")
     print(f"{len(ms)} requests, {args.concurrency} concurrent: {errors} errors (warm-up included), "
           f"{len(ms) / wall:.0f} requests/s, "
           f"latency p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "

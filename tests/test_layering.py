@@ -182,4 +182,5 @@ def test_the_core_runs_without_the_extras(tmp_path) -> None:
     """)
     assert result.returncode == 0, result.stderr
     assert "evaluate 0" in result.stdout and "serve 2" in result.stdout
-    assert "error: this command needs faiss, which is not installed: pip install 'itmatch[search]'" in result.stderr
+    # `serve` needs uvicorn first; its extra brings FAISS ([search]) too
+    assert "error: this command needs uvicorn, which is not installed: pip install 'itmatch[serve]'" in result.stderr

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -438,24 +439,86 @@ def interruptible(*args: str) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+def started_server(*options: str) -> tuple[subprocess.Popen, str]:
+    """`itmatch serve` of the test pictures' index with ``options`` (``interruptible``), once it answers; the
+    process and its base URL."""
+    port = free_port()
+    process = interruptible("serve", "--index", str(picture_index()), "--port", str(port), *options)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=5).close()
+            return process, base
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.2)
+
+
+def worker_pids(process: subprocess.Popen) -> list[int]:
+    """The worker processes of a service (its spawned children, not Python's resource tracker): two."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    workers = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) == 2, children
+    return workers
+
+
+def stop_quietly(process: subprocess.Popen, signal_number: int) -> None:
+    """Stop a server with ``signal_number``: it must exit 0, without the writers' stop line or a traceback."""
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped by" not in err and "Traceback" not in err and "Error" not in err, err
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_server_ends_quietly(signal_number):
     """`itmatch serve` stopped by `kill` or Ctrl-C shuts down and exits 0, without the writers' stop line (it has
     no output to speak of)."""
-    port = free_port()
-    process = interruptible("serve", "--index", str(picture_index()), "--port", str(port), "--threads", "1")
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-            time.sleep(0.2)
-    process.send_signal(signal_number)
+    process, _ = started_server("--threads", "1")
+    stop_quietly(process, signal_number)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_worker_processes_answer_as_one_searcher_and_stop_with_the_service(signal_number):
+    """`serve --workers 2`: two processes on one port answer like the in-process searcher, and stopping the
+    service stops them."""
+    process, base = started_server("--workers", "2", "--threads", "1")
+    workers = worker_pids(process)
+    expected = Searcher(picture_index()).search_text("a red circle", top=3)
+    for _ in range(6):  # over new connections: the kernel spreads them over both workers
+        with urllib.request.urlopen(f"{base}/search?q=a%20red%20circle&top=3", timeout=30) as answer:
+            results = json.loads(answer.read())["results"]
+        assert [hit["image"] for hit in results] == [hit["image"] for hit in expected.hits]
+        np.testing.assert_allclose([hit["score"] for hit in results], [hit["score"] for hit in expected.hits],
+                                   rtol=0, atol=1e-6)
+    stop_quietly(process, signal_number)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
+def test_a_worker_that_dies_stops_the_service_with_one_line():
+    process, _ = started_server("--workers", "2", "--threads", "1")
+    workers = worker_pids(process)
+    os.kill(workers[0], signal.SIGKILL)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    assert "stopped by" not in err and "Traceback" not in err
+    assert process.returncode == 2
+    assert err.strip().splitlines()[-1] == ("error: a worker process of the service ended (exit code -9; its message "
+                                            "is above); stopped the others")
+    assert not Path(f"/proc/{workers[1]}").exists()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
+def test_worker_processes_on_a_port_in_use_are_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--index", str(picture_index()), "--port", str(port), "--workers", "2"])
+    out, err = capsys.readouterr()
+    assert code == 2 and not out and err.count("\n") == 1, (out, err)
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use; give another --port" in err
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])

@@ -17,9 +17,12 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     shortlist: Annotated[int, typer.Option(help="Pictures re-ranked per text query.", min=1)] = 100,
+    workers: Annotated[int, typer.Option(
+        help="Worker processes, each with the index, the models and its own model threads, on one port: on a "
+             "machine of several cores, one per core (with --threads 1) answers the most queries.", min=1)] = 1,
     threads: Annotated[Optional[int], typer.Option(
-        help="Model threads: this many query batches run at once, one CPU thread each (default and most: one "
-             "per core this process may use).", min=1)] = None,
+        help="Model threads of each process: this many query batches run at once, one CPU thread each (default "
+             "and most: the cores this process may use, shared among the workers).", min=1)] = None,
     max_upload_mb: Annotated[int, typer.Option(help="Largest query picture accepted, in MiB.", min=1)] = 10,
     device: Device = "cpu",
 ) -> None:
@@ -31,24 +34,35 @@ def serve(
       itmatch serve --index index/tuxpaint                     # then open http://127.0.0.1:8000
 
       itmatch serve --index index/photos --host 0.0.0.0 --port 8080 --shortlist 50
+
+      itmatch serve --index index/photos --workers 2 --threads 1     # two processes on a 2-core machine
     """
-    import faiss
-    import torch
     import uvicorn
 
-    from itmatch.search import Searcher
-    from itmatch.serve.app import Limits, create_app
+    from itmatch.search import open_index
+    from itmatch.serve.processes import ServeSettings, build_app, check_port, serve_in_processes
 
     cores = len(os.sched_getaffinity(0))
-    if threads is not None and threads > cores:
-        typer.echo(f"--threads {threads} is more than the {cores} cores this process may use: serving with "
-                   f"{cores} model threads (more would oversubscribe the cores and slow every query)", err=True)
-    torch.set_num_threads(1)  # parallel queries, not parallel small operations: model threads x 1 <= cores
-    faiss.omp_set_num_threads(1)
-    searcher = Searcher(index, device=device)
-    app = create_app(searcher, shortlist=shortlist, workers=min(threads or cores, cores),
-                     limits=Limits(max_upload_bytes=max_upload_mb << 20))
-    typer.echo(f"serving {index} ({searcher.index.n_images} pictures) at http://{host}:{port}  (API docs: /docs)")
+    if workers > cores:
+        typer.echo(f"--workers {workers} is more than the {cores} cores this process may use: serving with "
+                   f"{cores} worker processes", err=True)
+        workers = cores
+    most = max(1, cores // workers)
+    if threads is not None and threads > most:
+        typer.echo(f"--threads {threads} with {workers} worker process(es) is more than the {cores} cores this "
+                   f"process may use: serving with {most} model threads each (more would oversubscribe the cores and "
+                   "slow every query)", err=True)
+    settings = ServeSettings(index=str(index), shortlist=shortlist, threads=min(threads or most, most),
+                             max_upload_bytes=max_upload_mb << 20, device=device)
+    n_images = open_index(index).n_images  # a bad index or port: one line here, before any worker starts
+    if workers > 1:
+        check_port(host, port)
+    app = build_app(settings) if workers == 1 else None
+    typer.echo(f"serving {index} ({n_images} pictures) at http://{host}:{port}  (API docs: /docs)"
+               + (f", {workers} worker processes" if workers > 1 else ""))
+    if app is None:
+        serve_in_processes(settings, workers, host, port)
+        return
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     except SystemExit as exc:
