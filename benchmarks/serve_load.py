@@ -3,9 +3,9 @@
 Builds once (kept in ``--work``) a planted synthetic gallery (``--images`` pictures, 36 regions × 256 dims, 5
 captions each) and an index with random models at the `make demo` sizes: VSE (embed 128) shortlists, SGR and/or SAF
 (embed 128, sim 64) re-rank; the weights do not change the work a query costs. Then starts `itmatch serve` in its
-own process — by default one worker process per core with one model thread each (``--workers``, ``--threads``; the
-model threads of one process share Python's interpreter lock) — and sends ``--requests`` ``GET /search?q=...&top=12`` from
-``--concurrency`` clients that each send their next request when the last one is answered; the queries are random
+own process — by default one worker process per core with one model thread each (``--workers``, ``--threads``;
+the model threads of one process share Python's interpreter lock) — and sends ``--requests``
+``GET /search?q=...&top=12`` from ``--concurrency`` clients that each send their next request when the last one is answered; the queries are random
 captions of the gallery. The clients speak minimal HTTP/1.1 over asyncio streams (keep-alive): httpx's client
 costs about 4.5 ms of CPU per request here, more than the server's HTTP layer, and would mostly measure itself.
 Client and server share the machine's cores. Prints errors, throughput, the client-side latency percentiles and
@@ -140,8 +140,8 @@ def main() -> None:
         server.wait(30)
     ms = np.asarray(latencies) * 1000
     print(f"{args.images:,} pictures, shortlist {args.shortlist}, re-rankers {'+'.join(args.rerankers) or 'none'}, "
-          f"{args.workers} worker process(es) of {args.threads} model thread(s), {os.cpu_count()} cores shared by client "
-          "and server")
+          f"{args.workers} worker process(es) of {args.threads} model thread(s), {os.cpu_count()} cores shared by "
+          "client and server")
     print(f"{len(ms)} requests, {args.concurrency} concurrent: {errors} errors (warm-up included), "
           f"{len(ms) / wall:.0f} requests/s, "
           f"latency p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms, "
