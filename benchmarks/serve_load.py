@@ -5,7 +5,8 @@ captions each) and an index with random models at the `make demo` sizes: VSE (em
 (embed 128, sim 64) re-rank; the weights do not change the work a query costs. Then starts `itmatch serve` in its
 own process — by default one worker process per core with one model thread each (``--workers``, ``--threads``;
 the model threads of one process share Python's interpreter lock) — and sends ``--requests``
-``GET /search?q=...&top=12`` from ``--concurrency`` clients that each send their next request when the last one is answered; the queries are random
+``GET /search?q=...&top=12`` from ``--concurrency`` clients that each send their next request when the last one is
+answered; the queries are random
 captions of the gallery. The clients speak minimal HTTP/1.1 over asyncio streams (keep-alive): httpx's client
 costs about 4.5 ms of CPU per request here, more than the server's HTTP layer, and would mostly measure itself.
 Client and server share the machine's cores. Prints errors, throughput, the client-side latency percentiles and
