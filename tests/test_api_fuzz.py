@@ -4,6 +4,7 @@ schema get no server error, and their status codes, content types and bodies are
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
