@@ -4,6 +4,7 @@ picture twice."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import time
 import types
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -439,28 +441,61 @@ def interruptible(*args: str) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def started_server(*options: str) -> tuple[subprocess.Popen, str]:
-    """`itmatch serve` of the test pictures' index with ``options`` (``interruptible``), once it answers; the
-    process and its base URL."""
+TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
+
+
+@contextlib.contextmanager
+def running_server(*options: str, index: Path | None = None, wait: bool = True
+                   ) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`itmatch serve` of ``index`` (the test pictures' by default) with ``options`` in a session of its own (with
+    Ctrl-C's default action), once it says it serves and answers, unless not ``wait``: the process and its base URL.
+    Its whole process group is killed at the end, so that no server outlives a failed test."""
     port = free_port()
-    process = interruptible("serve", "--index", str(picture_index()), "--port", str(port), *options)
+    process = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", str(index or picture_index()),
+                                "--port", str(port), *options], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=5).close()
-            return process, base
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-            time.sleep(0.2)
+    try:
+        # "serving ..." comes once every worker has its app; then one (at least) listens
+        assert not wait or process.stdout.readline().startswith("serving "), process.stderr.read()
+        deadline = time.monotonic() + 120
+        while wait:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+                time.sleep(0.2)
+        yield process, base
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 def worker_pids(process: subprocess.Popen) -> list[int]:
-    """The worker processes of a service (its spawned children, not Python's resource tracker): two."""
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    workers = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
-    assert len(workers) == 2, children
-    return workers
+    """The worker processes of a service (its spawned children, not Python's resource tracker), once there are
+    two."""
+    deadline = time.monotonic() + 60
+    while True:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        workers = [int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        if len(workers) == 2:
+            return workers
+        assert time.monotonic() < deadline, children
+        time.sleep(0.05)
+
+
+def ended(pids: list[int], seconds: float = 30) -> bool:
+    """Whether all of ``pids`` end within ``seconds`` (a zombie counts as ended)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        if not alive or time.monotonic() > deadline:
+            return not alive
+        time.sleep(0.1)
 
 
 def stop_quietly(process: subprocess.Popen, signal_number: int) -> None:
@@ -475,43 +510,81 @@ def stop_quietly(process: subprocess.Popen, signal_number: int) -> None:
 def test_a_stopped_server_ends_quietly(signal_number):
     """`itmatch serve` stopped by `kill` or Ctrl-C shuts down and exits 0, without the writers' stop line (it has
     no output to speak of)."""
-    process, _ = started_server("--threads", "1")
-    stop_quietly(process, signal_number)
+    with running_server("--threads", "1") as (process, _):
+        stop_quietly(process, signal_number)
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
+@TWO_CORES
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_worker_processes_answer_as_one_searcher_and_stop_with_the_service(signal_number):
     """`serve --workers 2`: two processes on one port answer like the in-process searcher, and stopping the
     service stops them."""
-    process, base = started_server("--workers", "2", "--threads", "1")
-    workers = worker_pids(process)
-    expected = Searcher(picture_index()).search_text("a red circle", top=3)
-    for _ in range(6):  # over new connections: the kernel spreads them over both workers
-        with urllib.request.urlopen(f"{base}/search?q=a%20red%20circle&top=3", timeout=30) as answer:
-            results = json.loads(answer.read())["results"]
-        assert [hit["image"] for hit in results] == [hit["image"] for hit in expected.hits]
-        np.testing.assert_allclose([hit["score"] for hit in results], [hit["score"] for hit in expected.hits],
-                                   rtol=0, atol=1e-6)
-    stop_quietly(process, signal_number)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    with running_server("--workers", "2", "--threads", "1") as (process, base):
+        workers = worker_pids(process)
+        expected = Searcher(picture_index()).search_text("a red circle", top=3)
+        for _ in range(6):  # over new connections: the kernel spreads them over both workers
+            with urllib.request.urlopen(f"{base}/search?q=a%20red%20circle&top=3", timeout=30) as answer:
+                results = json.loads(answer.read())["results"]
+            assert [hit["image"] for hit in results] == [hit["image"] for hit in expected.hits]
+            np.testing.assert_allclose([hit["score"] for hit in results], [hit["score"] for hit in expected.hits],
+                                       rtol=0, atol=1e-6)
+        stop_quietly(process, signal_number)
+        assert ended(workers, seconds=0)
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
+@TWO_CORES
 def test_a_worker_that_dies_stops_the_service_with_one_line():
-    process, _ = started_server("--workers", "2", "--threads", "1")
-    workers = worker_pids(process)
-    os.kill(workers[0], signal.SIGKILL)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 2
-    assert err.strip().splitlines()[-1] == ("error: a worker process of the service ended (exit code -9; its message "
-                                            "is above); stopped the others")
-    assert not Path(f"/proc/{workers[1]}").exists()
+    with running_server("--workers", "2", "--threads", "1") as (process, _):
+        workers = worker_pids(process)
+        os.kill(workers[1], signal.SIGKILL)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 2
+        assert err.strip().splitlines() == [
+            "error: a worker process of the service ended (exit code -9); stopped the others"]
+        assert ended(workers, seconds=0)
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two worker processes need two cores")
-def test_worker_processes_on_a_port_in_use_are_one_line(capsys):
+@TWO_CORES
+def test_no_worker_outlives_the_service():
+    """Killed outright (SIGKILL: no chance to stop its workers), the service's workers end too."""
+    with running_server("--workers", "2", "--threads", "1") as (process, _):
+        workers = worker_pids(process)
+        process.kill()
+        process.communicate(timeout=60)
+        assert ended(workers)
+
+
+@TWO_CORES
+def test_a_worker_that_cannot_start_is_one_line(tmp_path):
+    """A model file that is not a checkpoint: the service stops with the workers' one-line error, nothing served."""
+    index = tmp_path / "index"
+    shutil.copytree(picture_index(), index)
+    damaged = sorted(index.rglob("*.safetensors"))[-1]
+    damaged.write_bytes(b"not a checkpoint" * 10)
+    with running_server("--workers", "2", "--threads", "1", index=index, wait=False) as (process, _):
+        out, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and out == "", (out, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and "not a checkpoint" in err, err
+
+
+@TWO_CORES
+def test_ctrl_c_while_the_workers_start_is_quiet():
+    """Ctrl-C (SIGINT to the whole process group) while the workers import their libraries: no traceback."""
+    with running_server("--workers", "2", "--threads", "1", wait=False) as (process, _):
+        workers = worker_pids(process)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0 and "Traceback" not in err and "Error" not in err, err
+        assert ended(workers, seconds=0)
+
+
+@TWO_CORES
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_worker_processes_on_a_port_in_use_are_one_line(capsys, reuse_port):
+    """Taken by any server, also by another service's workers (which bind with SO_REUSEPORT and would otherwise
+    share the port with this one)."""
     with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]

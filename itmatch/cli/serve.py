@@ -55,14 +55,18 @@ def serve(
     settings = ServeSettings(index=str(index), shortlist=shortlist, threads=min(threads or most, most),
                              max_upload_bytes=max_upload_mb << 20, device=device)
     n_images = open_index(index).n_images  # a bad index or port: one line here, before any worker starts
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+
+    def ready() -> None:
+        typer.echo(f"serving {index} ({n_images} pictures) at http://{shown}:{port}  (API docs: /docs)"
+                   + (f", {workers} worker processes" if workers > 1 else ""))
+
     if workers > 1:
         check_port(host, port)
-    app = build_app(settings) if workers == 1 else None
-    typer.echo(f"serving {index} ({n_images} pictures) at http://{host}:{port}  (API docs: /docs)"
-               + (f", {workers} worker processes" if workers > 1 else ""))
-    if app is None:
-        serve_in_processes(settings, workers, host, port)
+        serve_in_processes(settings, workers, host, port, ready)
         return
+    app = build_app(settings)
+    ready()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     except SystemExit as exc:

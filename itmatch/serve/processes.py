@@ -11,12 +11,18 @@ with one shared socket (uvicorn's own ``workers``) the first process to wake acc
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
+import sys
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Callable
 
 from fastapi import FastAPI
 
@@ -56,21 +62,39 @@ def build_app(settings: ServeSettings) -> FastAPI:
                       limits=Limits(max_upload_bytes=settings.max_upload_bytes))
 
 
-def serve_in_processes(settings: ServeSettings, workers: int, host: str, port: int) -> None:
-    """Serve ``settings`` from ``workers`` processes on ``host:port`` until SIGTERM or Ctrl-C (then each shuts down
-    gracefully); a worker that ends by itself stops the others and raises. Check the port first
-    (``check_port``)."""
+def serve_in_processes(settings: ServeSettings, workers: int, host: str, port: int,
+                       ready: Callable[[], None]) -> None:
+    """Serve ``settings`` from ``workers`` processes on ``host:port`` until SIGTERM or Ctrl-C (each then shuts down
+    gracefully); ``ready()`` is called once every worker has its app and its socket. A worker that cannot start (its
+    one-line error) or that ends by itself stops the others and raises. Check the port first (``check_port``)."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked copy of PyTorch's threads
-    processes = [context.Process(target=_worker, args=(settings, host, port), name=f"itmatch-serve-{n}")
-                 for n in range(workers)]
+    channels = [context.Pipe(duplex=False) for _ in range(workers)]
+    processes = [context.Process(target=_worker, args=(settings, host, port, os.getpid(), send),
+                                 name=f"itmatch-serve-{n}") for n, (_, send) in enumerate(channels)]
     stop: list[int] = []
     previous = {number: signal.signal(number, lambda number, frame: stop.append(number))
                 for number in (signal.SIGINT, signal.SIGTERM)}
+    failure = None
     try:
-        for process in processes:
-            process.start()
-        while not stop and all(process.is_alive() for process in processes):
+        # The workers start with Ctrl-C ignored (an ignored signal stays ignored through spawn's exec): one pressed
+        # while they import would end each in a traceback. uvicorn handles it while they serve; the parent stops
+        # them either way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for process in processes:
+                process.start()
+        finally:
+            signal.signal(signal.SIGINT, lambda number, frame: stop.append(number))
+        for _, send in channels:
+            send.close()  # each pipe stays open through its worker's end alone: a worker that dies closes it
+        failure = _started({receive: process for (receive, _), process in zip(channels, processes)}, stop)
+        if failure is None and not stop:
+            ready()
+        while failure is None and not stop:
             multiprocessing.connection.wait([process.sentinel for process in processes], timeout=0.5)
+            ended = next((process for process in processes if not process.is_alive()), None)
+            if ended is not None:
+                failure = f"a worker process of the service ended (exit code {ended.exitcode}); stopped the others"
     finally:
         for process in processes:
             if process.is_alive():
@@ -80,24 +104,40 @@ def serve_in_processes(settings: ServeSettings, workers: int, host: str, port: i
                 process.join()
         for number, handler in previous.items():
             signal.signal(number, handler)
-    if not stop:
-        ended = next(process for process in processes if process.exitcode is not None)
-        raise ItmatchError(f"a worker process of the service ended (exit code {ended.exitcode}; its message is "
-                           "above); stopped the others")
+    if failure is not None:
+        raise ItmatchError(failure)
+
+
+def _started(waiting: dict[Connection, BaseProcess], stop: list[int]) -> str | None:
+    """Wait until every worker reports (None: ready) or one fails (its error) or a signal came (``stop``)."""
+    while waiting and not stop:
+        for receive in multiprocessing.connection.wait(list(waiting), timeout=0.5):
+            process = waiting.pop(receive)
+            try:
+                message = receive.recv()
+            except EOFError:  # it died before reporting (its message, if any, is above)
+                process.join()
+                return f"a worker process of the service ended while starting (exit code {process.exitcode})"
+            if message is not None:
+                return message
+    return None
 
 
 def check_port(host: str, port: int) -> None:
-    """Raise a one-line error if the workers could not listen on ``host:port`` (e.g. another server holds it)."""
-    _reusable_socket(host, port).close()
+    """Raise a one-line error if ``host:port`` is taken, by any server (this check binds without
+    ``SO_REUSEPORT``: it also fails beside another service's workers, which set it)."""
+    _bound_socket(host, port, reuse_port=False).close()
 
 
-def _reusable_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, so that every worker binds its own."""
+def _bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to ``host:port``; with ``reuse_port`` bound with ``SO_REUSEPORT``, so that every worker
+    binds its own and the kernel spreads the connections over them."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
     except OSError as exc:
@@ -106,13 +146,27 @@ def _reusable_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: ServeSettings, host: str, port: int) -> None:
-    """One worker process: the app and uvicorn on its own socket."""
+def _worker(settings: ServeSettings, host: str, port: int, parent: int, report: Connection) -> None:
+    """One worker process: reports None (ready) or its one-line error to the parent, then serves on its own socket
+    until stopped."""
+    _stop_with(parent)
     import uvicorn
 
-    sock = _reusable_socket(host, port)
-    config = uvicorn.Config(build_app(settings), log_level="warning", access_log=False)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: uvicorn has shut down, no traceback
-        pass
+        sock = _bound_socket(host, port, reuse_port=True)
+        app = build_app(settings)
+    except ItmatchError as exc:
+        report.send(str(exc))
+        return
+    report.send(None)
+    report.close()
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def _stop_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when the service's process ends, even by SIGKILL (Linux's
+    ``PR_SET_PDEATHSIG``), so that no worker outlives it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it ended before the call
+        raise SystemExit(0)
