@@ -6,11 +6,16 @@ from __future__ import annotations
 import atexit
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
+import pytest
 
 from conftest import small_model
 from itmatch.checkpoint import save_model
@@ -32,6 +37,21 @@ FEATURE_DIM = 1286  # the default extractor's
 _BUILT: dict[str, Path] = {}
 _ROOT = Path(tempfile.mkdtemp(prefix="itmatch-search-tests-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)  # the suite leaves nothing in /tmp
+
+
+def wait_until_serving(base: str, process: subprocess.Popen, failure: Callable[[], str], seconds: float = 120
+                       ) -> None:
+    """Poll ``base``/health until the server answers; fail the test with ``failure()`` (its log) if ``process`` ends
+    or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=5).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"itmatch serve did not start: {failure()}")
+            time.sleep(0.2)
 
 
 def free_port() -> int:

@@ -7,8 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
 
-from search_support import free_port, picture_index
+from search_support import free_port, picture_index, wait_until_serving
 
 EXAMPLES = 30  # per operation: about 20 s in all on two busy cores
 
@@ -33,15 +31,7 @@ def live_server(tmp_path_factory):
                               stdout=subprocess.DEVNULL, stderr=(sink := log.open("wb")))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=5).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"itmatch serve did not start: {log.read_text(errors='replace')[-2000:]}")
-                time.sleep(0.2)
+        wait_until_serving(base, server, lambda: log.read_text(errors="replace")[-2000:])
         yield base
     finally:
         server.terminate()

@@ -21,7 +21,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from search_support import free_port, picture_dataset, picture_index, picture_models, save_models, synthetic_data
+from search_support import (free_port, picture_dataset, picture_index, picture_models, save_models, synthetic_data,
+                            wait_until_serving)
 from itmatch.cli import main
 from itmatch.errors import ItmatchError, stopped
 from itmatch.features import extract_features
@@ -458,15 +459,9 @@ def running_server(*options: str, index: Path | None = None, wait: bool = True
     base = f"http://127.0.0.1:{port}"
     try:
         # "serving ..." comes once every worker has its app; then one (at least) listens
-        assert not wait or process.stdout.readline().startswith("serving "), process.stderr.read()
-        deadline = time.monotonic() + 120
-        while wait:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=5).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-                time.sleep(0.2)
+        if wait:
+            assert process.stdout.readline().startswith("serving "), process.stderr.read()
+            wait_until_serving(base, process, lambda: (process.kill(), process.communicate()[1])[1])
         yield process, base
     finally:
         with contextlib.suppress(ProcessLookupError):
