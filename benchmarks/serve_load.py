@@ -3,14 +3,13 @@
 Builds once (kept in ``--work``) a planted synthetic gallery (``--images`` pictures, 36 regions × 256 dims, 5
 captions each) and an index with random models at the `make demo` sizes: VSE (embed 128) shortlists, SGR and/or SAF
 (embed 128, sim 64) re-rank; the weights do not change the work a query costs. Then starts `itmatch serve` in its
-own process — by default one worker process per core with one model thread each (``--workers``, ``--threads``;
-the model threads of one process share Python's interpreter lock) — and sends ``--requests``
-``GET /search?q=...&top=12`` from ``--concurrency`` clients that each send their next request when the last one is
-answered; the queries are random
-captions of the gallery. The clients speak minimal HTTP/1.1 over asyncio streams (keep-alive): httpx's client
-costs about 4.5 ms of CPU per request here, more than the server's HTTP layer, and would mostly measure itself.
-Client and server share the machine's cores. Prints errors, throughput, the client-side latency percentiles and
-the CPU time each side used per request.
+own process — by default one worker process per core with one model thread each (``--workers``, ``--threads``; the
+model threads of one process share Python's interpreter lock) — and sends ``--requests`` ``GET
+/search?q=...&top=12`` from ``--concurrency`` clients that each send their next request when the last one is
+answered; the queries are random captions of the gallery. The clients speak minimal HTTP/1.1 over asyncio streams
+(keep-alive): httpx's client costs about 4.5 ms of CPU per request here, more than the server's HTTP layer, and
+would mostly measure itself. Client and server share the machine's cores. Prints errors, throughput, the client-side
+latency percentiles and the CPU time each side used per request.
 
     python benchmarks/serve_load.py                                   # 1,000 requests, 50 concurrent, shortlist 100
     python benchmarks/serve_load.py --workers 1 --threads 2          # one process of two model threads

@@ -27,6 +27,9 @@ _HOMES = {"load_checkpoint": "itmatch.checkpoint", "load_model": "itmatch.checkp
 __all__ = ["Ensemble", "ItmatchError", "Matcher", "create_model", "list_models", "load_checkpoint", "load_model",
            "save_model", "score_matrix", "__version__"]
 
+#: Names this module uses itself, not part of the API.
+_PRIVATE = {"annotations", "importlib", "TYPE_CHECKING", "Any"}
+
 
 def __getattr__(name: str) -> Any:
     """A public name, or a submodule (``itmatch.models``), loaded on first use."""
@@ -45,7 +48,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*__all__, *(n for n in globals() if not n.startswith("_") and n not in _PRIVATE)})
-
-
-#: Names this module uses itself, not part of the API.
-_PRIVATE = {"annotations", "importlib", "TYPE_CHECKING", "Any"}

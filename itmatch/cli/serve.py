@@ -54,18 +54,18 @@ def serve(
                    "slow every query)", err=True)
     settings = ServeSettings(index=str(index), shortlist=shortlist, threads=min(threads or most, most),
                              max_upload_bytes=max_upload_mb << 20, device=device)
-    n_images = open_index(index).n_images  # a bad index or port: one line here, before any worker starts
+    opened = open_index(index)  # a bad index or port: one line here, before any worker starts
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
 
     def ready() -> None:
-        typer.echo(f"serving {index} ({n_images} pictures) at http://{shown}:{port}  (API docs: /docs)"
+        typer.echo(f"serving {index} ({opened.n_images} pictures) at http://{shown}:{port}  (API docs: /docs)"
                    + (f", {workers} worker processes" if workers > 1 else ""))
 
     if workers > 1:
         check_port(host, port)
         serve_in_processes(settings, workers, host, port, ready)
         return
-    app = build_app(settings)
+    app = build_app(settings, opened)
     ready()
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -22,11 +22,14 @@ import sys
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fastapi import FastAPI
 
 from itmatch.errors import ItmatchError
+
+if TYPE_CHECKING:
+    from itmatch.search.index import Index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +43,12 @@ class ServeSettings:
     device: str
 
 
-def build_app(settings: ServeSettings) -> FastAPI:
-    """The service app of ``settings`` in this process: PyTorch and FAISS at one intra-op thread (parallel queries,
-    not parallel small operations, so that processes x model threads x 1 stays within the cores). tqdm, whose
-    hidden bars the engine makes, gets a thread lock instead of its default inter-process one: a worker process
-    ends by its signal, and the semaphore of that lock would be left to Python's resource tracker, which warns."""
+def build_app(settings: ServeSettings, index: Index | None = None) -> FastAPI:
+    """The service app of ``settings`` in this process (over ``index`` if the caller has it open already): PyTorch and
+    FAISS at one intra-op thread (parallel queries, not parallel small operations, so that processes x model threads x 1
+    stays within the cores). tqdm, whose hidden bars the engine makes, gets a thread lock instead of its default
+    inter-process one: a worker process ends by its signal, and the semaphore of that lock would be left to Python's
+    resource tracker, which warns."""
     import threading
 
     import faiss
@@ -57,7 +61,7 @@ def build_app(settings: ServeSettings) -> FastAPI:
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     tqdm.set_lock(threading.RLock())
-    searcher = Searcher(Path(settings.index), device=settings.device)
+    searcher = Searcher(index or Path(settings.index), device=settings.device)
     return create_app(searcher, shortlist=settings.shortlist, workers=settings.threads,
                       limits=Limits(max_upload_bytes=settings.max_upload_bytes))
 
@@ -72,8 +76,11 @@ def serve_in_processes(settings: ServeSettings, workers: int, host: str, port: i
     processes = [context.Process(target=_worker, args=(settings, host, port, os.getpid(), send),
                                  name=f"itmatch-serve-{n}") for n, (_, send) in enumerate(channels)]
     stop: list[int] = []
-    previous = {number: signal.signal(number, lambda number, frame: stop.append(number))
-                for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(number: int, frame: object) -> None:
+        stop.append(number)
+
+    previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     failure = None
     try:
         # The workers start with Ctrl-C ignored (an ignored signal stays ignored through spawn's exec): one pressed
@@ -84,7 +91,7 @@ def serve_in_processes(settings: ServeSettings, workers: int, host: str, port: i
             for process in processes:
                 process.start()
         finally:
-            signal.signal(signal.SIGINT, lambda number, frame: stop.append(number))
+            signal.signal(signal.SIGINT, on_signal)
         for _, send in channels:
             send.close()  # each pipe stays open through its worker's end alone: a worker that dies closes it
         failure = _started({receive: process for (receive, _), process in zip(channels, processes)}, stop)
