@@ -434,11 +434,11 @@ def test_the_folder_a_command_runs_in_is_never_replaced_under_it(tmp_path, monke
     assert main(["data", "synth", "--out", "./out", "--images", "20", "--dim", "16"]) == 0
 
 
-def interruptible(*args: str) -> subprocess.Popen:
+def interruptible(*args: str, stdout: int = subprocess.DEVNULL, new_session: bool = False) -> subprocess.Popen:
     """``python -m itmatch ARGS`` with its stderr piped and Ctrl-C's default action (a process started in the
-    background of a non-interactive shell ignores SIGINT)."""
+    background of a non-interactive shell ignores SIGINT); with ``new_session``, in a session of its own."""
     return subprocess.Popen([sys.executable, "-m", "itmatch", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            stdout=stdout, stderr=subprocess.PIPE, text=True, start_new_session=new_session,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -452,10 +452,8 @@ def running_server(*options: str, index: Path | None = None, wait: bool = True
     Ctrl-C's default action), once it says it serves and answers, unless not ``wait``: the process and its base URL.
     Its whole process group is killed at the end, so that no server outlives a failed test."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", str(index or picture_index()),
-                                "--port", str(port), *options], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = interruptible("serve", "--index", str(index or picture_index()), "--port", str(port), *options,
+                            stdout=subprocess.PIPE, new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         # "serving ..." comes once every worker has its app; then one (at least) listens

@@ -142,22 +142,23 @@ class GraphReasoning(nn.Module):
         ``M = Wq^T Wk`` and ``u = Wk^T bq``; those constants cancel in the row softmax. The pairs go through in
         cache-sized chunks: ``in_pair_chunks`` without autograd, ``GraphStep`` (both passes) with it.
         """
-        fold, bias, project, project_bias = cached_weights(self, self._folded)
         blocked = ~node_mask[:, None, :]
         if first_only:
             return self.sim_graph_w(self.first_context(nodes, blocked)).relu_()
-        if torch.is_grad_enabled():  # training: the same step with a hand-written backward pass
-            if torch.is_autocast_enabled(nodes.device.type):
-                # bf16: autocast picks each product's dtype, which the hand-written backward cannot follow
-                return graph_step(nodes, blocked, project, project_bias)[2]
-            return GraphStep.apply(nodes, blocked, project, project_bias)
-        return in_pair_chunks(lambda part, mask, out=None: graph_step(part, mask, project, project_bias, out)[2],
-                              nodes, blocked)
-
-    def step(self, nodes: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        """One full step over all of ``nodes`` (P, N, k) at once, without autograd; blocked (P, 1, N) bool."""
+        if not torch.is_grad_enabled():
+            return in_pair_chunks(self.step, nodes, blocked)
+        # training: the same step with a hand-written backward pass
         _, _, project, project_bias = cached_weights(self, self._folded)
-        return graph_step(nodes, blocked, project, project_bias)[2]
+        if torch.is_autocast_enabled(nodes.device.type):
+            # bf16: autocast picks each product's dtype, which the hand-written backward cannot follow
+            return graph_step(nodes, blocked, project, project_bias)[2]
+        return GraphStep.apply(nodes, blocked, project, project_bias)
+
+    def step(self, nodes: torch.Tensor, blocked: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """One full step over all of ``nodes`` (P, N, k) at once, without autograd; blocked (P, 1, N) bool;
+        ``out`` (P, N, k) to write the new nodes into."""
+        _, _, project, project_bias = cached_weights(self, self._folded)
+        return graph_step(nodes, blocked, project, project_bias, out)[2]
 
     def first_context(self, nodes: torch.Tensor, blocked: torch.Tensor, out: torch.Tensor | None = None
                       ) -> torch.Tensor:
