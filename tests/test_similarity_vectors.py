@@ -32,6 +32,21 @@ def test_blocked_scoring_path_equals_the_batched_expression(monkeypatch, queries
     torch.testing.assert_close(blocked, expected.detach(), rtol=0, atol=1e-6)
 
 
+def test_scoring_follows_a_changed_projection_weight():
+    """The scoring path keeps the projection's transposed weight; an in-place update must not be scored with the
+    old one."""
+    torch.manual_seed(0)
+    context, queries = l2norm(torch.randn(3, 6, 16)), l2norm(torch.randn(2, 20, 16))
+    project = nn.Linear(16, 8)
+    with torch.no_grad():
+        before = similarity_vectors(context, queries, 9.0, project)
+        project.weight.mul_(-2.0).add_(0.1)
+        after = similarity_vectors(context, queries, 9.0, project)
+    expected = l2norm(project(cross_attention(context, queries, 9.0, minus_queries=True).square())).detach()
+    torch.testing.assert_close(after, expected, rtol=0, atol=1e-6)
+    assert (after - before).abs().max() > 0.1
+
+
 def test_cached_weights_are_recomputed_when_a_parameter_changes():
     layer = nn.Linear(4, 4)
     calls = []
