@@ -294,3 +294,25 @@ def test_learns_on_planted_synthetic_data(tmp_path):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert result.epochs == 3 and losses[-1] < 0.7 * losses[0]
     assert result.best_rsum > 200
+
+
+@pytest.mark.parametrize("padding, shape", [((1, 1), (7, 1, 17, 17)), ((0, 1), (7, 1, 3, 17))])
+def test_relation_convolution_equals_conv2d_with_gradients(padding, shape):
+    """The CPU path of Eq. 5's convolution (PyTorch's im2col kernel instead of oneDNN's) computes ``conv2d``, and
+    its gradients for the maps, the kernel and the bias, against ``conv2d`` in float64 (the kernel's gradient sums
+    thousands of terms, so float32 results differ by their summation order)."""
+    from itmatch.models.tshsr import HSRLayer
+
+    torch.manual_seed(0)
+    layer = HSRLayer(8, conv=True)
+    maps = torch.rand(shape, requires_grad=True)
+    upstream = torch.linspace(-1, 1, int(np.prod(shape))).view(shape)
+    got = layer._convolve(maps, padding)
+    (got * upstream).sum().backward()
+    ours = [maps.grad, layer.conv.weight.grad, layer.conv.bias.grad]
+    exact = [t.detach().double().requires_grad_() for t in (maps, layer.conv.weight, layer.conv.bias)]
+    expected = torch.nn.functional.conv2d(*exact, padding=padding)
+    (expected * upstream.double()).sum().backward()
+    torch.testing.assert_close(got, expected.float(), rtol=0, atol=1e-6)
+    for mine, theirs in zip(ours, exact):
+        torch.testing.assert_close(mine, theirs.grad.float(), rtol=1e-5, atol=2e-5)
