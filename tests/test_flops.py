@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from itmatch.models import create_model, flops
 
@@ -19,9 +19,17 @@ PAIR_MODELS = [("sgr", {}), ("saf", {}), ("ave", {}), ("ave", {"similarity": "sc
                ("tshsr", {"hsr_layers": 0}), ("tshsr", {"hsr_layers": 1})]
 
 
+def _slow_conv2d_flop(x_shape, w_shape, _kernel_size, _bias, _stride, _padding, *, out_shape=None, **_) -> int:
+    """FLOPs of ``_slow_conv2d_forward`` (the im2col kernel TSHSR's convolution uses on a CPU). torch 2.13's counter
+    maps that operation to its generic convolution formula, whose arguments it does not have (it fails with a
+    TypeError)."""
+    return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
 def counted(run) -> float:
     """MFLOP of the products ``run()`` makes."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    mapping = {torch.ops.aten._slow_conv2d_forward: _slow_conv2d_flop}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         run()
     return counter.get_total_flops() / 1e6
 
