@@ -13,7 +13,7 @@ from reference_sgraf import reference_scores
 
 from itmatch.models import Ensemble, attention
 from itmatch.models.ensemble import member_mean
-from itmatch.models.layers import NODE_CHUNK_ROWS
+from itmatch.models import layers
 from itmatch.models.sgraf import GraphReasoning
 from itmatch.scoring import _tile_map, encode_images, encode_texts, score_encoded, score_matrix
 
@@ -103,15 +103,16 @@ def test_engine_leaves_training_mode_untouched():
     assert model.training
 
 
-def test_graph_step_in_chunks_equals_the_autograd_path():
+def test_graph_step_in_chunks_equals_the_autograd_path(monkeypatch):
     """Scoring runs a graph step in chunks of pairs (bias folded into the projection); training in one piece."""
+    monkeypatch.setattr(layers, "NODE_CHUNK_ROWS", 32)  # chunks of 56 of these pairs of 9 nodes of 16
     torch.manual_seed(0)
     step = GraphReasoning(16)
     for linear in (step.graph_query_w, step.graph_key_w, step.sim_graph_w):
         torch.nn.init.normal_(linear.bias)
     nodes = torch.randn(300, 9, 16)
     mask = torch.arange(9)[None] < torch.randint(1, 10, (300,))[:, None]
-    assert 300 * 9 > 4 * NODE_CHUNK_ROWS  # several chunks
+    assert len(layers.pair_chunks(300, 9, 16)) > 4  # several chunks
     with torch.no_grad():
         chunked = step(nodes, mask)
     whole = step(nodes, mask)
@@ -119,9 +120,10 @@ def test_graph_step_in_chunks_equals_the_autograd_path():
     torch.testing.assert_close(chunked, whole.detach(), rtol=0, atol=1e-6)
 
 
-def test_reasoning_in_chunks_equals_the_autograd_path():
+def test_reasoning_in_chunks_equals_the_autograd_path(monkeypatch):
     """Scoring takes each chunk of pairs through every SGR step before the next chunk; training takes each step
     over all pairs."""
+    monkeypatch.setattr(layers, "NODE_CHUNK_ROWS", 32)
     model = small_model("sgr", seed=2).eval()
     encoder = model.sim_enc
     for module in encoder.SGR_module:
@@ -131,7 +133,7 @@ def test_reasoning_in_chunks_equals_the_autograd_path():
     torch.manual_seed(0)
     nodes = torch.randn(40, 12, 9, dim)
     mask = torch.arange(9)[None] < torch.randint(1, 10, (12,))[:, None]
-    assert 40 * 12 * 9 > 4 * NODE_CHUNK_ROWS  # several chunks
+    assert len(layers.pair_chunks(40 * 12, 9, dim)) > 4  # several chunks
     with torch.no_grad():
         chunked = encoder._reason(nodes, mask)
     whole = encoder._reason(nodes.requires_grad_(), mask)

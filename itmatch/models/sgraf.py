@@ -374,7 +374,7 @@ class SimilarityEncoder(nn.Module):
             return last(flat, flat_mask, first_only=True).view(n_img, n_cap, dim)
         # scoring: each chunk of pairs through every step while it is in the caches, node 0's projection at the end
         context = flat.new_empty(len(flat), dim)
-        for pairs in pair_chunks(n_img * n_cap, n_node):
+        for pairs in pair_chunks(n_img * n_cap, n_node, dim):
             part, blocked = flat[pairs], ~flat_mask[pairs, None, :]
             for module in full:
                 part = module.step(part, blocked)
