@@ -7,6 +7,8 @@ COCO-1K never computes the full 5,000 × 25,000 matrix. Results are the JSON of 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +18,7 @@ from itmatch.data.precomp import ImageRows, PrecompSplit, load_split
 from itmatch.data.vocab import Vocabulary
 from itmatch.distributed import DistInfo, setup
 from itmatch.errors import ItmatchError, listed
-from itmatch.fileio import atomic_path
+from itmatch.fileio import atomic_path, write_json
 from itmatch.loading import caption_tokens, load_models
 from itmatch.models.base import Matcher
 from itmatch.models.ensemble import member_mean
@@ -72,6 +74,7 @@ def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.n
     folds = _fold_files(path)
     if not path.exists() and len(blocks) > 1 and len(folds) >= len(blocks):
         parts = [np.load(f, mmap_mode="r") for f in folds[:len(blocks)]]
+        check_fold_set(path, folds[:len(blocks)], parts)
         for f, part, (imgs, caps) in zip(folds, parts, blocks):
             if part.shape != (len(imgs), len(caps)):
                 raise ItmatchError(f"{f}: shape {part.shape}, expected {(len(imgs), len(caps))}")
@@ -95,8 +98,18 @@ def _fold_files(path: Path) -> list[Path]:
 def fold_path(path: Path, fold: int) -> Path:
     """The file of fold ``fold`` of the score matrices ``path``: ``STEM.fold{k}.npy``, STEM the name without its
     ``.npy`` (only that ending: ``sims.sgr`` and ``sims.saf`` keep apart)."""
-    stem = path.name[:-len(".npy")] if path.name.endswith(".npy") else path.name
-    return path.with_name(f"{stem}.fold{fold}.npy")
+    return path.with_name(f"{_stem(path)}.fold{fold}.npy")
+
+
+def fold_set_path(path: str | Path) -> Path:
+    """``STEM.folds.json`` beside the fold files of ``path``: the digest of each fold file of the set that
+    ``save_sims`` wrote last (``check_fold_set``)."""
+    path = Path(path)
+    return path.with_name(f"{_stem(path)}.folds.json")
+
+
+def _stem(path: Path) -> str:
+    return path.name[:-len(".npy")] if path.name.endswith(".npy") else path.name
 
 
 def fold_paths(path: str | Path) -> list[Path]:
@@ -105,8 +118,37 @@ def fold_paths(path: str | Path) -> list[Path]:
 
 
 def sims_files(path: str | Path) -> list[Path]:
-    """Every file ``--sims path`` may read: the matrix ``path``, or the fold files of the stem ``path``."""
-    return [Path(path), *fold_paths(path)]
+    """Every file ``--sims path`` may read: the matrix ``path``, or the fold files of the stem ``path`` and their
+    ``fold_set_path``."""
+    return [Path(path), *fold_paths(path), fold_set_path(path)]
+
+
+def _digest(array: np.ndarray) -> str:
+    """A digest of ``array``'s dtype, shape and values (reads a memory-mapped array once)."""
+    data = np.ascontiguousarray(array)
+    digest = hashlib.blake2b(f"{data.dtype.str}{data.shape}".encode(), digest_size=16)
+    digest.update(memoryview(data).cast("B"))
+    return digest.hexdigest()
+
+
+def check_fold_set(path: Path, folds: list[Path], parts: list[np.ndarray]) -> None:
+    """Refuse fold files ``folds`` (arrays ``parts``) of the stem ``path`` that are not the set its
+    ``fold_set_path`` lists: a save killed while it replaced the files one by one, or one file replaced since,
+    would otherwise be evaluated as a mix of two models' scores. Fold files without that list (written by other
+    tools) are read as they are."""
+    listing = fold_set_path(path)
+    if not listing.exists():
+        return
+    try:
+        wanted = {entry["file"]: entry["digest"] for entry in json.loads(listing.read_text())["folds"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ItmatchError(f"{listing}: not a fold list written by --save-sims ({exc}); delete it to read the "
+                           "fold files as they are") from None
+    for fold, part in zip(folds, parts):
+        if wanted.get(fold.name) != _digest(part):
+            raise ItmatchError(f"{fold}: not the fold file that {listing.name} lists (another save wrote it, or a "
+                               "save was stopped before it had replaced every fold file); save the scores again "
+                               f"with --save-sims, or delete {listing} to read the files as they are")
 
 
 def _open_sims(path: Path) -> np.ndarray:
@@ -159,14 +201,19 @@ def check_scores(block_sims: list[np.ndarray], blocks: list[tuple[np.ndarray, np
 
 def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     """Write the scored blocks: one ``.npy`` for a single block, ``STEM.fold{k}.npy`` for folds. The folds are
-    written as one set: all under temporary names first, then renamed one after the other, so that a failure (or
-    Ctrl-C) leaves the earlier set whole instead of a mix of two sets."""
+    written as one set: all under temporary names first, so that a failure leaves the earlier set whole; then
+    their digests (``fold_set_path``), then the files are renamed one after the other. A kill between two renames
+    leaves files that do not match the digests, which ``--sims`` then refuses instead of mixing two sets."""
     path = Path(path)
-    targets = [path] if len(blocks_sims) == 1 else [fold_path(path, k) for k in range(len(blocks_sims))]
+    arrays = [sims.astype(np.float32) for sims in blocks_sims]
+    targets = [path] if len(arrays) == 1 else [fold_path(path, k) for k in range(len(arrays))]
     with contextlib.ExitStack() as stack:
-        for target, sims in zip(targets, blocks_sims):
+        for target, sims in zip(targets, arrays):
             with open(stack.enter_context(atomic_path(target)), "wb") as f:
-                np.save(f, sims.astype(np.float32))
+                np.save(f, sims)
+        if len(arrays) > 1:
+            write_json(fold_set_path(path), {"folds": [{"file": target.name, "digest": _digest(sims)}
+                                                       for target, sims in zip(targets, arrays)]})
     return targets
 
 

@@ -365,6 +365,44 @@ def test_a_failed_save_of_fold_scores_keeps_the_earlier_set_whole(tmp_path, monk
     assert listing(tmp_path) == before and len(calls) == 4  # no fold replaced, no temporary file left
 
 
+def test_fold_scores_mixed_by_a_stopped_save_are_refused(tmp_path, monkeypatch):
+    """A save stopped between two of its renames leaves folds of two sets: reading them is refused, not averaged."""
+    from itmatch import evaluate, fileio
+
+    blocks = [(np.arange(2), np.arange(3))] * 5
+    earlier = [np.full((2, 3), k, dtype=np.float32) for k in range(5)]
+    evaluate.save_sims(tmp_path / "sims", earlier)
+    read = evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)
+    assert [part.tolist() for part in read] == [part.tolist() for part in earlier]
+    real_replace, calls = os.replace, []
+
+    def stopped_replace(source, target):
+        calls.append(Path(target).name)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(fileio.os, "replace", stopped_replace)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.save_sims(tmp_path / "sims", [part + 10 for part in earlier])
+    monkeypatch.undo()
+    assert calls == ["sims.folds.json", "sims.fold4.npy", "sims.fold3.npy", "sims.fold2.npy"]
+    assert [float(np.load(evaluate.fold_path(tmp_path / "sims", k))[0, 0]) for k in range(5)] == [0, 1, 2, 13, 14]
+    with pytest.raises(ItmatchError, match=r"sims\.fold0\.npy: not the fold file that sims\.folds\.json lists"):
+        evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+    evaluate.save_sims(tmp_path / "sims", [part + 20 for part in earlier])  # saved again: whole
+    assert float(evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)[4][0, 0]) == 24
+    np.save(evaluate.fold_path(tmp_path / "sims", 1), earlier[1])  # one file replaced by hand
+    with pytest.raises(ItmatchError, match=r"sims\.fold1\.npy: not the fold file"):
+        evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)
+    evaluate.fold_set_path(tmp_path / "sims").write_text("{")
+    with pytest.raises(ItmatchError, match=r"sims\.folds\.json: not a fold list written by --save-sims"):
+        evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)
+    evaluate.fold_set_path(tmp_path / "sims").unlink()  # without the list, the files are read as they are
+    assert [float(part[0, 0]) for part in evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)] == [20, 1, 22, 23, 24]
+
+
 def test_result_and_fold_file_names_keep_models_and_ensembles_apart(tmp_path):
     from itmatch.cli.models import default_output
     from itmatch.evaluate import fold_path

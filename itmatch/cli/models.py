@@ -62,14 +62,15 @@ def evaluate(
       images on its own GPU; rank 0 writes the report; see docs/scale.md)
     """
     from itmatch.data.folder import data_files, dataset_files
-    from itmatch.evaluate import evaluate_split, fold_paths, sims_files
+    from itmatch.evaluate import evaluate_split, fold_paths, fold_set_path, sims_files
     from itmatch.fileio import check_outputs, write_json
     from itmatch.protocols import format_table
 
     if output is None and checkpoint:
         output = default_output(checkpoint, split, protocol)
-    check_outputs({"--output": output, "--save-sims": save_sims,
-                   **{f"--save-sims (fold {k})": f for k, f in enumerate(fold_paths(save_sims) if save_sims else [])}},
+    folds = {f"--save-sims (fold {k})": f for k, f in enumerate(fold_paths(save_sims))} if save_sims else {}
+    check_outputs({"--output": output, "--save-sims": save_sims, **folds,
+                   "--save-sims (its fold list)": fold_set_path(save_sims) if save_sims else None},
                   {"--checkpoint": checkpoint, "--sims": [f for path in sims or [] for f in sims_files(path)],
                    "--vocab": vocab, "--data": [*data_files(data, split), *dataset_files(data)] if data else None})
     result = evaluate_split(data, split, checkpoints=checkpoint or [], sims=sims or [], vocab=vocab,
