@@ -400,7 +400,8 @@ def test_fold_scores_mixed_by_a_stopped_save_are_refused(tmp_path, monkeypatch):
     with pytest.raises(ItmatchError, match=r"sims\.folds\.json: not a fold list written by --save-sims"):
         evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)
     evaluate.fold_set_path(tmp_path / "sims").unlink()  # without the list, the files are read as they are
-    assert [float(part[0, 0]) for part in evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)] == [20, 1, 22, 23, 24]
+    as_they_are = evaluate.load_sims([tmp_path / "sims"], blocks, 10, 15)
+    assert [float(part[0, 0]) for part in as_they_are] == [20, 1, 22, 23, 24]
 
 
 def test_result_and_fold_file_names_keep_models_and_ensembles_apart(tmp_path):
