@@ -74,7 +74,7 @@ def _sims_parts(path: Path, blocks, n_images: int, n_captions: int) -> list[np.n
     folds = _fold_files(path)
     if not path.exists() and len(blocks) > 1 and len(folds) >= len(blocks):
         parts = [np.load(f, mmap_mode="r") for f in folds[:len(blocks)]]
-        check_fold_set(path, folds[:len(blocks)], parts)
+        _check_fold_set(path, folds[:len(blocks)], parts)
         for f, part, (imgs, caps) in zip(folds, parts, blocks):
             if part.shape != (len(imgs), len(caps)):
                 raise ItmatchError(f"{f}: shape {part.shape}, expected {(len(imgs), len(caps))}")
@@ -103,7 +103,7 @@ def fold_path(path: Path, fold: int) -> Path:
 
 def fold_set_path(path: str | Path) -> Path:
     """``STEM.folds.json`` beside the fold files of ``path``: the digest of each fold file of the set that
-    ``save_sims`` wrote last (``check_fold_set``)."""
+    ``save_sims`` wrote last (``_check_fold_set``)."""
     path = Path(path)
     return path.with_name(f"{_stem(path)}.folds.json")
 
@@ -131,7 +131,7 @@ def _digest(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def check_fold_set(path: Path, folds: list[Path], parts: list[np.ndarray]) -> None:
+def _check_fold_set(path: Path, folds: list[Path], parts: list[np.ndarray]) -> None:
     """Refuse fold files ``folds`` (arrays ``parts``) of the stem ``path`` that are not the set its
     ``fold_set_path`` lists: a save killed while it replaced the files one by one, or one file replaced since,
     would otherwise be evaluated as a mix of two models' scores. Fold files without that list (written by other
