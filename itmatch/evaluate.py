@@ -205,7 +205,7 @@ def save_sims(path: str | Path, blocks_sims: list[np.ndarray]) -> list[Path]:
     their digests (``fold_set_path``), then the files are renamed one after the other. A kill between two renames
     leaves files that do not match the digests, which ``--sims`` then refuses instead of mixing two sets."""
     path = Path(path)
-    arrays = [sims.astype(np.float32) for sims in blocks_sims]
+    arrays = [sims.astype(np.float32, copy=False) for sims in blocks_sims]  # no copy of float32 scores
     targets = [path] if len(arrays) == 1 else [fold_path(path, k) for k in range(len(arrays))]
     with contextlib.ExitStack() as stack:
         for target, sims in zip(targets, arrays):
