@@ -1,15 +1,14 @@
-"""Helpers shared by the benchmark scripts: peak-RSS sampling, a matmul FLOP/s probe, synthetic captions."""
+"""Helpers shared by the benchmark scripts: peak-RSS sampling, a matmul FLOP/s probe, synthetic captions, a local
+`itmatch serve`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from local_server import free_port, serving  # noqa: E402 -- from tests/, put on the path just above
 
 
 def rss_bytes() -> int:
@@ -63,13 +63,6 @@ def flickr_like_captions(n: int, vocab_size: int, seed: int = 0) -> list[list[in
     return [[1] + rng.integers(4, vocab_size, n - 2).tolist() + [2] for n in lengths]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(index: str | Path, threads: int, options: Sequence[str] = (), wait: float = 120
                  ) -> tuple[subprocess.Popen, int]:
     """`python -m itmatch serve` of ``index`` on a free local port with ``--threads`` and ``OMP_NUM_THREADS``
@@ -79,12 +72,7 @@ def start_server(index: str | Path, threads: int, options: Sequence[str] = (), w
     server = subprocess.Popen([sys.executable, "-m", "itmatch", "serve", "--index", str(index), "--port", str(port),
                                "--threads", str(threads), *options],
                               env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.DEVNULL)
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-            return server, port
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError(f"the server did not come up in {wait:.0f} s")
+    if not serving(f"http://127.0.0.1:{port}", server, wait):
+        server.kill()
+        raise RuntimeError(f"the server did not come up in {wait:.0f} s (or it ended)")
+    return server, port

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import small_model
+from local_server import serving
 from itmatch.checkpoint import save_model
 from itmatch.data import write_synthetic
 from itmatch.data.folder import VOCAB_FILE, write_info, write_pictures
@@ -43,22 +41,8 @@ def wait_until_serving(base: str, process: subprocess.Popen, failure: Callable[[
                        ) -> None:
     """Poll ``base``/health until the server answers; fail the test with ``failure()`` (its log) if ``process`` ends
     or ``seconds`` pass first."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=5).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"itmatch serve did not start: {failure()}")
-            time.sleep(0.2)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a server the test starts)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    if not serving(base, process, seconds):
+        pytest.fail(f"itmatch serve did not start: {failure()}")
 
 
 def draw_picture(path: Path, colour: tuple[int, int, int], shape: str, size: int = 160) -> Path:

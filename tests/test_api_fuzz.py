@@ -14,7 +14,8 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
 
-from search_support import free_port, picture_index, wait_until_serving
+from local_server import free_port
+from search_support import picture_index, wait_until_serving
 
 EXAMPLES = 30  # per operation: about 20 s in all on two busy cores
 

@@ -21,7 +21,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from search_support import (free_port, picture_dataset, picture_index, picture_models, save_models, synthetic_data,
+from local_server import free_port
+from search_support import (picture_dataset, picture_index, picture_models, save_models, synthetic_data,
                             wait_until_serving)
 from itmatch.cli import main
 from itmatch.errors import ItmatchError, stopped
