@@ -11,9 +11,8 @@ import torch
 from conftest import sharpen as sharpen_to, small_model
 from reference_sgraf import reference_scores
 
-from itmatch.models import Ensemble, attention
+from itmatch.models import Ensemble, attention, layers
 from itmatch.models.ensemble import member_mean
-from itmatch.models import layers
 from itmatch.models.sgraf import GraphReasoning
 from itmatch.scoring import _tile_map, encode_images, encode_texts, score_encoded, score_matrix
 

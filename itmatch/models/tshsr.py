@@ -211,7 +211,8 @@ class HSRLayer(nn.Module):
         40–49 µs where oneDNN's, which ``conv2d`` picks, took 70–120 µs (TSHSR's scoring 2–3 % faster). Elsewhere,
         and under autocast (which only ``conv2d`` follows), ``conv2d``."""
         if maps.device.type == "cpu" and maps.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
-            return torch.ops.aten.thnn_conv2d(maps, self.conv.weight, [3, 3], self.conv.bias, [1, 1], list(padding))
+            return torch.ops.aten.thnn_conv2d(maps, self.conv.weight, list(self.conv.kernel_size), self.conv.bias,
+                                              [1, 1], list(padding))
         return nn.functional.conv2d(maps, self.conv.weight, self.conv.bias, padding=padding)
 
     def _relation(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
